@@ -1,0 +1,111 @@
+"""Shared test helpers: in-process and subprocess servers, free ports, redis-server."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from wschat.server import Server, ServerConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def require(condition: bool, what: str) -> None:
+    """Skip when ``what`` is missing, but fail under CI=true (CI must run everything)."""
+    if not condition:
+        if IN_CI:
+            pytest.fail(f"CI=true and {what} is missing")
+        pytest.skip(f"{what} is missing")
+
+
+@asynccontextmanager
+async def running_server(**overrides: Any) -> AsyncIterator[Server]:
+    """An in-process wschat server on a free loopback port, stopped (drained) on exit."""
+    overrides.setdefault("rate", 0)
+    config = ServerConfig(host="127.0.0.1", port=0, **overrides)
+    server = Server(config)
+    async with anyio.create_task_group() as group:
+        await group.start(server.serve)
+        try:
+            yield server
+        finally:
+            server.stop()
+
+
+def ws_url(server: Server, path: str = "/ws") -> str:
+    """The ws:// URL of ``path`` on an in-process server."""
+    return f"ws://127.0.0.1:{server.port}{path}"
+
+
+def wait_for_port(port: int, timeout: float = 10.0) -> None:
+    """Block until something accepts TCP connections on 127.0.0.1:``port``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on port {port} after {timeout}s")
+
+
+@contextmanager
+def server_process(*args: str, port: int | None = None) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """``python -m wschat serve`` in a subprocess on a free port; SIGTERM on exit."""
+    port = port or free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "wschat", "serve", "--host", "127.0.0.1", "--port", str(port), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_for_port(port)
+        yield proc, port
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@contextmanager
+def redis_server() -> Iterator[str]:
+    """A private ``redis-server`` on a free port (no persistence); yields its URL."""
+    binary = shutil.which("redis-server")
+    require(binary is not None, "redis-server")
+    assert binary is not None
+    port = free_port()
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port(port)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

@@ -1,0 +1,224 @@
+"""The JSON wire schema: parsing what clients send, encoding what the server sends.
+
+Client to server (text frames, JSON objects)::
+
+    {"type": "join", "room": "lobby", "username": "alice", "since": {"epoch": "...", "seq": 41}}
+    {"type": "message", "room": "lobby", "message": "hello"}
+    {"type": "leave", "room": "lobby"}
+    {"username": "alice", "message": "hi"}          # the seed's format: a message
+
+Everything here is pure: no I/O, no clock (the caller passes the time in).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+
+from .errors import ChatError
+
+MAX_USERNAME_LENGTH = 32
+# DESIGN.md: 4 KiB of chat text (gorilla chat: 512 B per message).
+MAX_MESSAGE_LENGTH = 4096
+ROOM_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+DEFAULT_ROOM = "lobby"
+
+_json_decoder = msgspec.json.Decoder()
+_json_encoder = msgspec.json.Encoder()
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """A place in a room's stream: ``seq`` within the room's ``epoch``.
+
+    Attributes:
+        epoch: Names one life of the room's history; a new epoch means the old
+            history is gone.
+        seq: The sequence number of a message (1 for the first; 0 for "none yet").
+    """
+
+    epoch: str
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class Join:
+    """Join ``room`` (and bind ``username`` if given), optionally recovering from ``since``."""
+
+    room: str
+    username: str | None
+    since: Position | None
+
+
+@dataclass(frozen=True, slots=True)
+class Say:
+    """Send ``message`` to ``room`` (None: the connection's URL room).
+
+    ``typed`` is False for the seed's format (no ``type`` field).
+    """
+
+    room: str | None
+    message: str
+    username: str | None
+    typed: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Leave:
+    """Leave ``room``."""
+
+    room: str
+
+
+Command = Join | Say | Leave
+
+
+def parse_command(text: str) -> Command:
+    """Parse one client text frame.
+
+    Raises:
+        ChatError: The frame is not a valid command; ``code`` says why.
+    """
+    try:
+        obj = _json_decoder.decode(text)
+    except (msgspec.DecodeError, RecursionError) as exc:
+        raise ChatError("bad_json", f"not valid JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise ChatError("bad_json", "expected a JSON object")
+    kind = obj.get("type", "message" if "message" in obj else None)
+    if kind == "message":
+        return Say(
+            room=_optional_room(obj),
+            message=validate_message(obj.get("message")),
+            username=_optional_username(obj),
+            typed="type" in obj,
+        )
+    if kind == "join":
+        return Join(
+            room=validate_room(obj.get("room", DEFAULT_ROOM)),
+            username=_optional_username(obj),
+            since=_since(obj.get("since")),
+        )
+    if kind == "leave":
+        return Leave(room=validate_room(obj.get("room")))
+    raise ChatError("bad_type", f"unknown type {kind!r}: expected join, message or leave")
+
+
+def validate_room(value: Any) -> str:
+    """Return ``value`` if it is a valid room name, else raise ChatError('bad_room')."""
+    if not isinstance(value, str) or not ROOM_NAME.fullmatch(value):
+        raise ChatError("bad_room", "room must be 1-64 characters of A-Z, a-z, 0-9, _ or -")
+    return value
+
+
+def validate_username(value: Any) -> str:
+    """Return ``value`` if it is a valid username, else raise ChatError('bad_username')."""
+    if (
+        not isinstance(value, str)
+        or not 1 <= len(value) <= MAX_USERNAME_LENGTH
+        or not value.isprintable()
+        or not value.strip()
+    ):
+        raise ChatError(
+            "bad_username", f"username must be 1-{MAX_USERNAME_LENGTH} printable characters"
+        )
+    return value
+
+
+def validate_message(value: Any) -> str:
+    """Return ``value`` if it is a valid chat message, else raise ChatError('bad_message')."""
+    if not isinstance(value, str) or not value.strip():
+        raise ChatError("bad_message", "message must be a non-empty string")
+    if len(value) > MAX_MESSAGE_LENGTH:
+        raise ChatError("bad_message", f"message is over {MAX_MESSAGE_LENGTH} characters")
+    return value
+
+
+def _optional_room(obj: dict[str, Any]) -> str | None:
+    return validate_room(obj["room"]) if obj.get("room") is not None else None
+
+
+def _optional_username(obj: dict[str, Any]) -> str | None:
+    return validate_username(obj["username"]) if obj.get("username") is not None else None
+
+
+def _since(value: Any) -> Position | None:
+    if value is None:
+        return None
+    if (
+        isinstance(value, dict)
+        and isinstance(value.get("epoch"), str)
+        and isinstance(value.get("seq"), int)
+        and not isinstance(value.get("seq"), bool)
+        and value["seq"] >= 0
+    ):
+        return Position(value["epoch"], value["seq"])
+    raise ChatError("bad_since", 'since must be {"epoch": string, "seq": integer >= 0}')
+
+
+# -- server to client ----------------------------------------------------------
+
+
+def format_time(timestamp: float) -> str:
+    """RFC 3339 in UTC with milliseconds, e.g. ``2026-11-26T16:00:00.123Z``."""
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
+
+
+def encode(obj: dict[str, Any]) -> bytes:
+    """Encode a server event as compact UTF-8 JSON."""
+    return _json_encoder.encode(obj)
+
+
+def message_event(room: str, position: Position, username: str, message: str, time: str) -> bytes:
+    """The ``message`` event every member of ``room`` receives, encoded once."""
+    return encode(
+        {
+            "type": "message",
+            "room": room,
+            "seq": position.seq,
+            "epoch": position.epoch,
+            "username": username,
+            "message": message,
+            "time": time,
+        }
+    )
+
+
+def history_event(room: str, messages: list[bytes], position: Position, complete: bool) -> bytes:
+    """The ``history`` event sent on join; ``messages`` are already-encoded message events."""
+    head = encode(
+        {
+            "type": "history",
+            "room": room,
+            "epoch": position.epoch,
+            "seq": position.seq,
+            "complete": complete,
+        }
+    )
+    # Splice the stored, already-encoded messages in rather than decode and re-encode them.
+    return head[:-1] + b',"messages":[' + b",".join(messages) + b"]}"
+
+
+def presence_event(room: str, members: list[str]) -> bytes:
+    """The room's member list, sent on join."""
+    return encode({"type": "presence", "room": room, "members": sorted(members)})
+
+
+def membership_event(kind: str, room: str, username: str) -> bytes:
+    """A ``joined`` or ``left`` event."""
+    return encode({"type": kind, "room": room, "username": username})
+
+
+def error_event(code: str, reason: str) -> bytes:
+    """An ``error`` reply to one client."""
+    return encode({"type": "error", "code": code, "reason": reason})
+
+
+def decode_event(payload: bytes) -> dict[str, Any]:
+    """Decode an encoded server event (used by backends and tests)."""
+    result: dict[str, Any] = _json_decoder.decode(payload)
+    return result

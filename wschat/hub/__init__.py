@@ -1,0 +1,55 @@
+"""The Hub (node-local rooms and fan-out) and its pluggable backends."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from .backend import (
+    DEFAULT_HISTORY_SIZE,
+    DEFAULT_PRESENCE_TTL,
+    Backend,
+    BackendError,
+    BackendUnavailable,
+    ChatMessage,
+    Deliver,
+    Delivery,
+    History,
+)
+from .hub import Hub, Member, PreparedMessage
+from .memory import MemoryBackend
+
+
+def open_backend(
+    url: str, history_size: int = DEFAULT_HISTORY_SIZE, history_ttl: float | None = None
+) -> Backend:
+    """Make the backend a URL names: ``memory://`` or ``redis://host:port/db``.
+
+    Raises:
+        ValueError: The URL names no known backend.
+    """
+    scheme = urlsplit(url).scheme
+    if scheme == "memory":
+        return MemoryBackend(history_size=history_size, history_ttl=history_ttl)
+    if scheme in ("redis", "rediss"):
+        from .redis import RedisBackend
+
+        return RedisBackend(url, history_size=history_size, history_ttl=history_ttl)
+    raise ValueError(f"unknown hub backend {url!r}: expected memory:// or redis://host:port/db")
+
+
+__all__ = [
+    "DEFAULT_HISTORY_SIZE",
+    "DEFAULT_PRESENCE_TTL",
+    "Backend",
+    "BackendError",
+    "BackendUnavailable",
+    "ChatMessage",
+    "Deliver",
+    "Delivery",
+    "History",
+    "Hub",
+    "Member",
+    "MemoryBackend",
+    "PreparedMessage",
+    "open_backend",
+]

@@ -1,0 +1,132 @@
+"""The Backend protocol: what a Hub asks of the thing that carries rooms between nodes.
+
+A Hub (one per node) owns its local members and fans out to them. A Backend
+assigns each published message its room position (epoch, seq), delivers every
+room event to every node subscribed to the room (this node included), keeps a
+bounded history per room and tracks presence. Backends are chosen by URL
+(``memory://``, ``redis://host:port/db``) through :func:`wschat.hub.open_backend`.
+
+Every backend must pass the shared suite in ``tests/test_backends.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from anyio.abc import TaskGroup
+
+from ..chat import Position
+
+# Centrifugo recovers up to 300 publications and most chat UIs show the last
+# screenful; 100 keeps a reconnect cheap while covering a short outage.
+DEFAULT_HISTORY_SIZE = 100
+# Centrifugo's presence_ttl is 60 s; half of it removes a dead node's members sooner
+# while a node heartbeats every third of it.
+DEFAULT_PRESENCE_TTL = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class ChatMessage:
+    """A message to publish; the backend adds the room position.
+
+    Attributes:
+        username: The sender, as bound to its connection.
+        message: The text.
+        time: Server time, RFC 3339 UTC (stamped by the Hub).
+    """
+
+    username: str
+    message: str
+    time: str
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One room event arriving at this node.
+
+    Attributes:
+        payload: The encoded JSON event, ready to frame.
+        seq: The room sequence number of a ``message`` event; None for
+            presence events (``joined``/``left``), which have no position.
+    """
+
+    payload: bytes
+    seq: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class History:
+    """The answer to a history request.
+
+    Attributes:
+        messages: Encoded ``message`` events, oldest first.
+        position: The room's latest position when history was read.
+        complete: False when messages were missed that history no longer holds
+            (or the epoch changed): never a partial list presented as complete.
+    """
+
+    messages: list[bytes]
+    position: Position
+    complete: bool
+
+
+Deliver = Callable[[str, Delivery], None]
+"""The Hub's callback for room events: ``deliver(room, delivery)``. Never blocks."""
+
+
+class BackendError(Exception):
+    """Base class of backend errors."""
+
+
+class BackendUnavailable(BackendError):
+    """The backend cannot take the request now (e.g. Redis is down).
+
+    A message refused with this error was not published; its sender gets an
+    ``error`` reply with code ``unavailable``.
+    """
+
+
+class Backend(Protocol):
+    """What every hub backend provides. See the module docstring."""
+
+    async def start(self, deliver: Deliver, task_group: TaskGroup) -> None:
+        """Connect, and start delivering subscribed rooms' events to ``deliver``.
+
+        Background work (readers, heartbeats) runs in ``task_group``.
+        """
+
+    async def aclose(self) -> None:
+        """Stop background work and release connections."""
+
+    async def subscribe(self, room: str) -> None:
+        """Deliver ``room``'s events to this node from now on."""
+
+    async def unsubscribe(self, room: str) -> None:
+        """Stop delivering ``room``'s events to this node."""
+
+    async def publish(self, room: str, message: ChatMessage) -> Position:
+        """Assign the next position in ``room``, store it in history and deliver it.
+
+        Raises:
+            BackendUnavailable: The message was not published.
+        """
+
+    async def history(self, room: str, since: Position | None) -> History:
+        """Messages after ``since`` (None: the latest retained window)."""
+
+    async def presence_join(self, room: str, conn_id: str, username: str) -> None:
+        """Record that connection ``conn_id`` of ``username`` is in ``room``.
+
+        Emits ``joined`` to the room when it is the user's first connection there.
+        """
+
+    async def presence_leave(self, room: str, conn_id: str) -> None:
+        """Remove connection ``conn_id`` from ``room``'s presence.
+
+        Emits ``left`` to the room when it was the user's last connection there.
+        """
+
+    async def presence(self, room: str) -> list[str]:
+        """The usernames present in ``room`` (each once)."""

@@ -1,0 +1,270 @@
+"""The Hub: this node's rooms and members, and the broadcast fan-out.
+
+Theory of operation
+-------------------
+The Hub is the node-local owner of rooms (the Go chat's Hub). A member's
+message goes to ``backend.publish``; the backend assigns its position and
+delivers it back to every subscribed node, this one included, through
+:meth:`Hub._deliver`. There the event is framed once (:class:`PreparedMessage`)
+and the same bytes are handed to every local member. Handing over never
+blocks: a member whose outbox is full closes itself (slow consumer); the room
+goes on at full speed.
+
+Joining is ordered so that a member never misses or reorders a message
+between history and live delivery: the member first goes into a per-room
+``joining`` buffer that collects live events, then history is read, sent, and
+the buffered events newer than history are flushed before the member joins the
+room proper.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+import anyio
+from anyio.abc import TaskGroup
+
+from ..chat import (
+    Position,
+    format_time,
+    history_event,
+    presence_event,
+)
+from ..protocol import encode_text_frame
+from .backend import Backend, ChatMessage, Delivery
+
+
+class PreparedMessage:
+    """A broadcast, encoded once: JSON payload, text frame and text made on first use."""
+
+    __slots__ = ("_frame", "_text", "payload")
+
+    def __init__(self, payload: bytes) -> None:
+        self.payload = payload
+        self._frame: bytes | None = None
+        self._text: str | None = None
+
+    @property
+    def frame(self) -> bytes:
+        """The payload as one unmasked text frame (same for every uncompressed member)."""
+        if self._frame is None:
+            self._frame = encode_text_frame(self.payload)
+        return self._frame
+
+    @property
+    def text(self) -> str:
+        """The payload as text (for members that encode per connection, e.g. deflate)."""
+        if self._text is None:
+            self._text = self.payload.decode()
+        return self._text
+
+
+class Member(Protocol):
+    """A local connection as the Hub sees it."""
+
+    @property
+    def conn_id(self) -> str:
+        """Unique across nodes."""
+
+    @property
+    def username(self) -> str | None:
+        """The bound username, or None while the connection is anonymous."""
+
+    @property
+    def legacy(self) -> bool:
+        """True for seed-format clients, which receive only ``message`` events."""
+
+    def send(self, message: PreparedMessage) -> None:
+        """Queue ``message`` for this member. Must never block."""
+
+
+class Hub:
+    """Owns this node's rooms and members and fans room events out to them.
+
+    Args:
+        backend: Carries rooms between nodes and keeps history and presence.
+        clock: Wall clock for message timestamps (injectable for tests).
+    """
+
+    def __init__(self, backend: Backend, clock: Callable[[], float] = time.time) -> None:
+        self.backend = backend
+        self._clock = clock
+        self._rooms: dict[str, set[Member]] = {}
+        self._joining: dict[str, dict[Member, list[tuple[int | None, PreparedMessage]]]] = {}
+        self._member_rooms: dict[Member, set[str]] = {}
+        self._present: dict[Member, set[str]] = {}
+        self._subscribed: set[str] = set()
+        self._room_locks: dict[str, anyio.Lock] = {}
+        self.broadcasts = 0
+        self.deliveries = 0
+        self.fanout_observer: Callable[[float], None] | None = None
+        """Called with the seconds each fan-out took (e.g. a metrics histogram)."""
+
+    async def start(self, task_group: TaskGroup) -> None:
+        """Start the backend, with its background work in ``task_group``."""
+        await self.backend.start(self._deliver, task_group)
+
+    async def aclose(self) -> None:
+        """Stop the backend."""
+        await self.backend.aclose()
+
+    # -- membership ------------------------------------------------------------
+
+    async def enter(self, member: Member, room: str) -> None:
+        """Put a new connection into its URL room: live messages only, no history."""
+        self._member_rooms.setdefault(member, set())
+        await self._ensure_subscribed(room, member)
+        self._rooms.setdefault(room, set()).add(member)
+        self._member_rooms[member].add(room)
+        await self._update_presence(member, room)
+
+    async def join(self, member: Member, room: str, since: Position | None) -> None:
+        """Join ``room`` (again): history (recovery from ``since``), presence, then live."""
+        rooms = self._member_rooms.setdefault(member, set())
+        members = self._rooms.get(room)
+        if members is not None:
+            members.discard(member)  # re-join: live events go to the buffer below
+        buffer: list[tuple[int | None, PreparedMessage]] = []
+        self._joining.setdefault(room, {})[member] = buffer
+        rooms.add(room)
+        try:
+            await self._ensure_subscribed(room, member)
+            history = await self.backend.history(room, since)
+        finally:
+            self._joining[room].pop(member, None)
+            if not self._joining[room]:
+                del self._joining[room]
+        if room not in self._member_rooms.get(member, ()):
+            return  # left (or disconnected) while history was read
+        member.send(
+            PreparedMessage(
+                history_event(room, history.messages, history.position, history.complete)
+            )
+        )
+        for seq, message in buffer:
+            if seq is None or seq > history.position.seq:
+                member.send(message)
+        self._rooms.setdefault(room, set()).add(member)
+        await self._update_presence(member, room)
+        member.send(PreparedMessage(presence_event(room, await self.backend.presence(room))))
+
+    async def update_presence(self, member: Member) -> None:
+        """Call after the member's username was bound: it becomes present in its rooms."""
+        for room in list(self._member_rooms.get(member, ())):
+            await self._update_presence(member, room)
+
+    async def _update_presence(self, member: Member, room: str) -> None:
+        username = member.username
+        present = self._present.setdefault(member, set())
+        if username is not None and room not in present:
+            present.add(room)
+            await self.backend.presence_join(room, member.conn_id, username)
+
+    async def leave(self, member: Member, room: str) -> None:
+        """Leave ``room``: out of its members and presence; unsubscribe if it was the last."""
+        rooms = self._member_rooms.get(member)
+        if rooms is None or room not in rooms:
+            return
+        rooms.discard(room)
+        members = self._rooms.get(room)
+        if members is not None:
+            members.discard(member)
+        present = self._present.get(member)
+        if present is not None and room in present:
+            present.discard(room)
+            await self.backend.presence_leave(room, member.conn_id)
+        await self._release(room)
+
+    async def disconnect(self, member: Member) -> None:
+        """Remove every trace of ``member``: all rooms, presence, subscriptions."""
+        try:
+            for room in list(self._member_rooms.get(member, ())):
+                await self.leave(member, room)
+        finally:
+            for room in self._member_rooms.pop(member, ()):
+                members = self._rooms.get(room)
+                if members is not None:
+                    members.discard(member)
+            self._present.pop(member, None)
+
+    # -- messages --------------------------------------------------------------
+
+    async def say(self, room: str, username: str, message: str) -> Position:
+        """Publish ``message`` from ``username`` to ``room``, stamped with the server time.
+
+        Raises:
+            BackendUnavailable: The message was not published.
+        """
+        stamped = ChatMessage(username, message, format_time(self._clock()))
+        return await self.backend.publish(room, stamped)
+
+    def _deliver(self, room: str, delivery: Delivery) -> None:
+        members = self._rooms.get(room)
+        joining = self._joining.get(room)
+        if not members and not joining:
+            return
+        started = time.perf_counter()
+        message = PreparedMessage(delivery.payload)
+        if members:
+            if delivery.seq is None:
+                for member in members:
+                    if not member.legacy:
+                        member.send(message)
+            else:
+                for member in members:
+                    member.send(message)
+            self.deliveries += len(members)
+        if joining:
+            for buffer in joining.values():
+                buffer.append((delivery.seq, message))
+        self.broadcasts += 1
+        if self.fanout_observer is not None:
+            self.fanout_observer(time.perf_counter() - started)
+
+    # -- subscriptions ---------------------------------------------------------
+
+    def _lock(self, room: str) -> anyio.Lock:
+        lock = self._room_locks.get(room)
+        if lock is None:
+            lock = self._room_locks[room] = anyio.Lock()
+        return lock
+
+    async def _ensure_subscribed(self, room: str, member: Member) -> None:
+        if room in self._subscribed:
+            return
+        async with self._lock(room):
+            if room not in self._subscribed:
+                await self.backend.subscribe(room)
+                self._subscribed.add(room)
+
+    async def _release(self, room: str) -> None:
+        if self._rooms.get(room) or self._joining.get(room):
+            return
+        async with self._lock(room):
+            if (
+                room in self._subscribed
+                and not self._rooms.get(room)
+                and not self._joining.get(room)
+            ):
+                self._subscribed.discard(room)
+                self._rooms.pop(room, None)
+                await self.backend.unsubscribe(room)
+        if not self._rooms.get(room) and not self._lock(room).locked():
+            self._room_locks.pop(room, None)
+
+    # -- introspection ---------------------------------------------------------
+
+    def members(self, room: str) -> set[Member]:
+        """This node's members of ``room`` (a copy)."""
+        return set(self._rooms.get(room, ()))
+
+    def statistics(self) -> dict[str, int]:
+        """Counters: rooms, members, broadcasts and deliveries on this node."""
+        return {
+            "rooms": len(self._rooms),
+            "members": len(self._member_rooms),
+            "broadcasts": self.broadcasts,
+            "deliveries": self.deliveries,
+        }

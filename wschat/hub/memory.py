@@ -1,0 +1,142 @@
+"""The embedded, single-process backend (the default: ``memory://``).
+
+Rooms, history and presence live in this process's memory. Delivery is a
+direct call into the Hub, so a publish fans out before it returns. A restart
+loses history, so every room gets a new random epoch, which tells reconnecting
+clients that what they missed cannot be recovered.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from anyio.abc import TaskGroup
+
+from ..chat import Position, membership_event, message_event
+from .backend import DEFAULT_HISTORY_SIZE, ChatMessage, Deliver, Delivery, History
+
+
+@dataclass(slots=True)
+class _Room:
+    epoch: str
+    seq: int = 0
+    # (seq, encoded event, monotonic time stored)
+    history: deque[tuple[int, bytes, float]] = field(default_factory=deque)
+    connections: dict[str, str] = field(default_factory=dict)  # conn_id -> username
+    users: Counter[str] = field(default_factory=Counter)
+
+
+class MemoryBackend:
+    """In-process backend: one node, history and presence in memory.
+
+    Args:
+        history_size: Messages kept per room.
+        history_ttl: Seconds a message stays in history (None: no expiry).
+        clock: Monotonic clock, injectable for tests.
+    """
+
+    def __init__(
+        self,
+        history_size: int = DEFAULT_HISTORY_SIZE,
+        history_ttl: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.history_size = history_size
+        self.history_ttl = history_ttl
+        self._clock = clock
+        self._rooms: dict[str, _Room] = {}
+        self._subscribed: set[str] = set()
+        self._deliver: Deliver | None = None
+
+    async def start(self, deliver: Deliver, task_group: TaskGroup) -> None:
+        """Start delivering events to ``deliver``."""
+        self._deliver = deliver
+
+    async def aclose(self) -> None:
+        """Nothing to release; stops deliveries."""
+        self._deliver = None
+
+    async def subscribe(self, room: str) -> None:
+        """Deliver ``room``'s events from now on."""
+        self._subscribed.add(room)
+
+    async def unsubscribe(self, room: str) -> None:
+        """Stop delivering ``room``'s events; drop the room if nothing of it remains."""
+        self._subscribed.discard(room)
+        state = self._rooms.get(room)
+        if state is not None and not state.connections and not state.history:
+            del self._rooms[room]
+
+    def _room(self, room: str) -> _Room:
+        state = self._rooms.get(room)
+        if state is None:
+            state = self._rooms[room] = _Room(epoch=secrets.token_hex(6))
+        return state
+
+    def _emit(self, room: str, delivery: Delivery) -> None:
+        if self._deliver is not None and room in self._subscribed:
+            self._deliver(room, delivery)
+
+    async def publish(self, room: str, message: ChatMessage) -> Position:
+        """Assign the next seq, keep the message in history and deliver it."""
+        state = self._room(room)
+        state.seq += 1
+        position = Position(state.epoch, state.seq)
+        payload = message_event(room, position, message.username, message.message, message.time)
+        state.history.append((state.seq, payload, self._clock()))
+        while len(state.history) > self.history_size:
+            state.history.popleft()
+        self._emit(room, Delivery(payload, state.seq))
+        return position
+
+    async def history(self, room: str, since: Position | None) -> History:
+        """Messages after ``since``; ``complete`` is False when some are gone."""
+        state = self._room(room)
+        self._expire(state)
+        position = Position(state.epoch, state.seq)
+        retained = state.history
+        if since is None:
+            return History([payload for _, payload, _ in retained], position, True)
+        if since.epoch != state.epoch or since.seq > state.seq:
+            return History([payload for _, payload, _ in retained], position, False)
+        missed = [payload for seq, payload, _ in retained if seq > since.seq]
+        oldest_needed = since.seq + 1
+        complete = oldest_needed > state.seq or (bool(retained) and retained[0][0] <= oldest_needed)
+        return History(missed, position, complete)
+
+    def _expire(self, state: _Room) -> None:
+        if self.history_ttl is None:
+            return
+        horizon = self._clock() - self.history_ttl
+        while state.history and state.history[0][2] < horizon:
+            state.history.popleft()
+
+    async def presence_join(self, room: str, conn_id: str, username: str) -> None:
+        """Add a connection; emit ``joined`` for the user's first connection."""
+        state = self._room(room)
+        if conn_id in state.connections:
+            return
+        state.connections[conn_id] = username
+        state.users[username] += 1
+        if state.users[username] == 1:
+            self._emit(room, Delivery(membership_event("joined", room, username), None))
+
+    async def presence_leave(self, room: str, conn_id: str) -> None:
+        """Remove a connection; emit ``left`` when the user's last one leaves."""
+        state = self._rooms.get(room)
+        if state is None or conn_id not in state.connections:
+            return
+        username = state.connections.pop(conn_id)
+        state.users[username] -= 1
+        if state.users[username] == 0:
+            del state.users[username]
+            self._emit(room, Delivery(membership_event("left", room, username), None))
+
+    async def presence(self, room: str) -> list[str]:
+        """Usernames present in ``room``."""
+        state = self._rooms.get(room)
+        return sorted(state.users) if state is not None else []

@@ -1,0 +1,51 @@
+"""permessage-deflate (RFC 7692) with a cap on the decompressed size.
+
+wsproto's :class:`PerMessageDeflate` inflates whatever arrives with no bound: a
+few KiB of zeros can expand to gigabytes (a "compression bomb"). This subclass
+asks zlib for at most the bytes still allowed for the current message and
+fails the connection with 1009 as soon as a message would exceed the cap.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+from wsproto.extensions import PerMessageDeflate
+from wsproto.frame_protocol import CloseReason, FrameDecoder, FrameProtocol, Opcode, RsvBits
+
+
+class CappedPerMessageDeflate(PerMessageDeflate):
+    """PerMessageDeflate whose inbound messages inflate to at most ``max_size`` bytes."""
+
+    def __init__(self, max_size: int) -> None:
+        super().__init__()
+        self.max_size = max_size
+        self._inflated = 0
+
+    def frame_inbound_header(
+        self,
+        proto: FrameDecoder | FrameProtocol,
+        opcode: Opcode,
+        rsv: RsvBits,
+        payload_length: int,
+    ) -> CloseReason | RsvBits:
+        if opcode is not Opcode.CONTINUATION and not opcode.iscontrol():
+            self._inflated = 0
+        return super().frame_inbound_header(proto, opcode, rsv, payload_length)
+
+    def frame_inbound_payload_data(
+        self, proto: FrameDecoder | FrameProtocol, data: bytes
+    ) -> bytes | CloseReason:
+        if not self._inbound_compressed or not self._inbound_is_compressible:
+            return data
+        assert self._decompressor is not None
+        allowed = self.max_size - self._inflated
+        try:
+            # One byte more than allowed tells "too big" apart from "exactly the cap".
+            inflated = self._decompressor.decompress(bytes(data), allowed + 1)
+        except zlib.error:
+            return CloseReason.INVALID_FRAME_PAYLOAD_DATA
+        self._inflated += len(inflated)
+        if self._inflated > self.max_size:
+            return CloseReason.MESSAGE_TOO_BIG
+        return inflated

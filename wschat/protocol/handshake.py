@@ -1,0 +1,161 @@
+"""Validation of the WebSocket opening handshake (RFC 6455 section 4.2.1).
+
+Pure functions: headers in, a :class:`Rejection` (the HTTP answer) or ``None``
+out. The Origin policy lives here too, because it is decided on the request.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from .events import Headers
+
+DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """The HTTP answer to a request that cannot be upgraded.
+
+    Attributes:
+        status: HTTP status code (400, 403, 405, 426).
+        reason: A short text body saying what was wrong.
+        headers: Extra response headers (e.g. ``Sec-WebSocket-Version: 13``).
+    """
+
+    status: int
+    reason: str
+    headers: Headers = ()
+
+
+@dataclass(frozen=True, slots=True)
+class OriginPolicy:
+    """Which browser origins may open a WebSocket.
+
+    By default only the same origin: the Origin's host:port must equal the
+    Host header (gorilla's safe default). ``allowed`` widens it with exact
+    origins such as ``"https://app.example.com"``; ``"*"`` allows any. A
+    request with no Origin header (a non-browser client) is always allowed:
+    Origin protects browsers' users, and other clients can forge it anyway.
+
+    Attributes:
+        allowed: Extra origins allowed besides the same origin.
+    """
+
+    allowed: tuple[str, ...] = ()
+
+    def check(self, origin: str | None, host: str | None) -> bool:
+        """Return True when a request with this Origin and Host may connect."""
+        if origin is None:
+            return True
+        normalized = origin.strip().rstrip("/").lower()
+        if "*" in self.allowed or normalized in (a.rstrip("/").lower() for a in self.allowed):
+            return True
+        if host is None:
+            return False
+        return _origin_netloc(normalized) == _host_netloc(host, normalized)
+
+
+def _origin_netloc(origin: str) -> tuple[str, int] | None:
+    try:
+        parts = urlsplit(origin)
+        port = parts.port
+    except ValueError:
+        return None
+    if not parts.hostname or parts.scheme not in DEFAULT_PORTS:
+        return None
+    return parts.hostname, port if port is not None else DEFAULT_PORTS[parts.scheme]
+
+
+def _host_netloc(host: str, origin: str) -> tuple[str, int] | None:
+    scheme = origin.split(":", 1)[0]
+    try:
+        parts = urlsplit(f"//{host.strip().lower()}")
+        port = parts.port
+    except ValueError:
+        return None
+    if not parts.hostname:
+        return None
+    return parts.hostname, port if port is not None else DEFAULT_PORTS.get(scheme, 80)
+
+
+def header_tokens(headers: Headers, name: str) -> list[str]:
+    """All comma-separated tokens of every ``name`` header, lower-cased."""
+    return [
+        token.strip().lower()
+        for key, value in headers
+        if key == name
+        for token in value.split(",")
+        if token.strip()
+    ]
+
+
+def header_value(headers: Headers, name: str) -> str | None:
+    """The first value of header ``name`` (lower-case name), or None."""
+    for key, value in headers:
+        if key == name:
+            return value
+    return None
+
+
+def is_upgrade_request(headers: Headers) -> bool:
+    """True when the request asks to switch to WebSocket at all."""
+    return "websocket" in header_tokens(headers, "upgrade")
+
+
+def check_websocket_request(
+    method: str, http_version: str, headers: Headers, origin_policy: OriginPolicy
+) -> Rejection | None:
+    """Validate an opening handshake; return the rejection or None when valid."""
+    if method != "GET":
+        return Rejection(405, "WebSocket handshakes use GET", (("allow", "GET"),))
+    if http_version != "1.1":
+        return Rejection(400, "WebSocket needs HTTP/1.1")
+    if "websocket" not in header_tokens(headers, "upgrade"):
+        return Rejection(400, "missing header: Upgrade: websocket")
+    if "upgrade" not in header_tokens(headers, "connection"):
+        return Rejection(400, "missing header: Connection: upgrade")
+    key = header_value(headers, "sec-websocket-key")
+    if key is None:
+        return Rejection(400, "missing header: Sec-WebSocket-Key")
+    if not is_valid_key(key):
+        return Rejection(400, "invalid Sec-WebSocket-Key: must be base64 of 16 bytes")
+    versions = header_tokens(headers, "sec-websocket-version")
+    if versions != ["13"]:
+        return Rejection(
+            426,
+            "unsupported Sec-WebSocket-Version: this server speaks version 13",
+            (("sec-websocket-version", "13"),),
+        )
+    origin = header_value(headers, "origin")
+    if not origin_policy.check(origin, header_value(headers, "host")):
+        return Rejection(403, f"origin not allowed: {origin}")
+    return None
+
+
+def is_valid_key(key: str) -> bool:
+    """RFC 6455 4.1: the key is "a randomly selected 16-byte value ... base64-encoded"."""
+    try:
+        return len(base64.b64decode(key.strip().encode("ascii"), validate=True)) == 16
+    except (binascii.Error, UnicodeEncodeError):
+        return False
+
+
+def offered_extensions(headers: Headers) -> Sequence[str]:
+    """The extension offers of every Sec-WebSocket-Extensions header."""
+    return [
+        offer.strip()
+        for key, value in headers
+        if key == "sec-websocket-extensions"
+        for offer in value.split(",")
+        if offer.strip()
+    ]
+
+
+def decode_headers(raw: Iterable[tuple[bytes, bytes]]) -> Headers:
+    """h11's header list as text; latin-1 keeps every byte (RFC 9110 5.5)."""
+    return tuple((name.decode("latin-1").lower(), value.decode("latin-1")) for name, value in raw)

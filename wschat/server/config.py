@@ -1,0 +1,73 @@
+"""Server settings, each with its default and the reason for it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..protocol import DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_MAX_REQUEST_HEAD
+
+
+@dataclass(slots=True)
+class ServerConfig:
+    """Everything ``wschat serve`` can set. Flags and ``WSCHAT_*`` variables map onto it.
+
+    Attributes:
+        host: Address to listen on.
+        port: TCP port (0: any free port).
+        hub_url: Backend URL: ``memory://`` or ``redis://host:port/db``.
+        allowed_origins: Origins allowed besides the same origin (``*`` for any).
+        echo: Serve ``/echo`` (for the Autobahn conformance suite).
+        compression: Negotiate permessage-deflate when offered.
+        max_message_size: Chat endpoint cap on a message, bytes (1009 over it).
+        echo_max_message_size: ``/echo`` cap; Autobahn's 9.* cases send 16 MiB.
+        max_request_head: Request line + headers cap, bytes (431 over it).
+        handshake_timeout: Seconds for a client to send a complete request.
+        max_connections: Open WebSocket connections at most (503 beyond).
+        ping_interval: Seconds between keepalive pings.
+        pong_wait: Seconds without any data from the client before closing with 1011.
+        write_timeout: Seconds a blocked send may take before the connection is closed.
+        close_timeout: Seconds to wait for the peer's half of the closing handshake.
+        outbox_limit: Bytes queued for one client before it is closed with 1013.
+        rate: Messages per second per connection (0: no limit).
+        burst: Messages a connection may send at once above ``rate``.
+        drain_timeout: Seconds to wait for clients to close on shutdown.
+        history_size: Messages kept per room.
+        history_ttl: Seconds a message stays in history (None: forever).
+        certfile: TLS certificate (PEM); serve https/wss when set.
+        keyfile: TLS private key (PEM).
+        workers: Processes sharing the port (SO_REUSEPORT); needs a shared backend.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    hub_url: str = "memory://"
+    allowed_origins: tuple[str, ...] = ()
+    echo: bool = False
+    compression: bool = True
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+    # Autobahn 9.1.6 and 9.2.6 send 16 MiB messages; leave room for them.
+    echo_max_message_size: int = 16 * 1024 * 1024 + 1024
+    max_request_head: int = DEFAULT_MAX_REQUEST_HEAD
+    # A slowloris holds a socket by trickling headers; 10 s is ample for real clients.
+    handshake_timeout: float = 10.0
+    # Well under the default file-descriptor limits raised for servers (65536).
+    max_connections: int = 10_000
+    # Proxies drop sockets idle for ~60 s (nginx proxy_read_timeout); websockets uses 20 s.
+    ping_interval: float = 20.0
+    # gorilla chat's pongWait: 60 s.
+    pong_wait: float = 60.0
+    # gorilla chat's writeWait: 10 s.
+    write_timeout: float = 10.0
+    close_timeout: float = 5.0
+    # Centrifugo's client.queue_max_size: 1 MiB.
+    outbox_limit: int = 1024 * 1024
+    rate: float = 10.0
+    burst: int = 20
+    # Centrifugo's shutdown.timeout is 30 s; a chat client reconnects within seconds.
+    drain_timeout: float = 10.0
+    history_size: int = 100
+    history_ttl: float | None = None
+    certfile: str | None = None
+    keyfile: str | None = None
+    workers: int = 1
+    extra: dict[str, str] = field(default_factory=dict)
