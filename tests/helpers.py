@@ -70,11 +70,23 @@ def wait_for_port(port: int, timeout: float = 10.0) -> None:
 
 
 @contextmanager
-def server_process(*args: str, port: int | None = None) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+def server_process(
+    *args: str, port: int | None = None
+) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
     """``python -m wschat serve`` in a subprocess on a free port; SIGTERM on exit."""
     port = port or free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "wschat", "serve", "--host", "127.0.0.1", "--port", str(port), *args],
+        [
+            sys.executable,
+            "-m",
+            "wschat",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            *args,
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )

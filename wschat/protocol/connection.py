@@ -122,6 +122,7 @@ class ServerConnection:
     ) -> None:
         self.websocket_paths = frozenset(websocket_paths)
         self.origin_policy = origin_policy or OriginPolicy()
+        self.max_request_head = max_request_head
         self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=max_request_head)
         self._ws: ws.Connection | None = None
         self._state = State.HTTP
@@ -261,6 +262,13 @@ class ServerConnection:
             # h11.Data: a request body nobody asked for; discard it.
 
     def _on_request(self, request: h11.Request) -> None:
+        # h11 enforces the cap only on a head still arriving; a whole head that
+        # came in one read is measured here, so the limit does not depend on timing.
+        head_size = len(request.target) + sum(len(k) + len(v) + 4 for k, v in request.headers)
+        if head_size > self.max_request_head:
+            self._awaiting_response = True
+            self._http_error(431, "request header fields too large")
+            return
         target = request.target.decode("latin-1")
         path, _, query = target.partition("?")
         headers = decode_headers(request.headers)

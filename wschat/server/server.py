@@ -188,19 +188,21 @@ class Server:
                 self.metrics.handshakes_rejected.labels("timeout").inc()
                 return None
             conn.receive_data(data)
-            for event in conn.events_received():
-                if isinstance(event, HttpRequest):
-                    response = self._route(event)
-                    conn.send_response(
-                        response.status, response.body, response.content_type, response.headers
-                    )
-                    deadline = anyio.current_time() + self.config.handshake_timeout
-                elif isinstance(event, WebSocketRequest):
-                    if self._answer_upgrade(conn, event):
-                        await _send_all(stream, conn.data_to_send())
-                        return event
-                elif isinstance(event, RequestRejected):
-                    self.metrics.handshakes_rejected.labels(str(event.status)).inc()
+            # Answering one request may parse the next pipelined one: loop until quiet.
+            while events := conn.events_received():
+                for event in events:
+                    if isinstance(event, HttpRequest):
+                        response = self._route(event)
+                        conn.send_response(
+                            response.status, response.body, response.content_type, response.headers
+                        )
+                        deadline = anyio.current_time() + self.config.handshake_timeout
+                    elif isinstance(event, WebSocketRequest):
+                        if self._answer_upgrade(conn, event):
+                            await _send_all(stream, conn.data_to_send())
+                            return event
+                    elif isinstance(event, RequestRejected):
+                        self.metrics.handshakes_rejected.labels(str(event.status)).inc()
             await _send_all(stream, conn.data_to_send())
             if conn.close_expected():
                 return None
