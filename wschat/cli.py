@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import fields
 from typing import Any
+from urllib.parse import urlsplit
 
 import anyio
 
@@ -101,9 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--no-compression",
-        dest="compression",
-        action="store_false",
-        default=not _truthy(_env("no_compression")),
+        action="store_true",
+        default=_truthy(_env("no_compression")),
         help="do not negotiate permessage-deflate [env WSCHAT_NO_COMPRESSION]",
     )
     serve.add_argument(
@@ -120,6 +120,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
     names = {f.name for f in fields(ServerConfig)}
     values = {k: v for k, v in vars(args).items() if k in names}
     values["allowed_origins"] = tuple(args.allowed_origins)
+    values["compression"] = not args.no_compression
     return ServerConfig(**values)
 
 
@@ -164,6 +165,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(
             "--workers > 1 needs a shared hub backend (e.g. --hub redis://127.0.0.1:6379/0): "
             "with memory:// each worker would be a separate chat"
+        )
+    if urlsplit(config.hub_url).scheme not in ("memory", "redis", "rediss"):
+        parser.error(
+            f"unknown hub backend {config.hub_url!r}: use memory:// or redis://host:port/db"
         )
     if bool(config.certfile) != bool(config.keyfile):
         parser.error("--certfile and --keyfile go together")

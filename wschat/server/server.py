@@ -173,8 +173,12 @@ class Server:
         except _DISCONNECTED:
             pass
         finally:
-            with anyio.CancelScope(shield=True):
-                await _close_stream(stream, conn.close_expected(), self.config.close_timeout)
+            try:
+                if conn.close_expected():
+                    await _finish_close(stream, self.config.close_timeout)
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await anyio.aclose_forcefully(stream)
 
     async def _serve_http(
         self, stream: ByteStream, conn: ServerConnection
@@ -450,19 +454,17 @@ async def _send_all(stream: ByteStream, chunks: list[bytes]) -> None:
         await stream.send(data)
 
 
-async def _close_stream(stream: ByteStream, graceful: bool, timeout: float) -> None:
-    """Close TCP; after a clean close, half-close first and let the peer finish.
+async def _finish_close(stream: ByteStream, timeout: float) -> None:
+    """After a clean close: half-close, then let the peer finish (bounded by ``timeout``).
 
     Closing a socket with unread input makes the kernel send RST, which can
     destroy our close frame before the peer reads it; so we shut down our side
-    and read until the peer closes (bounded by ``timeout``).
+    first and read until the peer closes too.
     """
-    if graceful:
-        with anyio.move_on_after(timeout):
-            try:
-                await stream.send_eof()
-                while await stream.receive(RECEIVE_SIZE):
-                    pass
-            except (*_DISCONNECTED, NotImplementedError):
+    with anyio.move_on_after(timeout):
+        try:
+            await stream.send_eof()
+            while await stream.receive(RECEIVE_SIZE):
                 pass
-    await anyio.aclose_forcefully(stream)
+        except (*_DISCONNECTED, NotImplementedError):
+            pass
