@@ -7,6 +7,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -73,34 +74,35 @@ def wait_for_port(port: int, timeout: float = 10.0) -> None:
 def server_process(
     *args: str, port: int | None = None
 ) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
-    """``python -m wschat serve`` in a subprocess on a free port; SIGTERM on exit."""
+    """``python -m wschat serve`` in a subprocess on a free port; SIGTERM on exit.
+
+    Its output goes to a temporary file (never a pipe nobody reads, which could
+    fill and stall the server); read it with :func:`process_output`.
+    """
     port = port or free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "wschat",
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            *args,
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        wait_for_port(port)
-        yield proc, port
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    command = [sys.executable, "-m", "wschat", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    with tempfile.NamedTemporaryFile(prefix="wschat-server-", suffix=".log") as log:
+        proc = subprocess.Popen([*command, *args], stdout=log, stderr=subprocess.STDOUT)
+        _logs[proc.pid] = log.name
+        try:
+            wait_for_port(port)
+            yield proc, port
+        finally:
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+
+
+_logs: dict[int, str] = {}
+
+
+def process_output(proc: subprocess.Popen[bytes]) -> str:
+    """What a :func:`server_process` has logged so far."""
+    return Path(_logs[proc.pid]).read_text(errors="replace")
 
 
 @contextmanager

@@ -14,7 +14,7 @@ from websockets.exceptions import ConnectionClosed
 
 from wschat.cli import build_parser, config_from_args
 
-from .helpers import server_process
+from .helpers import process_output, server_process
 
 
 def test_flags_and_environment_map_onto_config(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -80,5 +80,4 @@ async def test_sigterm_drains_with_1001_and_exits_0() -> None:
                 await ws.recv()
             assert info.value.rcvd is not None and info.value.rcvd.code == 1001
         assert await anyio.to_thread.run_sync(lambda: proc.wait(15)) == 0
-        output = proc.stdout.read().decode() if proc.stdout else ""
-        assert "draining" in output
+        assert "draining" in process_output(proc)
