@@ -105,21 +105,51 @@ def process_output(proc: subprocess.Popen[bytes]) -> str:
     return Path(_logs[proc.pid]).read_text(errors="replace")
 
 
+class RedisProcess:
+    """A private ``redis-server`` (no persistence) on a fixed port, restartable."""
+
+    def __init__(self, port: int | None = None) -> None:
+        binary = shutil.which("redis-server")
+        require(binary is not None, "redis-server")
+        assert binary is not None
+        self.binary = binary
+        self.port = port or free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        """Start (or restart) the server on the same port; returns once it accepts."""
+        self.proc = subprocess.Popen(
+            [
+                self.binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for_port(self.port)
+
+    def stop(self) -> None:
+        """Stop the server (its data is lost: nothing is persisted)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+        self.proc = None
+
+
 @contextmanager
 def redis_server() -> Iterator[str]:
     """A private ``redis-server`` on a free port (no persistence); yields its URL."""
-    binary = shutil.which("redis-server")
-    require(binary is not None, "redis-server")
-    assert binary is not None
-    port = free_port()
-    proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    redis = RedisProcess()
+    redis.start()
     try:
-        wait_for_port(port)
-        yield f"redis://127.0.0.1:{port}/0"
+        yield redis.url
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        redis.stop()

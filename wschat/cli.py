@@ -47,6 +47,12 @@ _OPTIONS: list[tuple[str, str, Any, str]] = [
         float,
         "seconds a message stays in history (default: no expiry)",
     ),
+    (
+        "--presence-ttl",
+        "presence_ttl",
+        float,
+        "seconds before a dead node's members leave presence (redis hub)",
+    ),
     ("--certfile", "certfile", str, "TLS certificate (PEM): serve https:// and wss://"),
     ("--keyfile", "keyfile", str, "TLS private key (PEM)"),
     ("--workers", "workers", int, "processes sharing the port (needs a shared hub, e.g. redis)"),

@@ -20,7 +20,10 @@ from .memory import MemoryBackend
 
 
 def open_backend(
-    url: str, history_size: int = DEFAULT_HISTORY_SIZE, history_ttl: float | None = None
+    url: str,
+    history_size: int = DEFAULT_HISTORY_SIZE,
+    history_ttl: float | None = None,
+    presence_ttl: float = DEFAULT_PRESENCE_TTL,
 ) -> Backend:
     """Make the backend a URL names: ``memory://`` or ``redis://host:port/db``.
 
@@ -33,7 +36,10 @@ def open_backend(
     if scheme in ("redis", "rediss"):
         from .redis import RedisBackend
 
-        return RedisBackend(url, history_size=history_size, history_ttl=history_ttl)
+        backend: Backend = RedisBackend(
+            url, history_size=history_size, history_ttl=history_ttl, presence_ttl=presence_ttl
+        )
+        return backend
     raise ValueError(f"unknown hub backend {url!r}: expected memory:// or redis://host:port/db")
 
 

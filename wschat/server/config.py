@@ -33,6 +33,7 @@ class ServerConfig:
         drain_timeout: Seconds to wait for clients to close on shutdown.
         history_size: Messages kept per room.
         history_ttl: Seconds a message stays in history (None: forever).
+        presence_ttl: Seconds after which a dead node's members leave presence (Redis).
         certfile: TLS certificate (PEM); serve https/wss when set.
         keyfile: TLS private key (PEM).
         workers: Processes sharing the port (SO_REUSEPORT); needs a shared backend.
@@ -67,6 +68,8 @@ class ServerConfig:
     drain_timeout: float = 10.0
     history_size: int = 100
     history_ttl: float | None = None
+    # Centrifugo's presence_ttl is 60 s; 30 s removes a dead node's members sooner.
+    presence_ttl: float = 30.0
     certfile: str | None = None
     keyfile: str | None = None
     workers: int = 1

@@ -83,6 +83,7 @@ class Server:
                 self.config.hub_url,
                 history_size=self.config.history_size,
                 history_ttl=self.config.history_ttl,
+                presence_ttl=self.config.presence_ttl,
             )
         )
         self.metrics = Metrics(self.hub.statistics)
