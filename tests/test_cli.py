@@ -81,3 +81,15 @@ async def test_sigterm_drains_with_1001_and_exits_0() -> None:
             assert info.value.rcvd is not None and info.value.rcvd.code == 1001
         assert await anyio.to_thread.run_sync(lambda: proc.wait(15)) == 0
         assert "draining" in process_output(proc)
+
+
+def test_unreachable_redis_is_a_clear_startup_error() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "wschat", "serve", "--hub", "redis://127.0.0.1:1/0", "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 1
+    assert "cannot reach the hub backend redis://127.0.0.1:1/0" in result.stderr
+    assert "Traceback" not in result.stderr

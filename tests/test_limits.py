@@ -17,7 +17,7 @@ from typing import Any
 import anyio
 import pytest
 import trustme
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from wschat.server import Server

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 import anyio
 
+from .hub import BackendUnavailable
 from .server import Server, ServerConfig
 
 logger = logging.getLogger("wschat")
@@ -144,7 +145,15 @@ async def run_server(config: ServerConfig) -> None:
 
 def _run(config: ServerConfig) -> None:
     backend_options = {"use_uvloop": True} if importlib.util.find_spec("uvloop") else {}
-    anyio.run(run_server, config, backend="asyncio", backend_options=backend_options)
+    try:
+        anyio.run(run_server, config, backend="asyncio", backend_options=backend_options)
+    except* BackendUnavailable as group:
+        cause: BaseException = group
+        while isinstance(cause, BaseExceptionGroup):
+            cause = cause.exceptions[0]
+        raise SystemExit(
+            f"wschat: cannot reach the hub backend {config.hub_url}: {cause}"
+        ) from None
 
 
 def _worker(config: ServerConfig, log_level: str) -> None:

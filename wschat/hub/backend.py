@@ -95,13 +95,23 @@ class Backend(Protocol):
         """Connect, and start delivering subscribed rooms' events to ``deliver``.
 
         Background work (readers, heartbeats) runs in ``task_group``.
+
+        Raises:
+            BackendUnavailable: The backend cannot be reached at start-up.
         """
 
     async def aclose(self) -> None:
         """Stop background work and release connections."""
 
     async def subscribe(self, room: str) -> None:
-        """Deliver ``room``'s events to this node from now on."""
+        """Deliver ``room``'s events to this node from now on.
+
+        Returns once deliveries are flowing, so nothing published after it returns
+        is missed.
+
+        Raises:
+            BackendUnavailable: The backend cannot be reached.
+        """
 
     async def unsubscribe(self, room: str) -> None:
         """Stop delivering ``room``'s events to this node."""
@@ -114,7 +124,11 @@ class Backend(Protocol):
         """
 
     async def history(self, room: str, since: Position | None) -> History:
-        """Messages after ``since`` (None: the latest retained window)."""
+        """Messages after ``since`` (None: the latest retained window).
+
+        Raises:
+            BackendUnavailable: The backend cannot be reached.
+        """
 
     async def presence_join(self, room: str, conn_id: str, username: str) -> None:
         """Record that connection ``conn_id`` of ``username`` is in ``room``.
@@ -129,4 +143,8 @@ class Backend(Protocol):
         """
 
     async def presence(self, room: str) -> list[str]:
-        """The usernames present in ``room`` (each once)."""
+        """The usernames present in ``room`` (each once).
+
+        Raises:
+            BackendUnavailable: The backend cannot be reached.
+        """

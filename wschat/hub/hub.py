@@ -19,6 +19,7 @@ room proper.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from typing import Protocol
@@ -33,7 +34,9 @@ from ..chat import (
     presence_event,
 )
 from ..protocol import encode_text_frame
-from .backend import Backend, ChatMessage, Delivery
+from .backend import Backend, BackendError, ChatMessage, Delivery
+
+logger = logging.getLogger("wschat.hub")
 
 
 class PreparedMessage:
@@ -132,6 +135,9 @@ class Hub:
         try:
             await self._ensure_subscribed(room, member)
             history = await self.backend.history(room, since)
+        except BaseException:
+            rooms.discard(room)  # never joined: nothing of the attempt remains
+            raise
         finally:
             self._joining[room].pop(member, None)
             if not self._joining[room]:
@@ -250,7 +256,12 @@ class Hub:
             ):
                 self._subscribed.discard(room)
                 self._rooms.pop(room, None)
-                await self.backend.unsubscribe(room)
+                try:
+                    await self.backend.unsubscribe(room)
+                except BackendError as exc:
+                    # Harmless: deliveries for a room with no members are dropped,
+                    # and a later join subscribes again.
+                    logger.warning("! unsubscribe %s failed: %s", room, exc)
         if not self._rooms.get(room) and not self._lock(room).locked():
             self._room_locks.pop(room, None)
 

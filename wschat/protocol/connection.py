@@ -76,6 +76,7 @@ STATUS_TEXT: Final = {
     426: "Upgrade Required",
     431: "Request Header Fields Too Large",
     500: "Internal Server Error",
+    501: "Not Implemented",
     503: "Service Unavailable",
 }
 
@@ -130,6 +131,7 @@ class ServerConnection:
         self._out: list[bytes] = []
         self._pending_request: tuple[str, str, Headers, bool] | None = None
         self._awaiting_response = False
+        self._answered_with_error = False
         self._accept_binary = False
         self._text_parts: list[str] = []
         self._binary_parts: list[bytes] = []
@@ -207,6 +209,8 @@ class ServerConnection:
         Raises:
             LocalProtocolError: No request is waiting for an answer.
         """
+        if self._answered_with_error:
+            return  # the request turned out malformed (e.g. a bad chunk): already answered
         if not (self._awaiting_response or self._state is State.UPGRADE_PENDING):
             raise LocalProtocolError(f"no HTTP request to answer in state {self._state.value}")
         if self._state is State.UPGRADE_PENDING:
@@ -238,6 +242,8 @@ class ServerConnection:
 
     def _process_http(self) -> None:
         while self._state is State.HTTP:
+            if self._awaiting_response and self._h11.their_state in (h11.DONE, h11.MUST_CLOSE):
+                return  # the request is read; what follows waits for its answer
             if self._h11.our_state is h11.DONE and self._h11.their_state is h11.DONE:
                 self._h11.start_next_cycle()
             if self._h11.our_state in (h11.MUST_CLOSE, h11.CLOSED):
@@ -303,6 +309,7 @@ class ServerConnection:
             self._events.append(RequestRejected(status, reason))
             self._awaiting_response = True
             self.send_response(status, f"{reason}\n".encode(), close=True)
+            self._answered_with_error = True
         self._set_state(State.CLOSED)
 
     # -- WebSocket -----------------------------------------------------------
@@ -337,7 +344,12 @@ class ServerConnection:
         extensions: list[Extension] = []
         if compression:
             deflate = CappedPerMessageDeflate(max_size=max_message_size)
-            accepted = server_extensions_handshake(offered_extensions(headers), [deflate])
+            try:
+                accepted = server_extensions_handshake(offered_extensions(headers), [deflate])
+            except ValueError:
+                # RFC 7692 5: a server MUST decline an offer with invalid parameters;
+                # wsproto raises on some of them (e.g. client_max_window_bits=abc).
+                accepted = None
             if accepted is not None:
                 response_headers.append((b"sec-websocket-extensions", accepted))
                 extensions.append(deflate)
@@ -351,14 +363,14 @@ class ServerConnection:
             )
             or b""
         )
-        trailing, peer_closed = self._h11.trailing_data
+        # h11's "closed" flag cannot be set here: EOF while the upgrade was
+        # pending already closed the connection (receive_eof).
+        trailing, _ = self._h11.trailing_data
         self._ws = ws.Connection(ConnectionType.SERVER, extensions)
         self._accept_binary = accept_binary
         self._set_state(State.OPEN)
         if trailing:
             self._receive_frames(trailing)
-        if peer_closed:
-            self.receive_eof()
 
     def send_text(self, text: str) -> None:
         """Queue a text message (ignored once the close handshake has started)."""

@@ -21,6 +21,7 @@ class CappedPerMessageDeflate(PerMessageDeflate):
         super().__init__()
         self.max_size = max_size
         self._inflated = 0
+        self._in_control_frame = False
 
     def frame_inbound_header(
         self,
@@ -29,22 +30,48 @@ class CappedPerMessageDeflate(PerMessageDeflate):
         rsv: RsvBits,
         payload_length: int,
     ) -> CloseReason | RsvBits:
-        if opcode is not Opcode.CONTINUATION and not opcode.iscontrol():
+        if opcode.iscontrol():
+            # A control frame may come between a compressed message's fragments
+            # (RFC 6455 5.4); wsproto's PerMessageDeflate forgets the message's
+            # compression state on it, so control frames bypass that state here.
+            self._in_control_frame = True
+            if rsv.rsv1:
+                return CloseReason.PROTOCOL_ERROR
+            return RsvBits(True, False, False)
+        self._in_control_frame = False
+        if opcode is not Opcode.CONTINUATION:
             self._inflated = 0
         return super().frame_inbound_header(proto, opcode, rsv, payload_length)
 
     def frame_inbound_payload_data(
         self, proto: FrameDecoder | FrameProtocol, data: bytes
     ) -> bytes | CloseReason:
-        if not self._inbound_compressed or not self._inbound_is_compressible:
+        if self._in_control_frame or not self._inbound_compressed:
+            return data
+        if not self._inbound_is_compressible:
             return data
         assert self._decompressor is not None
-        allowed = self.max_size - self._inflated
         try:
             # One byte more than allowed tells "too big" apart from "exactly the cap".
-            inflated = self._decompressor.decompress(bytes(data), allowed + 1)
+            inflated = self._decompressor.decompress(bytes(data), self._allowed() + 1)
         except zlib.error:
             return CloseReason.INVALID_FRAME_PAYLOAD_DATA
+        return self._count(inflated)
+
+    def frame_inbound_complete(
+        self, proto: FrameDecoder | FrameProtocol, fin: bool
+    ) -> bytes | CloseReason | None:
+        if self._in_control_frame:
+            self._in_control_frame = False
+            return None
+        tail = super().frame_inbound_complete(proto, fin)
+        # The final flush can inflate a few hundred bytes more: they count too.
+        return self._count(tail) if isinstance(tail, bytes) else tail
+
+    def _allowed(self) -> int:
+        return max(self.max_size - self._inflated, 0)
+
+    def _count(self, inflated: bytes) -> bytes | CloseReason:
         self._inflated += len(inflated)
         if self._inflated > self.max_size:
             return CloseReason.MESSAGE_TOO_BIG

@@ -57,7 +57,8 @@ class OriginPolicy:
             return True
         if host is None:
             return False
-        return _origin_netloc(normalized) == _host_netloc(host, normalized)
+        origin_netloc = _origin_netloc(normalized)
+        return origin_netloc is not None and origin_netloc == _host_netloc(host, normalized)
 
 
 def _origin_netloc(origin: str) -> tuple[str, int] | None:
@@ -100,11 +101,6 @@ def header_value(headers: Headers, name: str) -> str | None:
         if key == name:
             return value
     return None
-
-
-def is_upgrade_request(headers: Headers) -> bool:
-    """True when the request asks to switch to WebSocket at all."""
-    return "websocket" in header_tokens(headers, "upgrade")
 
 
 def check_websocket_request(

@@ -1,11 +1,12 @@
 """A message-size limit inside wsproto's frame pipeline.
 
-wsproto has no limit on message size (features.md 3.1). This object sits last
-in the connection's extension list, so it sees every data frame's payload
-after decompression and before UTF-8 decoding: it counts the message's real
-bytes across fragments and fails the connection with 1009 the moment the
-message goes over. It is never offered to or negotiated with the peer and uses
-no RSV bit.
+wsproto has no limit on message size (features.md 3.1). This object sits in
+the connection's extension list and sees every frame header: it adds up the
+announced sizes of an uncompressed message's fragments and fails the
+connection with 1009 before reading a frame that would take the message over
+the cap. Compressed messages are capped after inflation by
+:class:`~.deflate.CappedPerMessageDeflate`. It is never offered to or
+negotiated with the peer and uses no RSV bit.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ class MessageSizeLimit(Extension):
     def __init__(self, max_size: int) -> None:
         self.max_size = max_size
         self._size = 0
-        self._control = False
         self._compressed = False
 
     def enabled(self) -> bool:
@@ -40,22 +40,20 @@ class MessageSizeLimit(Extension):
         rsv: RsvBits,
         payload_length: int,
     ) -> CloseReason | RsvBits:
-        self._control = opcode.iscontrol()
-        if self._control:
+        if opcode.iscontrol():
             return _NO_RSV
         if opcode is not Opcode.CONTINUATION:
             self._size = 0
             self._compressed = rsv.rsv1
+        if self._compressed:
+            return _NO_RSV  # counted after inflation by CappedPerMessageDeflate
         # An uncompressed frame announces its size: refuse it before reading it.
-        if not self._compressed and self._size + payload_length > self.max_size:
+        self._size += payload_length
+        if self._size > self.max_size:
             return CloseReason.MESSAGE_TOO_BIG
         return _NO_RSV
 
     def frame_inbound_payload_data(
         self, proto: FrameDecoder | FrameProtocol, data: bytes
     ) -> bytes | CloseReason:
-        if not self._control:
-            self._size += len(data)
-            if self._size > self.max_size:
-                return CloseReason.MESSAGE_TOO_BIG
         return data

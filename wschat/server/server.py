@@ -173,6 +173,9 @@ class Server:
                 await self._serve_websocket(stream, conn, request, peer)
         except _DISCONNECTED:
             pass
+        except Exception:
+            # A bug in handling one connection must not take the others down.
+            logger.exception("! connection from %s failed", peer)
         finally:
             try:
                 if conn.close_expected():
@@ -286,7 +289,11 @@ class Server:
         close_code, close_reason = 1006, "connection lost"
         try:
             if chat:
-                await self.hub.enter(client, room)
+                try:
+                    await self.hub.enter(client, room)
+                except BackendUnavailable as exc:
+                    logger.warning("! conn %s: hub backend unavailable: %s", client.conn_id, exc)
+                    client.close(1013, "hub backend unavailable: try again later")
             async with anyio.create_task_group() as group:
                 keepalive_scope = anyio.CancelScope()
                 group.start_soon(self._write_loop, stream, client, group.cancel_scope)
@@ -367,6 +374,7 @@ class Server:
                 )
             return
         had_username = session.username is not None
+        rooms_before = set(session.rooms)
         try:
             command = session.handle(text)
         except ChatError as exc:
@@ -383,7 +391,9 @@ class Server:
             elif isinstance(command, Leave):
                 await self.hub.leave(client, command.room)
         except BackendUnavailable as exc:
-            client.send_error("unavailable", f"not delivered, try again: {exc}")
+            if isinstance(command, Join) and command.room not in rooms_before:
+                session.rooms.discard(command.room)  # the join did not happen
+            client.send_error("unavailable", f"not done, try again: {exc}")
 
     async def _write_loop(
         self, stream: ByteStream, client: ClientConnection, scope: anyio.CancelScope

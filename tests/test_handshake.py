@@ -1,0 +1,625 @@
+"""The HTTP phase of ServerConnection: plain requests, keep-alive, and the opening handshake.
+
+Bytes in, bytes out: requests are built by hand (tests/protocol_helpers.py) and
+the server's responses are parsed by h11's client side, never by wschat.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pytest
+from wsproto import events as wse
+
+from tests.protocol_helpers import (
+    OP_TEXT,
+    SAMPLE_ACCEPT,
+    SAMPLE_KEY,
+    Client,
+    handshake_request,
+    http_request,
+    parse_http_responses,
+    parse_server_frames,
+    receive,
+    single_response,
+)
+from wschat.protocol import (
+    DEFAULT_MAX_REQUEST_HEAD,
+    HttpRequest,
+    LocalProtocolError,
+    OriginPolicy,
+    RequestRejected,
+    ServerConnection,
+    State,
+    TextReceived,
+    WebSocketRequest,
+)
+
+
+def assert_rejected(conn: ServerConnection, events: Sequence[object], status: int) -> str:
+    """The connection refused the request itself: event, response, then close."""
+    assert len(events) == 1, events
+    rejected = events[0]
+    assert isinstance(rejected, RequestRejected)
+    assert rejected.status == status
+    response = single_response(conn)
+    assert response.status == status
+    assert response.header("connection") == "close"
+    assert response.header("content-type") == "text/plain; charset=utf-8"
+    assert response.body.decode().strip() == rejected.reason.strip()
+    assert conn.close_expected()
+    assert conn.state is State.CLOSED
+    return rejected.reason
+
+
+# -- plain HTTP (RFC 9112) -------------------------------------------------------
+
+
+class TestPlainHttp:
+    def test_get_surfaces_as_http_request_and_is_answered(self) -> None:
+        conn = ServerConnection()
+        events = receive(conn, http_request("/static/app.js?v=3", headers=[("Accept", "*/*")]))
+        assert events == [
+            HttpRequest(
+                method="GET",
+                path="/static/app.js",
+                query="v=3",
+                headers=(("host", "example.com"), ("accept", "*/*")),
+            )
+        ]
+        assert conn.data_to_send() == []  # the caller answers, not the protocol
+        conn.send_response(200, b"console.log(1)\n", "text/javascript")
+        response = single_response(conn)
+        assert response.status == 200
+        assert response.body == b"console.log(1)\n"
+        assert response.header("content-type") == "text/javascript"
+        assert response.header("content-length") == "15"
+        assert response.header("connection") is None
+        assert not conn.close_expected()
+        assert conn.state is State.HTTP
+
+    def test_extra_headers_are_sent(self) -> None:
+        conn = ServerConnection()
+        receive(conn, http_request("/"))
+        conn.send_response(200, b"ok", headers=(("cache-control", "no-store"),))
+        assert single_response(conn).header("cache-control") == "no-store"
+
+    def test_keep_alive_answers_two_requests_in_turn(self) -> None:
+        conn = ServerConnection()
+        assert receive(conn, http_request("/a")) == [
+            HttpRequest("GET", "/a", "", (("host", "example.com"),))
+        ]
+        conn.send_response(200, b"A")
+        assert receive(conn, http_request("/b")) == [
+            HttpRequest("GET", "/b", "", (("host", "example.com"),))
+        ]
+        conn.send_response(200, b"B")
+        parsed = parse_http_responses(conn.data_to_send())
+        assert [(r.status, r.body) for r in parsed.responses] == [(200, b"A"), (200, b"B")]
+        assert not parsed.must_close
+        assert not conn.close_expected()
+
+    def test_pipelined_requests_in_one_read_are_answered_in_order(self) -> None:
+        conn = ServerConnection()
+        # h11 hands out the second request only once the first is answered.
+        events = receive(conn, http_request("/a") + http_request("/b") + http_request("/c"))
+        seen = [e.path for e in events if isinstance(e, HttpRequest)]
+        assert seen == ["/a"]
+        while seen[-1] != "/c":
+            conn.send_response(200, f"answer to {seen[-1]}".encode())
+            follow = conn.events_received()
+            assert len(follow) == 1 and isinstance(follow[0], HttpRequest)
+            seen.append(follow[0].path)
+        conn.send_response(200, b"answer to /c")
+        assert conn.events_received() == []
+        assert seen == ["/a", "/b", "/c"]
+        parsed = parse_http_responses(conn.data_to_send())
+        assert [(r.status, r.body) for r in parsed.responses] == [
+            (200, b"answer to /a"),
+            (200, b"answer to /b"),
+            (200, b"answer to /c"),
+        ]
+        assert not conn.close_expected()
+
+    def test_request_body_is_discarded_and_the_next_request_parsed(self) -> None:
+        conn = ServerConnection()
+        data = http_request("/form", method="POST", body=b"x=1") + http_request("/next")
+        events = receive(conn, data)
+        assert [(e.method, e.path) for e in events if isinstance(e, HttpRequest)] == [
+            ("POST", "/form")
+        ]
+        conn.send_response(405, b"nope", headers=(("allow", "GET"),))
+        assert [e.path for e in conn.events_received() if isinstance(e, HttpRequest)] == ["/next"]
+
+    def test_close_response_ends_the_connection(self) -> None:
+        conn = ServerConnection()
+        receive(conn, http_request("/"))
+        conn.send_response(503, b"draining\n", close=True)
+        response = single_response(conn)
+        assert response.status == 503
+        assert response.reason == b"Service Unavailable"
+        assert response.header("connection") == "close"
+        assert conn.close_expected()
+
+    def test_client_connection_close_is_honoured(self) -> None:
+        conn = ServerConnection()
+        receive(conn, http_request("/", headers=[("Connection", "close")]))
+        conn.send_response(200, b"bye")
+        assert single_response(conn).status == 200
+        assert conn.close_expected()
+
+    def test_other_methods_on_other_paths_are_the_callers_job(self) -> None:
+        # A 405 for POST /healthz is the application's decision, not the protocol's.
+        conn = ServerConnection()
+        events = receive(conn, http_request("/healthz", method="POST", body=b"{}"))
+        assert [(e.method, e.path) for e in events if isinstance(e, HttpRequest)] == [
+            ("POST", "/healthz")
+        ]
+        assert conn.data_to_send() == []
+
+    def test_answering_with_no_request_pending_is_a_local_error(self) -> None:
+        conn = ServerConnection()
+        with pytest.raises(LocalProtocolError):
+            conn.send_response(200)
+        receive(conn, http_request("/"))
+        conn.send_response(200)
+        with pytest.raises(LocalProtocolError):
+            conn.send_response(200)
+
+    def test_eof_before_any_request_closes_quietly(self) -> None:
+        conn = ServerConnection()
+        conn.receive_eof()
+        assert conn.events_received() == []
+        assert conn.data_to_send() == []
+        assert conn.close_expected()
+
+    def test_receive_data_empty_bytes_means_eof(self) -> None:
+        conn = ServerConnection()
+        conn.receive_data(b"")
+        assert conn.close_expected()
+
+    def test_half_closed_client_still_gets_its_answer(self) -> None:
+        conn = ServerConnection()
+        receive(conn, http_request("/"))
+        conn.receive_eof()
+        assert conn.close_expected()
+        conn.send_response(200, b"late but sent")
+        assert single_response(conn).body == b"late but sent"
+
+    @pytest.mark.parametrize(
+        "data",
+        [
+            b"NOT A REQUEST\r\n\r\n",
+            b"GET / HTTP/1.1\r\nno colon here\r\n\r\n",
+            b"GET / HTTP/1.1\r\n\r\n",  # HTTP/1.1 requires Host
+            b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+            b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n",  # TLS on a plain port
+        ],
+        ids=["garbage", "bad-header", "no-host", "two-hosts", "tls"],
+    )
+    def test_malformed_request_gets_400_and_closes(self, data: bytes) -> None:
+        conn = ServerConnection()
+        assert_rejected(conn, receive(conn, data), 400)
+
+    def test_malformed_request_after_a_good_one_is_answered_in_turn(self) -> None:
+        conn = ServerConnection()
+        events = receive(conn, http_request("/") + b"BROKEN\r\n\r\n")
+        assert [type(e) for e in events] == [HttpRequest]
+        conn.send_response(200, b"ok")
+        follow = conn.events_received()
+        assert [(type(e), e.status) for e in follow if isinstance(e, RequestRejected)] == [
+            (RequestRejected, 400)
+        ]
+        parsed = parse_http_responses(conn.data_to_send())
+        assert [r.status for r in parsed.responses] == [200, 400]
+        assert conn.close_expected()
+
+    @pytest.mark.parametrize(
+        ("data", "statuses"),
+        [
+            (
+                b"GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nZZZ\r\n",
+                ([200], [400]),  # answering first, or refusing the bad body: either is fine
+            ),
+            (b"GET / HTTP/1.0\r\n\r\n\r\n", ([200],)),  # a stray CRLF after the request
+            (
+                b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+                b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n",
+                ([200],),  # RFC 9112 9.6: answer the first, ignore what follows "close"
+            ),
+        ],
+        ids=["bad-chunk", "http10-extra-crlf", "pipelined-after-close"],
+    )
+    def test_bytes_after_a_request_in_the_same_read_do_not_preempt_its_answer(
+        self, data: bytes, statuses: tuple[list[int], ...]
+    ) -> None:
+        conn = ServerConnection()
+        events = receive(conn, data)
+        # The I/O layer answers every HttpRequest it is given; that must never raise.
+        for event in events:
+            if isinstance(event, HttpRequest):
+                conn.send_response(200, b"ok")
+        parsed = parse_http_responses(conn.data_to_send())
+        assert [r.status for r in parsed.responses] in statuses
+        assert conn.close_expected()
+
+
+class TestRequestHeadLimit:
+    """RFC 6585 5: 431 Request Header Fields Too Large."""
+
+    def test_default_limit(self) -> None:
+        assert ServerConnection().max_request_head == DEFAULT_MAX_REQUEST_HEAD == 16 * 1024
+
+    def test_complete_head_over_the_limit_in_one_read(self) -> None:
+        conn = ServerConnection(max_request_head=1024)
+        data = http_request("/", headers=[("X-Big", "a" * 2000)])
+        assert_rejected(conn, receive(conn, data), 431)
+
+    def test_incomplete_head_over_the_limit(self) -> None:
+        conn = ServerConnection(max_request_head=1024)
+        # No blank line yet: h11 refuses to buffer more than the cap.
+        data = b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 4000
+        assert_rejected(conn, receive(conn, data), 431)
+
+    def test_head_over_the_limit_on_the_websocket_path(self) -> None:
+        conn = ServerConnection(max_request_head=1024)
+        data = handshake_request(headers=[("Cookie", "c" * 2000)])
+        assert_rejected(conn, receive(conn, data), 431)
+
+    def test_head_under_the_limit_is_fine(self) -> None:
+        conn = ServerConnection(max_request_head=1024)
+        events = receive(conn, http_request("/", headers=[("X-Small", "a" * 500)]))
+        assert [type(e) for e in events] == [HttpRequest]
+
+
+# -- RFC 6455 section 4: the opening handshake ----------------------------------
+
+
+class TestSection4_2_1ReadingTheClientHandshake:
+    """RFC 6455 4.2.1: what a server checks before it switches protocols."""
+
+    def test_valid_handshake_surfaces_as_websocket_request(self) -> None:
+        conn = ServerConnection()
+        events = receive(conn, handshake_request("/ws?room=lobby"))
+        assert len(events) == 1
+        (request,) = events
+        assert isinstance(request, WebSocketRequest)
+        assert (request.path, request.query) == ("/ws", "room=lobby")
+        assert ("sec-websocket-key", SAMPLE_KEY) in request.headers
+        assert conn.state is State.UPGRADE_PENDING
+        assert conn.data_to_send() == []  # the caller decides (capacity, auth, draining)
+        assert not conn.close_expected()
+
+    def test_only_configured_paths_upgrade(self) -> None:
+        conn = ServerConnection(websocket_paths={"/chat", "/echo"})
+        (event,) = receive(conn, handshake_request("/ws"))
+        assert isinstance(event, HttpRequest)  # an ordinary request: the caller 404s it
+        conn = ServerConnection(websocket_paths={"/chat", "/echo"})
+        (event,) = receive(conn, handshake_request("/echo"))
+        assert isinstance(event, WebSocketRequest)
+
+    def test_handshake_split_across_reads(self) -> None:
+        conn = ServerConnection()
+        data = handshake_request()
+        for i in range(len(data) - 1):
+            assert receive(conn, data[i : i + 1]) == []
+        (event,) = receive(conn, data[-1:])
+        assert isinstance(event, WebSocketRequest)
+
+    def test_post_gets_405_from_the_protocol(self) -> None:
+        conn = ServerConnection()
+        reason = assert_rejected(conn, receive(conn, handshake_request(method="POST")), 405)
+        assert "GET" in reason
+
+    def test_405_names_the_allowed_method(self) -> None:
+        conn = ServerConnection()
+        receive(conn, handshake_request(method="PUT"))
+        assert single_response(conn).header("allow") == "GET"
+
+    def test_http_1_0_is_refused(self) -> None:
+        conn = ServerConnection()
+        reason = assert_rejected(conn, receive(conn, handshake_request(http_version="1.0")), 400)
+        assert "HTTP/1.1" in reason
+
+    @pytest.mark.parametrize("upgrade", [None, "h2c", "websocketx", "web socket"])
+    def test_missing_or_other_upgrade_is_refused(self, upgrade: str | None) -> None:
+        conn = ServerConnection()
+        reason = assert_rejected(conn, receive(conn, handshake_request(upgrade=upgrade)), 400)
+        assert "Upgrade" in reason
+
+    @pytest.mark.parametrize("upgrade", ["websocket", "WebSocket", "h2c, websocket"])
+    def test_upgrade_token_is_case_insensitive_and_listed(self, upgrade: str) -> None:
+        conn = ServerConnection()
+        (event,) = receive(conn, handshake_request(upgrade=upgrade))
+        assert isinstance(event, WebSocketRequest)
+
+    @pytest.mark.parametrize(
+        "connection", ["Upgrade", "upgrade", "keep-alive, Upgrade", "KEEP-ALIVE,UPGRADE"]
+    )
+    def test_connection_token_list_in_any_case(self, connection: str) -> None:
+        conn = ServerConnection()
+        (event,) = receive(conn, handshake_request(connection=connection))
+        assert isinstance(event, WebSocketRequest)
+
+    @pytest.mark.parametrize("connection", [None, "keep-alive", "close", "upgraded"])
+    def test_missing_connection_upgrade_is_refused(self, connection: str | None) -> None:
+        conn = ServerConnection()
+        reason = assert_rejected(conn, receive(conn, handshake_request(connection=connection)), 400)
+        assert "Connection" in reason
+
+    def test_missing_key_is_refused(self) -> None:
+        conn = ServerConnection()
+        reason = assert_rejected(conn, receive(conn, handshake_request(key=None)), 400)
+        assert "Sec-WebSocket-Key" in reason
+
+    @pytest.mark.parametrize(
+        "key",
+        [
+            "",
+            "not base64!!",
+            "AAAAAAAAAAAAAAAAAAAA",  # base64 of 15 bytes
+            "AAAAAAAAAAAAAAAAAAAAAAAA",  # base64 of 18 bytes
+            "AAAAAAAAAAAAAAAAAAAAAA",  # 16 bytes but unpadded
+            "dGhlIHNhbXBsZSBub25jZQ",
+        ],
+    )
+    def test_key_not_base64_of_16_bytes_is_refused(self, key: str) -> None:
+        conn = ServerConnection()
+        reason = assert_rejected(conn, receive(conn, handshake_request(key=key)), 400)
+        assert "Sec-WebSocket-Key" in reason
+
+    @pytest.mark.parametrize("version", ["8", "12", "14", "13, 8", None])
+    def test_other_or_missing_version_gets_426_with_supported_version(
+        self, version: str | None
+    ) -> None:
+        # RFC 6455 4.4: answer with the versions this server speaks.
+        conn = ServerConnection()
+        events = receive(conn, handshake_request(version=version))
+        assert len(events) == 1 and isinstance(events[0], RequestRejected)
+        assert events[0].status == 426
+        response = single_response(conn)
+        assert response.status == 426
+        assert response.reason == b"Upgrade Required"
+        assert response.header("sec-websocket-version") == "13"
+        assert response.body.decode() == events[0].reason
+        assert conn.close_expected()
+
+    def test_checks_run_in_a_useful_order(self) -> None:
+        # A request that is wrong in every way is told about the method first.
+        conn = ServerConnection()
+        data = handshake_request(method="POST", upgrade=None, connection=None, key=None)
+        assert_rejected(conn, receive(conn, data), 405)
+
+    def test_nothing_after_a_rejection_is_parsed(self) -> None:
+        conn = ServerConnection()
+        events = receive(conn, handshake_request(key=None) + http_request("/"))
+        assert [type(e) for e in events] == [RequestRejected]
+        assert len(parse_http_responses(conn.data_to_send()).responses) == 1
+        assert receive(conn, http_request("/")) == []
+        assert conn.data_to_send() == []
+
+
+class TestSection4_2_2ServerHandshakeResponse:
+    """RFC 6455 4.2.2: the 101 and its Sec-WebSocket-Accept."""
+
+    def test_101_carries_the_rfc_sample_accept_key(self) -> None:
+        conn = ServerConnection()
+        receive(conn, handshake_request(key=SAMPLE_KEY))
+        conn.accept_websocket()
+        parsed = parse_http_responses(conn.data_to_send())
+        (response,) = parsed.responses
+        assert response.status == 101
+        assert response.reason == b"Switching Protocols"
+        assert response.header("upgrade") == "websocket"
+        assert response.header("connection") == "Upgrade"
+        assert response.header("sec-websocket-accept") == SAMPLE_ACCEPT
+        assert response.header("sec-websocket-extensions") is None
+        assert parsed.trailing == b""
+        assert conn.state is State.OPEN
+        assert not conn.close_expected()
+        assert conn.events_received() == []
+
+    def test_server_can_refuse_a_valid_upgrade(self) -> None:
+        conn = ServerConnection()
+        receive(conn, handshake_request())
+        conn.send_response(503, b"too many connections\n", headers=(("retry-after", "5"),))
+        response = single_response(conn)
+        assert response.status == 503
+        assert response.header("retry-after") == "5"
+        # Unknown bytes may follow a refused upgrade: never reuse the connection.
+        assert response.header("connection") == "close"
+        assert conn.close_expected()
+
+    def test_accept_without_a_pending_upgrade_is_a_local_error(self) -> None:
+        conn = ServerConnection()
+        with pytest.raises(LocalProtocolError):
+            conn.accept_websocket()
+        receive(conn, http_request("/"))
+        with pytest.raises(LocalProtocolError):
+            conn.accept_websocket()
+
+    def test_accept_twice_is_a_local_error(self) -> None:
+        conn = ServerConnection()
+        receive(conn, handshake_request())
+        conn.accept_websocket()
+        with pytest.raises(LocalProtocolError):
+            conn.accept_websocket()
+
+    def test_eof_while_the_upgrade_is_pending_closes(self) -> None:
+        conn = ServerConnection()
+        receive(conn, handshake_request())
+        conn.receive_eof()
+        assert conn.close_expected()
+
+    def test_send_close_while_the_upgrade_is_pending_closes(self) -> None:
+        conn = ServerConnection()
+        receive(conn, handshake_request())
+        conn.send_close(1001)
+        assert conn.close_expected()
+        assert conn.data_to_send() == []
+
+    @pytest.mark.parametrize(
+        "offer",
+        [
+            "permessage-deflate; client_max_window_bits=abc",
+            "permessage-deflate; server_max_window_bits=x",
+            "permessage-deflate; client_max_window_bits=",
+        ],
+    )
+    def test_malformed_deflate_offer_is_declined_not_raised(self, offer: str) -> None:
+        # RFC 7692 5: a server MUST decline an offer whose parameter has an invalid value.
+        conn = ServerConnection()
+        events = receive(conn, handshake_request(extensions=offer))
+        if isinstance(events[0], RequestRejected):  # refusing the handshake is fine too
+            assert events[0].status == 400
+            return
+        conn.accept_websocket()
+        (response,) = parse_http_responses(conn.data_to_send()).responses
+        assert response.status == 101
+        assert response.header("sec-websocket-extensions") is None
+
+
+class TestHandoffToFraming:
+    """The h11 -> wsproto handoff: bytes h11 read past the request are frames."""
+
+    def test_first_frame_in_the_same_read_as_the_handshake(self) -> None:
+        conn = ServerConnection()
+        frame = Client().send(wse.TextMessage("hello"))
+        events = receive(conn, handshake_request() + frame)
+        assert [type(e) for e in events] == [WebSocketRequest]
+        conn.accept_websocket()
+        assert conn.events_received() == [TextReceived("hello")]
+
+    def test_bytes_arriving_while_the_upgrade_is_pending_are_kept(self) -> None:
+        conn = ServerConnection()
+        client = Client()
+        assert [type(e) for e in receive(conn, handshake_request())] == [WebSocketRequest]
+        # The caller is still deciding (e.g. checking capacity) when frames arrive.
+        assert receive(conn, client.send(wse.TextMessage("one"))) == []
+        assert receive(conn, client.send(wse.Ping(b"p"))) == []
+        two = client.send(wse.TextMessage("two"))
+        assert receive(conn, two[:3]) == []
+        conn.accept_websocket()
+        assert conn.events_received() == [TextReceived("one")]
+        out = conn.data_to_send()
+        parsed = parse_http_responses(out)
+        assert [r.status for r in parsed.responses] == [101]
+        frames = parse_server_frames(parsed.trailing)
+        assert [(f.opcode.name, f.payload) for f in frames] == [("PONG", b"p")]
+        # The rest of the partial frame completes the message.
+        assert receive(conn, two[3:]) == [TextReceived("two")]
+
+    def test_partial_frame_in_the_handshake_read_completes_later(self) -> None:
+        conn = ServerConnection()
+        frame = Client().send(wse.TextMessage("split"))
+        receive(conn, handshake_request() + frame[:4])
+        conn.accept_websocket()
+        assert conn.events_received() == []
+        assert receive(conn, frame[4:]) == [TextReceived("split")]
+
+    def test_handshake_frames_and_server_reply_round_trip(self) -> None:
+        conn = ServerConnection()
+        client = Client()
+        receive(conn, handshake_request() + client.send(wse.TextMessage("hi")))
+        conn.accept_websocket()
+        conn.send_text("welcome")
+        parsed = parse_http_responses(conn.data_to_send())
+        assert parsed.responses[0].status == 101
+        assert client.receive(parsed.trailing) == [wse.TextMessage(data="welcome")]
+        (frame,) = parse_server_frames(parsed.trailing)
+        assert frame.opcode.value == OP_TEXT
+        assert conn.events_received() == [TextReceived("hi")]
+
+
+# -- RFC 6455 section 10.2: Origin ------------------------------------------------
+
+
+class TestSection10_2OriginConsiderations:
+    """RFC 6455 10.2 and 4.2.2: servers use Origin to refuse cross-site browser connections."""
+
+    def upgrade(
+        self, origin: str | None, host: str = "example.com", allowed: tuple[str, ...] = ()
+    ) -> object:
+        conn = ServerConnection(origin_policy=OriginPolicy(allowed=allowed))
+        events = receive(conn, handshake_request(origin=origin, host=host))
+        assert len(events) == 1
+        return events[0]
+
+    def test_no_origin_is_allowed(self) -> None:
+        # Non-browser clients send no Origin and could forge one anyway.
+        assert isinstance(self.upgrade(None), WebSocketRequest)
+
+    @pytest.mark.parametrize(
+        ("origin", "host"),
+        [
+            ("http://example.com", "example.com"),
+            ("http://example.com", "example.com:80"),
+            ("http://example.com:80", "example.com"),
+            ("https://example.com", "example.com"),
+            ("https://example.com", "example.com:443"),
+            ("http://example.com:8080", "example.com:8080"),
+            ("HTTP://Example.COM", "EXAMPLE.com"),
+            ("http://example.com/", "example.com"),
+            ("http://127.0.0.1:8000", "127.0.0.1:8000"),
+            ("http://[::1]:8000", "[::1]:8000"),
+        ],
+    )
+    def test_same_origin_is_allowed(self, origin: str, host: str) -> None:
+        assert isinstance(self.upgrade(origin, host), WebSocketRequest)
+
+    @pytest.mark.parametrize(
+        ("origin", "host"),
+        [
+            ("http://evil.example", "example.com"),
+            ("http://example.com:8080", "example.com"),
+            ("http://example.com", "example.com:8080"),
+            ("https://example.com", "example.com:80"),
+            ("http://example.com.evil.example", "example.com"),
+            ("http://sub.example.com", "example.com"),
+            ("null", "example.com"),
+            ("file://", "example.com"),
+            ("not a url", "example.com"),
+            ("http://example.com:99999", "example.com"),
+            ("http://[::1", "example.com"),
+            ("ws://example.com", "example.com:443"),
+        ],
+    )
+    def test_cross_origin_is_forbidden(self, origin: str, host: str) -> None:
+        conn = ServerConnection()
+        events = receive(conn, handshake_request(origin=origin, host=host))
+        reason = assert_rejected(conn, events, 403)
+        assert origin in reason
+
+    def test_allowlist_admits_listed_origins(self) -> None:
+        app = ("https://app.example.com",)
+        assert isinstance(self.upgrade("https://app.example.com", allowed=app), WebSocketRequest)
+        assert isinstance(self.upgrade("https://APP.example.com/", allowed=app), WebSocketRequest)
+        # Same origin still works next to the allowlist.
+        assert isinstance(self.upgrade("http://example.com", allowed=app), WebSocketRequest)
+        # The allowlist is exact: scheme and port matter.
+        for other in (
+            "http://app.example.com",
+            "https://app.example.com:8443",
+            "https://evil.example",
+        ):
+            event = self.upgrade(other, allowed=app)
+            assert isinstance(event, RequestRejected) and event.status == 403, other
+
+    def test_star_allows_any_origin(self) -> None:
+        for origin in ("https://evil.example", "null", "http://example.com:1"):
+            assert isinstance(self.upgrade(origin, allowed=("*",)), WebSocketRequest), origin
+
+    def test_policy_check_directly(self) -> None:
+        policy = OriginPolicy()
+        assert policy.check(None, None)
+        assert policy.check("http://example.com", "example.com")
+        assert not policy.check("http://example.com", None)
+        assert not policy.check("http://evil.example", "example.com")
+
+    @pytest.mark.parametrize("host", ["", "[", ":"])
+    def test_unparseable_origin_and_host_are_not_same_origin(self, host: str) -> None:
+        assert not OriginPolicy().check("null", host)
+
+    def test_null_origin_with_empty_host_is_forbidden(self) -> None:
+        event = self.upgrade("null", host="")
+        assert isinstance(event, RequestRejected) and event.status == 403
