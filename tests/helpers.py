@@ -143,13 +143,16 @@ class RedisProcess:
             self.proc.wait(timeout=10)
         self.proc = None
 
+    def __enter__(self) -> RedisProcess:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
 
 @contextmanager
 def redis_server() -> Iterator[str]:
     """A private ``redis-server`` on a free port (no persistence); yields its URL."""
-    redis = RedisProcess()
-    redis.start()
-    try:
+    with RedisProcess() as redis:
         yield redis.url
-    finally:
-        redis.stop()

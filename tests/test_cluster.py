@@ -26,16 +26,6 @@ PRESENCE_TTL = 2.0
 
 
 @contextmanager
-def redis() -> Iterator[RedisProcess]:
-    server = RedisProcess()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@contextmanager
 def nodes(redis_url: str, count: int, *extra: str) -> Iterator[list[tuple[Any, int]]]:
     with ExitStack() as stack:
         yield [
@@ -79,7 +69,7 @@ async def join(
 
 async def test_every_client_gets_every_message_in_the_same_order_on_every_node() -> None:
     per_sender = 15
-    with redis() as server, nodes(server.url, 3) as running:
+    with RedisProcess() as server, nodes(server.url, 3) as running:
         async with AsyncExitStack() as stack:
             clients = [
                 await stack.enter_async_context(client(port))
@@ -117,7 +107,7 @@ async def test_every_client_gets_every_message_in_the_same_order_on_every_node()
 
 
 async def test_killed_node_leaves_presence_and_its_clients_recover_elsewhere() -> None:
-    with redis() as server, nodes(server.url, 3) as running:
+    with RedisProcess() as server, nodes(server.url, 3) as running:
         (_, port_a), (_, port_b), (proc_c, port_c) = running
         async with client(port_a) as alice, client(port_b) as bob:
             await join(alice, "alice")
@@ -151,7 +141,7 @@ async def test_killed_node_leaves_presence_and_its_clients_recover_elsewhere() -
 
 
 async def test_redis_restart_refuses_then_recovers_and_reports_lost_history() -> None:
-    with redis() as server, nodes(server.url, 2) as running:
+    with RedisProcess() as server, nodes(server.url, 2) as running:
         (_, port_a), (_, port_b) = running
         async with client(port_a) as alice, client(port_b) as bob:
             await join(alice, "alice")
@@ -184,7 +174,7 @@ async def test_redis_restart_refuses_then_recovers_and_reports_lost_history() ->
 
 async def test_workers_share_one_port_on_redis() -> None:
     with (
-        redis() as server,
+        RedisProcess() as server,
         server_process("--hub", server.url, "--workers", "2", "--rate", "0") as (proc, port),
     ):
         with anyio.fail_after(20):

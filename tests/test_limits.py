@@ -353,3 +353,51 @@ class TestTLS:
                     except (anyio.EndOfStream, anyio.BrokenResourceError, ssl.SSLError):
                         pass
             assert data.startswith(b"HTTP/1.1 200") and b"<!doctype html>" in data.lower()
+
+
+class TestWriteTimeout:
+    async def test_blocked_send_closes_the_connection_room_unharmed(self) -> None:
+        text = "w" * 4000
+        messages = 1500  # ~6 MB: more than loopback socket buffers hold
+        async with running_server(outbox_limit=0, write_timeout=0.5) as server:
+            stream = await anyio.connect_tcp("127.0.0.1", server.port)
+            sock = stream.extra(anyio.abc.SocketAttribute.raw_socket)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            await stream.send(upgrade_request())  # and never read
+            async with connect(ws_url(server), max_queue=None) as reader:
+                await wait_members(server, 2)
+                for n in range(messages):
+                    await reader.send(json.dumps({"username": "r", "message": f"{n}:{text}"}))
+                got = [
+                    int((await recv_json(reader))["message"].split(":")[0]) for _ in range(messages)
+                ]
+                assert got == list(range(messages))
+                await wait_members(server, 1, timeout=10)  # the blocked one was dropped
+            metrics = server.metrics.render()
+            assert b'wschat_close_codes_total{code="1006"} 1.0' in metrics
+            assert b"wschat_slow_consumer_closes_total 0.0" in metrics
+            await stream.aclose()
+
+
+class TestDrainRefusesNewUpgrades:
+    async def test_upgrade_completed_during_drain_gets_503(self) -> None:
+        async with running_server(drain_timeout=3, close_timeout=3) as server:
+            holder = await RawClient.open(server.port)  # never answers the close: drain waits
+            late = await anyio.connect_tcp("127.0.0.1", server.port)
+            request = upgrade_request()
+            await late.send(request[:20])
+            await anyio.sleep(0.1)
+            server.stop()
+            assert await holder.close_code() == 1001
+            await late.send(request[20:])
+            data = b""
+            with anyio.fail_after(5):
+                try:
+                    while chunk := await late.receive():
+                        data += chunk
+                except (anyio.EndOfStream, anyio.BrokenResourceError):
+                    pass
+            assert data.startswith(b"HTTP/1.1 503")
+            assert b"retry-after: 5" in data.lower()
+            await late.aclose()
+            await holder.stream.aclose()

@@ -25,12 +25,8 @@ pytestmark = [pytest.mark.anyio, pytest.mark.redis]
 
 @pytest.fixture
 def server() -> Iterator[RedisProcess]:
-    process = RedisProcess()
-    process.start()
-    try:
+    with RedisProcess() as process:
         yield process
-    finally:
-        process.stop()
 
 
 @pytest.fixture
