@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING
 
 import anyio
@@ -13,25 +14,38 @@ from .outbox import Outbox
 from .ratelimit import TokenBucket
 
 if TYPE_CHECKING:
+    from .flusher import Flusher
     from .metrics import Metrics
 
 
 class ClientConnection:
     """A WebSocket client: protocol state, outbox, chat session, timers.
 
-    Implements the Hub's ``Member`` protocol. ``send`` never blocks: over the
-    outbox limit the client is closed with 1013 (slow consumer) and the room
-    goes on without it.
+    Implements the Hub's ``Member`` protocol. ``send`` never blocks: it appends
+    to the outbox and, on plain TCP under asyncio, marks the connection dirty
+    for the server's :class:`~.flusher.Flusher`, which writes it straight into
+    the transport. Over the byte limit (outbox plus what the transport could
+    not yet hand to the kernel) the client is closed with 1013 (slow consumer)
+    and the room goes on without it.
+
+    Args:
+        transport: The asyncio transport to write to directly, or None to use a
+            writer task (TLS streams, trio).
+        flusher: The server's flusher (used with ``transport``).
     """
 
     __slots__ = (
         "_metrics",
+        "blocked_since",
         "bucket",
         "close_timeout",
         "closing_deadline",
         "conn",
         "conn_id",
         "deflate",
+        "dirty",
+        "flusher",
+        "last_ping",
         "last_seen",
         "open",
         "outbox",
@@ -40,6 +54,7 @@ class ClientConnection:
         "read_scope",
         "session",
         "strikes",
+        "transport",
     )
 
     def __init__(
@@ -54,6 +69,8 @@ class ClientConnection:
         strikes: TokenBucket,
         metrics: Metrics,
         close_timeout: float,
+        transport: asyncio.WriteTransport | None = None,
+        flusher: Flusher | None = None,
     ) -> None:
         self.conn_id = conn_id
         self.peer = peer
@@ -65,9 +82,13 @@ class ClientConnection:
         self.strikes = strikes
         self._metrics = metrics
         self.close_timeout = close_timeout
+        self.transport = transport if flusher is not None else None
+        self.flusher = flusher
         self.deflate = conn.compressed
         self.open = True
-        self.last_seen = anyio.current_time()
+        self.dirty = False
+        self.last_seen = self.last_ping = anyio.current_time()
+        self.blocked_since: float | None = None
         self.closing_deadline: float | None = None
         self.read_scope: anyio.CancelScope | None = None
 
@@ -90,26 +111,50 @@ class ClientConnection:
         if self.deflate:
             # permessage-deflate keeps per-connection compressor state: encode here.
             self.conn.send_text(message.text)
-            if self.outbox.put(b"".join(self.conn.data_to_send())):
-                return
-        elif self.outbox.put(message.frame):
-            return
-        self._metrics.slow_consumer_closes.inc()
-        self.outbox.discard()  # it will recover what it missed from history
-        self.close(1013, f"slow consumer: more than {self.outbox.limit} bytes queued")
+            queued = self.outbox.put(b"".join(self.conn.data_to_send()))
+        else:
+            queued = self.outbox.put(message.frame)
+        if not queued:
+            self._slow_consumer()
+        elif not self.dirty and self.transport is not None:
+            self.dirty = True
+            self.flusher.mark(self)  # type: ignore[union-attr]
 
     # -- server side -----------------------------------------------------------
 
     def send_error(self, code: str, reason: str) -> None:
         """Reply ``{"type": "error", ...}`` to this client only."""
         if self.open:
-            self.outbox.put_control([PreparedMessage(error_event(code, reason)).frame])
+            self._put_control([PreparedMessage(error_event(code, reason)).frame])
 
     def flush(self) -> None:
         """Move the protocol's pending output (pong, close, echo) to the outbox."""
         data = self.conn.data_to_send()
         if data:
-            self.outbox.put_control(data)
+            self._put_control(data)
+
+    def _put_control(self, chunks: list[bytes]) -> None:
+        self.outbox.put_control(chunks)
+        if not self.dirty and self.transport is not None:
+            self.dirty = True
+            self.flusher.mark(self)  # type: ignore[union-attr]
+
+    def write_now(self) -> int:
+        """Hand the outbox to the transport (flusher path); return the bytes written."""
+        self.dirty = False
+        transport = self.transport
+        data = self.outbox.take()
+        if not data or transport is None or transport.is_closing():
+            return 0
+        transport.write(data)
+        if self.open and transport.get_write_buffer_size() > self.outbox.limit > 0:
+            self._slow_consumer()
+        return len(data)
+
+    def _slow_consumer(self) -> None:
+        self._metrics.slow_consumer_closes.inc()
+        self.outbox.discard()  # it will recover what it missed from history
+        self.close(1013, f"slow consumer: more than {self.outbox.limit} bytes queued")
 
     def close(self, code: int, reason: str) -> None:
         """Start the closing handshake; the peer has ``close_timeout`` to answer."""
@@ -122,3 +167,11 @@ class ClientConnection:
         self.closing_deadline = anyio.current_time() + self.close_timeout
         if self.read_scope is not None:
             self.read_scope.deadline = self.closing_deadline
+
+    def abort(self) -> None:
+        """Drop TCP now (a write blocked past the write timeout)."""
+        self.open = False
+        if self.transport is not None:
+            self.transport.abort()
+        if self.read_scope is not None:
+            self.read_scope.cancel()

@@ -1,8 +1,10 @@
 """A connection's bounded, byte-counted outbox (single writer).
 
-The Hub appends without ever waiting; the connection's writer task wakes once
-and writes everything queued in one send. A put that takes the outbox over its
-byte limit fails, and the connection closes itself as a slow consumer.
+The Hub appends without ever waiting. Whatever queued since the last write goes
+out in one write: by the server's flusher straight into the transport (plain
+TCP on asyncio), or by the connection's own writer task (TLS, trio). A put that
+takes the outbox over its byte limit fails, and the connection closes itself as
+a slow consumer.
 """
 
 from __future__ import annotations
@@ -52,6 +54,14 @@ class Outbox:
         self._size += sum(len(chunk) for chunk in chunks)
         if self._wakeup is not None:
             self._wakeup.set()
+
+    def take(self) -> bytes:
+        """Everything queued, joined, without waiting (``b""`` when empty)."""
+        if not self._chunks:
+            return b""
+        chunks, self._chunks = self._chunks, []
+        self._size = 0
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     def discard(self) -> None:
         """Drop everything queued (a slow consumer recovers from history instead)."""

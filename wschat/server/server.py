@@ -19,6 +19,7 @@ Whatever way a connection ends, the ``finally`` clause removes it from the Hub.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import secrets
@@ -44,6 +45,7 @@ from ..protocol import (
 )
 from .client import ClientConnection
 from .config import ServerConfig
+from .flusher import Flusher
 from .http import CONTENT_TYPE_TEXT, Response, method_not_allowed, not_found, route_static
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import Metrics
@@ -88,6 +90,7 @@ class Server:
         )
         self.metrics = Metrics(self.hub.statistics)
         self.hub.fanout_observer = self.metrics.fanout_seconds.observe
+        self._flusher = Flusher(self.metrics)
         self.node_id = secrets.token_hex(4)
         self.connections: set[ClientConnection] = set()
         self.draining = False
@@ -105,6 +108,8 @@ class Server:
         listener = await self._listen()
         async with anyio.create_task_group() as service_group:
             await self.hub.start(service_group)
+            service_group.start_soon(self._flusher.run)
+            service_group.start_soon(self._watchdog)
             async with anyio.create_task_group() as connection_group:
                 accept_scope = anyio.CancelScope()
                 connection_group.start_soon(self._accept, listener, connection_group, accept_scope)
@@ -274,6 +279,8 @@ class Server:
             ),
             metrics=self.metrics,
             close_timeout=self.config.close_timeout,
+            transport=_asyncio_transport(stream),
+            flusher=self._flusher,
         )
         self.connections.add(client)
         self._all_closed = anyio.Event()
@@ -294,17 +301,19 @@ class Server:
                 except BackendUnavailable as exc:
                     logger.warning("! conn %s: hub backend unavailable: %s", client.conn_id, exc)
                     client.close(1013, "hub backend unavailable: try again later")
-            async with anyio.create_task_group() as group:
-                keepalive_scope = anyio.CancelScope()
-                group.start_soon(self._write_loop, stream, client, group.cancel_scope)
-                group.start_soon(self._keepalive_loop, client, keepalive_scope)
+            if client.transport is not None:
                 closed = await self._read_loop(stream, client)
-                if closed is not None:
-                    close_code, close_reason = closed.code, closed.reason
                 client.open = False
-                keepalive_scope.cancel()
-                client.outbox.close()  # the writer sends what is queued, then returns
-                group.cancel_scope.deadline = anyio.current_time() + self.config.write_timeout
+                client.write_now()  # the close frame and whatever is still queued
+            else:
+                async with anyio.create_task_group() as group:
+                    group.start_soon(self._write_loop, stream, client, group.cancel_scope)
+                    closed = await self._read_loop(stream, client)
+                    client.open = False
+                    client.outbox.close()  # the writer sends what is queued, then returns
+                    group.cancel_scope.deadline = anyio.current_time() + self.config.write_timeout
+            if closed is not None:
+                close_code, close_reason = closed.code, closed.reason
         finally:
             client.open = False
             self.connections.discard(client)
@@ -411,25 +420,52 @@ class Server:
         except _DISCONNECTED:
             scope.cancel()
 
-    async def _keepalive_loop(self, client: ClientConnection, scope: anyio.CancelScope) -> None:
-        with scope:
-            await self._keepalive(client)
-
-    async def _keepalive(self, client: ClientConnection) -> None:
+    async def _watchdog(self) -> None:
+        """Keepalive and write timeouts for every connection, from one task."""
         config = self.config
-        tick = min(config.ping_interval, config.pong_wait)
-        last_ping = anyio.current_time()
-        while client.open:
+        tick = min(1.0, config.ping_interval, config.pong_wait, config.write_timeout) / 2
+        while True:
             await anyio.sleep(tick)
             now = anyio.current_time()
+            for client in list(self.connections):
+                self._check(client, now)
+
+    def _check(self, client: ClientConnection, now: float) -> None:
+        config = self.config
+        if client.open:
             if now - client.last_seen >= config.pong_wait:
                 logger.info("%% conn %s keepalive timeout", client.conn_id)
                 client.close(1011, "keepalive timeout: no pong")
-                return
-            if now - last_ping >= config.ping_interval - 1e-3:
+            elif now - client.last_ping >= config.ping_interval:
                 client.conn.send_ping(int(time.time() * 1000).to_bytes(8, "big"))
                 client.flush()
-                last_ping = now
+                client.last_ping = now
+        transport = client.transport
+        if transport is None:
+            return  # the writer task enforces the write timeout itself
+        if not transport.get_write_buffer_size():
+            client.blocked_since = None
+        elif client.blocked_since is None:
+            client.blocked_since = now
+        elif now - client.blocked_since >= config.write_timeout:
+            # The kernel took nothing for the whole write timeout: the peer is gone
+            # or not reading (gorilla's writeWait).
+            logger.info("! conn %s write timeout (%.0fs)", client.conn_id, config.write_timeout)
+            client.abort()
+
+
+def _asyncio_transport(stream: ByteStream) -> asyncio.WriteTransport | None:
+    """The asyncio transport under a plain TCP stream, for direct writes.
+
+    anyio does not expose it publicly; its asyncio SocketStream keeps it as
+    ``_transport``. Writing there keeps order with anyio's own writes (it uses the
+    same transport) and skips a task switch per write. TLS streams and trio get
+    None and use a writer task.
+    """
+    transport = getattr(stream, "_transport", None)
+    if isinstance(transport, asyncio.WriteTransport):
+        return transport
+    return None
 
 
 def _url_room(query: str) -> str:
