@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import anyio
 
@@ -16,6 +15,18 @@ from .ratelimit import TokenBucket
 if TYPE_CHECKING:
     from .flusher import Flusher
     from .metrics import Metrics
+
+
+class WriteTransport(Protocol):
+    """What the flusher needs of an asyncio (or uvloop) transport."""
+
+    def write(self, data: bytes) -> None: ...
+    def get_write_buffer_size(self) -> int: ...
+    def is_closing(self) -> bool: ...
+    def abort(self) -> None: ...
+
+
+WRITE_TRANSPORT_METHODS = ("write", "get_write_buffer_size", "is_closing", "abort")
 
 
 class ClientConnection:
@@ -69,7 +80,7 @@ class ClientConnection:
         strikes: TokenBucket,
         metrics: Metrics,
         close_timeout: float,
-        transport: asyncio.WriteTransport | None = None,
+        transport: WriteTransport | None = None,
         flusher: Flusher | None = None,
     ) -> None:
         self.conn_id = conn_id

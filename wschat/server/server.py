@@ -19,12 +19,13 @@ Whatever way a connection ends, the ``finally`` clause removes it from the Hub.
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import logging
+import math
 import secrets
 import ssl
 import time
+from typing import cast
 from urllib.parse import parse_qs
 
 import anyio
@@ -43,7 +44,7 @@ from ..protocol import (
     TextReceived,
     WebSocketRequest,
 )
-from .client import ClientConnection
+from .client import WRITE_TRANSPORT_METHODS, ClientConnection, WriteTransport
 from .config import ServerConfig
 from .flusher import Flusher
 from .http import CONTENT_TYPE_TEXT, Response, method_not_allowed, not_found, route_static
@@ -175,7 +176,9 @@ class Server:
         try:
             request = await self._serve_http(stream, conn)
             if request is not None:
-                await self._serve_websocket(stream, conn, request, peer)
+                path, query = request.path, request.query
+                del request  # its headers are not needed for the connection's life
+                await self._serve_websocket(stream, conn, path, query, peer)
         except _DISCONNECTED:
             pass
         except Exception:
@@ -261,15 +264,15 @@ class Server:
         return True
 
     async def _serve_websocket(
-        self, stream: ByteStream, conn: ServerConnection, request: WebSocketRequest, peer: str
+        self, stream: ByteStream, conn: ServerConnection, path: str, query: str, peer: str
     ) -> None:
         now = anyio.current_time()
-        chat = request.path == CHAT_PATH
-        room = _url_room(request.query)
+        chat = path == CHAT_PATH
+        room = _url_room(query)
         client = ClientConnection(
             conn_id=f"{self.node_id}-{next(self._ids)}",
             peer=peer,
-            path=request.path,
+            path=path,
             conn=conn,
             outbox=Outbox(self.config.outbox_limit),
             session=ChatSession(room) if chat else None,
@@ -289,7 +292,7 @@ class Server:
             "= conn %s %s open path=%s room=%s deflate=%s",
             client.conn_id,
             peer,
-            request.path,
+            path,
             room if chat else "-",
             client.deflate,
         )
@@ -339,18 +342,18 @@ class Server:
         for event in conn.events_received():  # frames that came with the handshake
             closed = await self._on_event(client, event) or closed
         client.flush()
-        while not conn.close_expected():
-            with anyio.CancelScope(deadline=client.closing_deadline or float("inf")) as scope:
-                client.read_scope = scope
+        # One scope for the whole loop: close() sets its deadline (close_timeout)
+        # and abort() cancels it.
+        with anyio.CancelScope(deadline=client.closing_deadline or math.inf) as scope:
+            client.read_scope = scope
+            while not conn.close_expected():
                 data = await _receive(stream)
-            client.read_scope = None
-            if scope.cancelled_caught:
-                break  # the peer did not answer our close in time
-            client.last_seen = anyio.current_time()
-            conn.receive_data(data)
-            for event in conn.events_received():
-                closed = await self._on_event(client, event) or closed
-            client.flush()
+                client.last_seen = anyio.current_time()
+                conn.receive_data(data)
+                for event in conn.events_received():
+                    closed = await self._on_event(client, event) or closed
+                client.flush()
+        client.read_scope = None
         return closed
 
     async def _on_event(self, client: ClientConnection, event: object) -> ConnectionClosed | None:
@@ -454,17 +457,18 @@ class Server:
             client.abort()
 
 
-def _asyncio_transport(stream: ByteStream) -> asyncio.WriteTransport | None:
+def _asyncio_transport(stream: ByteStream) -> WriteTransport | None:
     """The asyncio transport under a plain TCP stream, for direct writes.
 
     anyio does not expose it publicly; its asyncio SocketStream keeps it as
     ``_transport``. Writing there keeps order with anyio's own writes (it uses the
-    same transport) and skips a task switch per write. TLS streams and trio get
-    None and use a writer task.
+    same transport) and skips a task switch per write. uvloop's transports do not
+    derive from ``asyncio.WriteTransport``, so the check is by behaviour. TLS
+    streams and trio get None and use a writer task.
     """
     transport = getattr(stream, "_transport", None)
-    if isinstance(transport, asyncio.WriteTransport):
-        return transport
+    if all(hasattr(transport, name) for name in WRITE_TRANSPORT_METHODS):
+        return cast(WriteTransport, transport)
     return None
 
 
