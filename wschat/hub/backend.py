@@ -50,10 +50,14 @@ class Delivery:
         payload: The encoded JSON event, ready to frame.
         seq: The room sequence number of a ``message`` event; None for
             presence events (``joined``/``left``), which have no position.
+        gap: True for a marker (empty payload) saying this node missed some of
+            the room's messages that the backend no longer has; the Hub then
+            makes its members reconnect and recover.
     """
 
     payload: bytes
     seq: int | None
+    gap: bool = False
 
 
 @dataclass(frozen=True, slots=True)

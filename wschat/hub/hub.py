@@ -82,6 +82,9 @@ class Member(Protocol):
     def send(self, message: PreparedMessage) -> None:
         """Queue ``message`` for this member. Must never block."""
 
+    def missed(self, room: str) -> None:
+        """Live messages of ``room`` were lost on the way to this node: resync."""
+
 
 class Hub:
     """Owns this node's rooms and members and fans room events out to them.
@@ -118,14 +121,23 @@ class Hub:
     async def enter(self, member: Member, room: str) -> None:
         """Put a new connection into its URL room: live messages only, no history."""
         self._member_rooms.setdefault(member, set())
-        await self._ensure_subscribed(room, member)
+        await self._ensure_subscribed(room)
         self._rooms.setdefault(room, set()).add(member)
         self._member_rooms[member].add(room)
         await self._update_presence(member, room)
 
     async def join(self, member: Member, room: str, since: Position | None) -> None:
-        """Join ``room`` (again): history (recovery from ``since``), presence, then live."""
+        """Join ``room`` (again): history (recovery from ``since``), presence, then live.
+
+        If the backend fails, the member is left as it was: still in the room
+        (and receiving what was published meanwhile) when it was re-joining, not
+        in it when it was new.
+
+        Raises:
+            BackendUnavailable: History could not be read.
+        """
         rooms = self._member_rooms.setdefault(member, set())
+        rejoining = room in rooms
         members = self._rooms.get(room)
         if members is not None:
             members.discard(member)  # re-join: live events go to the buffer below
@@ -133,15 +145,20 @@ class Hub:
         self._joining.setdefault(room, {})[member] = buffer
         rooms.add(room)
         try:
-            await self._ensure_subscribed(room, member)
+            await self._ensure_subscribed(room)
             history = await self.backend.history(room, since)
         except BaseException:
-            rooms.discard(room)  # never joined: nothing of the attempt remains
+            self._end_joining(room, member)
+            if rejoining and room in rooms:
+                self._rooms.setdefault(room, set()).add(member)
+                for _, message in buffer:
+                    member.send(message)
+            else:
+                rooms.discard(room)
+                with anyio.CancelScope(shield=True):
+                    await self._release(room)
             raise
-        finally:
-            self._joining[room].pop(member, None)
-            if not self._joining[room]:
-                del self._joining[room]
+        self._end_joining(room, member)
         if room not in self._member_rooms.get(member, ()):
             return  # left (or disconnected) while history was read
         member.send(
@@ -154,7 +171,20 @@ class Hub:
                 member.send(message)
         self._rooms.setdefault(room, set()).add(member)
         await self._update_presence(member, room)
-        member.send(PreparedMessage(presence_event(room, await self.backend.presence(room))))
+        try:
+            present = await self.backend.presence(room)
+        except BackendError as exc:
+            # The member has joined; the list comes with its next join.
+            logger.warning("! presence of %s unavailable: %s", room, exc)
+            return
+        member.send(PreparedMessage(presence_event(room, present)))
+
+    def _end_joining(self, room: str, member: Member) -> None:
+        joining = self._joining.get(room)
+        if joining is not None:
+            joining.pop(member, None)
+            if not joining:
+                del self._joining[room]
 
     async def update_presence(self, member: Member) -> None:
         """Call after the member's username was bound: it becomes present in its rooms."""
@@ -211,6 +241,10 @@ class Hub:
         joining = self._joining.get(room)
         if not members and not joining:
             return
+        if delivery.gap:
+            for member in list(members or ()):
+                member.missed(room)
+            return
         started = time.perf_counter()
         message = PreparedMessage(delivery.payload)
         if members:
@@ -237,7 +271,7 @@ class Hub:
             lock = self._room_locks[room] = anyio.Lock()
         return lock
 
-    async def _ensure_subscribed(self, room: str, member: Member) -> None:
+    async def _ensure_subscribed(self, room: str) -> None:
         if room in self._subscribed:
             return
         async with self._lock(room):

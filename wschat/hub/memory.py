@@ -14,6 +14,7 @@ from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import anyio
 from anyio.abc import TaskGroup
 
 from ..chat import Position, membership_event, message_event
@@ -53,8 +54,22 @@ class MemoryBackend:
         self._deliver: Deliver | None = None
 
     async def start(self, deliver: Deliver, task_group: TaskGroup) -> None:
-        """Start delivering events to ``deliver``."""
+        """Start delivering events to ``deliver`` (and expiring history, with a TTL)."""
         self._deliver = deliver
+        if self.history_ttl is not None:
+            task_group.start_soon(self._sweep_forever, self.history_ttl)
+
+    async def _sweep_forever(self, ttl: float) -> None:
+        while self._deliver is not None:
+            await anyio.sleep(max(ttl / 2, 0.05))
+            self.sweep()
+
+    def sweep(self) -> None:
+        """Expire old history; forget rooms of which nothing is left."""
+        for room, state in list(self._rooms.items()):
+            self._expire(state)
+            if not state.history and not state.connections and room not in self._subscribed:
+                del self._rooms[room]
 
     async def aclose(self) -> None:
         """Nothing to release; stops deliveries."""
@@ -68,8 +83,10 @@ class MemoryBackend:
         """Stop delivering ``room``'s events; drop the room if nothing of it remains."""
         self._subscribed.discard(room)
         state = self._rooms.get(room)
-        if state is not None and not state.connections and not state.history:
-            del self._rooms[room]
+        if state is not None:
+            self._expire(state)
+            if not state.connections and not state.history:
+                del self._rooms[room]  # nothing of it is left to recover
 
     def _room(self, room: str) -> _Room:
         state = self._rooms.get(room)
@@ -90,6 +107,7 @@ class MemoryBackend:
         state.history.append((state.seq, payload, self._clock()))
         while len(state.history) > self.history_size:
             state.history.popleft()
+        self._expire(state)
         self._emit(room, Delivery(payload, state.seq))
         return position
 

@@ -645,8 +645,13 @@ class RedisBackend:
         epoch, _, entries = await self._read_room(room, since)
         if self._rooms.get(room) is not state:
             return
+        lost_epoch = bool(state.epoch) and epoch != state.epoch
         if epoch != state.epoch:
             state.epoch, state.seq = epoch, 0
+        if lost_epoch or (entries and entries[0][0] > state.seq + 1):
+            # Messages this node never delivered are gone from Redis: its members
+            # must recover (and learn it is incomplete) rather than miss them silently.
+            self._emit(room, Delivery(b"", None, gap=True))
         for seq, payload in entries:
             if seq > state.seq:
                 state.seq = seq

@@ -129,7 +129,7 @@ class ServerConnection:
         self._state = State.HTTP
         self._events: list[Event] = []
         self._out: list[bytes] = []
-        self._pending_request: tuple[str, str, Headers, bool] | None = None
+        self._pending_request: tuple[str, str, Headers] | None = None
         self._awaiting_response = False
         self._answered_with_error = False
         self._accept_binary = False
@@ -280,7 +280,7 @@ class ServerConnection:
         headers = decode_headers(request.headers)
         if path in self.websocket_paths:
             version = request.http_version.decode("latin-1")
-            self._pending_request = (path, query, headers, version == "1.1")
+            self._pending_request = (path, query, headers)
             rejection = check_websocket_request(
                 request.method.decode("latin-1"), version, headers, self.origin_policy
             )
@@ -300,7 +300,7 @@ class ServerConnection:
 
     def _on_upgrade_request(self) -> None:
         assert self._pending_request is not None
-        path, query, headers, _ = self._pending_request
+        path, query, headers = self._pending_request
         self._set_state(State.UPGRADE_PENDING)
         self._events.append(WebSocketRequest(path, query, headers))
 
@@ -332,7 +332,7 @@ class ServerConnection:
         """
         if self._state is not State.UPGRADE_PENDING or self._pending_request is None:
             raise LocalProtocolError(f"no upgrade to accept in state {self._state.value}")
-        _, _, headers, _ = self._pending_request
+        _, _, headers = self._pending_request
         self._pending_request = None
         key = header_value(headers, "sec-websocket-key")
         assert key is not None  # checked by check_websocket_request

@@ -131,6 +131,10 @@ class ClientConnection:
             self.dirty = True
             self.flusher.mark(self)  # type: ignore[union-attr]
 
+    def missed(self, room: str) -> None:
+        """Close with 1012 so the client reconnects and recovers ``room`` from history."""
+        self.close(1012, f"missed messages of {room}: reconnect to recover")
+
     # -- server side -----------------------------------------------------------
 
     def send_error(self, code: str, reason: str) -> None:
@@ -157,8 +161,10 @@ class ClientConnection:
         data = self.outbox.take()
         if not data or transport is None or transport.is_closing():
             return 0
+        # What the kernel has not taken from earlier writes is this client's backlog.
+        backlog = transport.get_write_buffer_size()
         transport.write(data)
-        if self.open and transport.get_write_buffer_size() > self.outbox.limit > 0:
+        if self.open and backlog > self.outbox.limit > 0:
             self._slow_consumer()
         return len(data)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ..protocol import DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_MAX_REQUEST_HEAD
 
@@ -73,4 +73,3 @@ class ServerConfig:
     certfile: str | None = None
     keyfile: str | None = None
     workers: int = 1
-    extra: dict[str, str] = field(default_factory=dict)

@@ -34,11 +34,17 @@ class Outbox:
         return self._size
 
     def put(self, data: bytes) -> bool:
-        """Queue ``data``; False (and nothing queued) when over the limit or closed."""
+        """Queue ``data``; False (and nothing queued) when over the limit or closed.
+
+        The limit bounds the backlog: one message larger than the limit still
+        goes into an empty outbox (a big history must not make a room unjoinable).
+        """
         if self._closed:
             return False
+        if not data:
+            return True
         size = self._size + len(data)
-        if self.limit and size > self.limit:
+        if self.limit and size > self.limit and self._chunks:
             return False
         self._chunks.append(data)
         self._size = size

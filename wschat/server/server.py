@@ -100,7 +100,6 @@ class Server:
         self._paths = frozenset({CHAT_PATH, ECHO_PATH} if self.config.echo else {CHAT_PATH})
         self._origins = OriginPolicy(self.config.allowed_origins)
         self._stop = anyio.Event()
-        self._all_closed = anyio.Event()
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -166,7 +165,8 @@ class Server:
         for client in list(self.connections):
             client.close(1001, "going away: server shutting down")
         with anyio.move_on_after(self.config.drain_timeout):
-            await self._all_closed.wait()
+            while self.connections:
+                await anyio.sleep(0.05)
 
     # -- one TCP connection ----------------------------------------------------
 
@@ -245,7 +245,7 @@ class Server:
             rejection = (503, "too many connections", "capacity", (("retry-after", "5"),))
         elif request.path == CHAT_PATH:
             try:
-                validate_room(_url_room(request.query))
+                _url_room(request.query)
             except ChatError as exc:
                 rejection = (400, exc.reason, "bad_room", ())
         if rejection is not None:
@@ -286,7 +286,8 @@ class Server:
             flusher=self._flusher,
         )
         self.connections.add(client)
-        self._all_closed = anyio.Event()
+        if self.draining:  # upgraded while the drain began
+            client.close(1001, "going away: server shutting down")
         self.metrics.connections_open.inc()
         logger.info(
             "= conn %s %s open path=%s room=%s deflate=%s",
@@ -320,8 +321,6 @@ class Server:
         finally:
             client.open = False
             self.connections.discard(client)
-            if not self.connections:
-                self._all_closed.set()
             self.metrics.connections_open.dec()
             self.metrics.close_codes.labels(str(close_code)).inc()
             logger.info(
@@ -342,18 +341,20 @@ class Server:
         for event in conn.events_received():  # frames that came with the handshake
             closed = await self._on_event(client, event) or closed
         client.flush()
-        # One scope for the whole loop: close() sets its deadline (close_timeout)
-        # and abort() cancels it.
-        with anyio.CancelScope(deadline=client.closing_deadline or math.inf) as scope:
-            client.read_scope = scope
-            while not conn.close_expected():
+        while not conn.close_expected():
+            # close() moves this deadline (close_timeout); abort() cancels the scope.
+            # Only the receive is bounded: chat commands always run to completion.
+            with anyio.CancelScope(deadline=client.closing_deadline or math.inf) as scope:
+                client.read_scope = scope
                 data = await _receive(stream)
-                client.last_seen = anyio.current_time()
-                conn.receive_data(data)
-                for event in conn.events_received():
-                    closed = await self._on_event(client, event) or closed
-                client.flush()
-        client.read_scope = None
+            client.read_scope = None
+            if scope.cancel_called:
+                break
+            client.last_seen = anyio.current_time()
+            conn.receive_data(data)
+            for event in conn.events_received():
+                closed = await self._on_event(client, event) or closed
+            client.flush()
         return closed
 
     async def _on_event(self, client: ClientConnection, event: object) -> ConnectionClosed | None:
@@ -473,8 +474,13 @@ def _asyncio_transport(stream: ByteStream) -> WriteTransport | None:
 
 
 def _url_room(query: str) -> str:
-    values = parse_qs(query).get("room")
-    return values[0] if values else DEFAULT_ROOM
+    """The room of ``/ws?room=NAME``; raises ChatError for an empty or repeated one."""
+    values = parse_qs(query, keep_blank_values=True).get("room")
+    if not values:
+        return DEFAULT_ROOM
+    if len(values) > 1:
+        raise ChatError("bad_room", "give room once")
+    return validate_room(values[0])
 
 
 def _peer(stream: ByteStream) -> str:

@@ -139,7 +139,8 @@
   };
 
   const onOpen = () => {
-    state.attempt = 0;
+    // The backoff resets only once a join succeeds (onHistory): a server that
+    // accepts and then closes at once (hub down, draining) is not hammered.
     setStatus('connected');
     els.members.parentElement.classList.remove('stale');
     hideHint();
@@ -211,7 +212,12 @@
       case 'error':
         appendLine('error', `Error${event.code ? ` (${event.code})` : ''}: ${event.reason ?? ''}`);
         // A rejected join never gets its history: stop holding messages back.
-        if (state.awaitingHistory) flushPending();
+        if (state.awaitingHistory) {
+          flushPending();
+          // The hub backend is down: reconnect (with backoff) and join again, so
+          // history and presence are not silently missing.
+          if (event.code === 'unavailable' && state.socket) state.socket.close(4000, 'rejoin');
+        }
         break;
       default:
         console.warn('wschat: ignoring unknown event type', event.type);
@@ -219,6 +225,7 @@
   };
 
   const onHistory = (event) => {
+    state.attempt = 0;
     const room = state.room;
     const stored = positions[room];
     if (stored && stored.epoch !== event.epoch) {
