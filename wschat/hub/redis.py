@@ -814,6 +814,11 @@ class RedisBackend:
                 for (room, conn_id), username in list(self._local.items()):
                     if self._local.get((room, conn_id)) == username:
                         await self._join_one(room, conn_id, username)
+                        if (room, conn_id) not in self._local:
+                            # It left while we re-added it: undo, or it stays a ghost.
+                            await self._leave(
+                                keys=[conns_key(room), users_key(room)], args=[room, conn_id]
+                            )
             except BaseException:
                 self._presence_dirty = True
                 raise
