@@ -1,0 +1,85 @@
+#!/usr/bin/env python
+"""EXPERIMENTS, not the shipped server: wschat with one change patched in, for measurement.
+
+    python benchmarks/experiments/wschat_variants.py VARIANT serve --port N --rate 0 ...
+
+run.py, memory.py and pyspy_profile.py start these as the server ``wschat+VARIANT``
+(or ``wschat@REV+VARIANT``), from the same source snapshot as plain ``wschat``.
+
+``duck``
+    The fast write path (server-wide flusher writing straight into the transport,
+    commit 92b9503) is chosen by ``_asyncio_transport(stream)``, which requires
+    ``isinstance(transport, asyncio.WriteTransport)``. uvloop's TCPTransport is
+    not a subclass of it, so under uvloop, which ``wschat serve`` uses when it is
+    installed, every connection falls back to a writer task. This variant accepts
+    any transport that has ``write``, ``is_closing``, ``get_write_buffer_size``
+    and ``abort``: the proposed one-line fix, measured before anyone edits wschat/.
+
+``trace``
+    tracemalloc from start-up; SIGUSR1 takes a baseline snapshot, SIGUSR2 writes
+    the allocations that grew since, by file and by line, to $WSCHAT_TRACE_FILE
+    (see memory_breakdown.py).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import tracemalloc
+from typing import Any
+
+from wschat import cli
+from wschat.server import server as server_module
+
+_TRANSPORT_METHODS = ("write", "is_closing", "get_write_buffer_size", "abort")
+
+
+def _duck_transport(stream: Any) -> Any:
+    transport = getattr(stream, "_transport", None)  # anyio's asyncio SocketStream only
+    if transport is not None and all(hasattr(transport, m) for m in _TRANSPORT_METHODS):
+        return transport
+    return None
+
+
+def _install_duck() -> None:
+    if not hasattr(server_module, "_asyncio_transport"):
+        raise SystemExit("variant 'duck' needs a wschat with the flusher (commit 92b9503 or later)")
+    server_module._asyncio_transport = _duck_transport
+
+
+def _install_tracing(path: str) -> None:
+    tracemalloc.start(12)
+    baseline: list[tracemalloc.Snapshot] = []
+
+    def mark(_signum: int, _frame: object) -> None:
+        baseline[:] = [tracemalloc.take_snapshot()]
+
+    def dump(_signum: int, _frame: object) -> None:
+        snapshot = tracemalloc.take_snapshot()
+        lines = []
+        for key in ("filename", "lineno"):
+            stats = snapshot.compare_to(baseline[0], key)
+            total = sum(s.size_diff for s in stats)
+            lines.append(f"== by {key}: total {total} bytes traced")
+            lines += [f"{s.size_diff} {s.count_diff} {s.traceback[0]}" for s in stats[:60]]
+        with open(path, "w") as f:
+            f.write("\n".join(lines) + "\n")
+
+    signal.signal(signal.SIGUSR1, mark)
+    signal.signal(signal.SIGUSR2, dump)
+
+
+def main() -> int:
+    variant, argv = sys.argv[1], sys.argv[2:]
+    if variant == "duck":
+        _install_duck()
+    elif variant == "trace":
+        _install_tracing(os.environ.get("WSCHAT_TRACE_FILE", "tracemalloc.txt"))
+    else:
+        raise SystemExit(f"unknown variant {variant!r}: duck or trace")
+    return cli.main(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,336 @@
+"""Starting the servers under test, pinned to a CPU, and reading their CPU time and RSS."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import os
+import platform
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tarfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+PYTHON = sys.executable
+
+SERVERS = ("wschat", "websockets")
+VARIANTS = ("duck", "trace")  # benchmarks/experiments/wschat_variants.py
+
+_SOURCES: dict[str, Path] = {}
+
+
+def parse_kind(kind: str) -> tuple[str | None, str | None]:
+    """Split a server name into (wschat source, experiment variant).
+
+    ``websockets``: the peer (no source). ``wschat``: a snapshot of the working
+    tree's ``wschat/``. ``wschat@REV``: ``wschat/`` as of git revision REV.
+    ``...+VARIANT``: that source run through ``experiments/wschat_variants.py``.
+    """
+    if kind == "websockets":
+        return None, None
+    base, _, variant = kind.partition("+")
+    name, _, rev = base.partition("@")
+    if name != "wschat" or (variant and variant not in VARIANTS):
+        raise ValueError(
+            f"unknown server {kind!r}: websockets, wschat, wschat@REV, "
+            f"wschat[@REV]+{'|'.join(VARIANTS)}"
+        )
+    return (rev or "worktree"), (variant or None)
+
+
+def source(spec: str) -> Path:
+    """A private copy of a wschat source to run, made once per process.
+
+    The servers run from this copy (PYTHONPATH), not from the working tree, so
+    edits made to wschat/ while a benchmark runs cannot mix two versions in one
+    result. ``worktree`` copies ``wschat/`` as it is now; anything else is a git
+    revision, extracted with ``git archive``.
+    """
+    if spec in _SOURCES:
+        return _SOURCES[spec]
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    if spec == "worktree":
+        target = HERE / "results" / "src" / f"worktree-{stamp}-{os.getpid()}"
+        shutil.copytree(
+            ROOT / "wschat", target / "wschat", ignore=shutil.ignore_patterns("__pycache__")
+        )
+    else:
+        rev = subprocess.run(
+            ["git", "rev-parse", "--short", spec],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        target = HERE / "results" / "src" / rev
+        if not (target / "wschat").exists():
+            target.mkdir(parents=True, exist_ok=True)
+            archive = subprocess.run(
+                ["git", "archive", "--format=tar", rev, "wschat"],
+                cwd=ROOT,
+                capture_output=True,
+                check=True,
+            ).stdout
+            with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+                tar.extractall(target, filter="data")
+    _SOURCES[spec] = target
+    return target
+
+
+def describe(kind: str) -> dict[str, str]:
+    """Which code a server name ran: git revision, local changes, and a hash of the files."""
+    spec, variant = parse_kind(kind)
+    if spec is None:
+        return {"kind": kind}
+    path = source(spec)
+    digest = hashlib.sha256()
+    for file in sorted((path / "wschat").rglob("*.py")):
+        digest.update(file.relative_to(path).as_posix().encode() + b"\0" + file.read_bytes())
+    info = {"kind": kind, "path": str(path), "sha256": digest.hexdigest()[:16]}
+    if spec == "worktree":
+        info["revision"] = _git("rev-parse", "--short", "HEAD")
+        info["local_changes"] = "yes" if _git("status", "--porcelain", "--", "wschat") else "no"
+    else:
+        info["revision"] = path.name
+    if variant:
+        info["variant"] = variant
+    return info
+
+
+def _git(*args: str) -> str:
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        return subprocess.run(
+            ["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+    return ""
+
+
+def command(kind: str, host: str, port: int) -> tuple[list[str], Path | None]:
+    """The command line that serves ``kind`` on ``host:port``, and its wschat source."""
+    spec, variant = parse_kind(kind)
+    if spec is None:
+        return [
+            PYTHON,
+            str(HERE / "peers" / "websockets_server.py"),
+            "--host",
+            host,
+            "--port",
+            str(port),
+        ], None
+    program = (
+        [PYTHON, str(HERE / "experiments" / "wschat_variants.py"), variant]
+        if variant
+        else [PYTHON, "-m", "wschat"]
+    )
+    return [
+        *program,
+        "serve",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--rate",
+        "0",
+        "--no-compression",
+        "--max-connections",
+        "12000",
+        # one log line per connection is not what is measured here
+        "--log-level",
+        "warning",
+    ], source(spec)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def raise_nofile() -> int:
+    """Raise the open-file limit to the hard limit; return the soft limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def _pin(cpu: int | None) -> None:
+    raise_nofile()
+    if cpu is not None and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {cpu})
+
+
+@dataclass
+class ServerProcess:
+    kind: str
+    host: str
+    port: int
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+
+
+def start(kind: str, cpu: int | None, log_dir: Path, host: str = "127.0.0.1") -> ServerProcess:
+    """Start a server pinned to ``cpu``; return once it accepts TCP connections."""
+    port = free_port(host)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log = log_dir / f"{kind.replace('/', '_')}-{port}.log"
+    argv, src = command(kind, host, port)
+    env = dict(os.environ)
+    if src is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(src), *filter(None, [env.get("PYTHONPATH")])])
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            argv,
+            cwd=src or ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            preexec_fn=lambda: _pin(cpu),
+        )
+    server = ServerProcess(kind, host, port, process, log)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(
+                f"{kind} exited with {process.returncode}: {log.read_text()[-2000:]}"
+            )
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=1):
+            return server
+        time.sleep(0.05)
+    server.stop()
+    raise TimeoutError(f"{kind} did not start listening within 30 s")
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time used so far by every thread of ``pid`` (ns-precise, from schedstat)."""
+    total = 0
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
+        return 0.0
+    for task in tasks:
+        with (
+            contextlib.suppress(FileNotFoundError, ProcessLookupError),
+            open(f"/proc/{pid}/task/{task}/schedstat") as f,
+        ):
+            total += int(f.read().split()[0])
+    if total:
+        return total / 1e9
+    # no schedstat (some kernels): utime + stime in clock ticks
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def system_cpu() -> dict[str, float]:
+    """Busy and steal seconds of all CPUs so far (/proc/stat), to spot foreign load.
+
+    busy = user + nice + system. What is busy beyond the CPU time of the
+    benchmark's own processes was used by something else on the machine and may
+    have skewed a run. (irq and softirq time are left out: loopback traffic's
+    own softirq work would show up there and look foreign.)
+    """
+    with open("/proc/stat") as f:
+        fields = f.readline().split()[1:]
+    tick = os.sysconf("SC_CLK_TCK")
+    user, nice, system = (int(x) for x in fields[:3])
+    steal = int(fields[7]) if len(fields) > 7 else 0
+    return {"busy": (user + nice + system) / tick, "steal": steal / tick}
+
+
+def wait_quiet(
+    ours: list[int], threshold: float = 10.0, patience: float = 60.0, sample: float = 0.5
+) -> float:
+    """Wait (at most ``patience`` s) until other processes use < ``threshold`` % CPU.
+
+    Returns the last measured foreign CPU %. The machine may be shared (tests,
+    builds): starting a phase while something else runs would skew it.
+    """
+    deadline = time.monotonic() + patience
+    while True:
+        before = system_cpu()["busy"] - sum(cpu_seconds(p) for p in ours)
+        time.sleep(sample)
+        after = system_cpu()["busy"] - sum(cpu_seconds(p) for p in ours)
+        other = max(0.0, 100 * (after - before) / sample)
+        if other < threshold or time.monotonic() > deadline:
+            return other
+
+
+def rss_kib(pid: int) -> int:
+    """Resident set size of ``pid`` in KiB (VmRSS)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+def machine() -> dict[str, object]:
+    """What the numbers were measured on."""
+    model = platform.processor() or "?"
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        for line in subprocess.run(
+            ["lscpu"], capture_output=True, text=True, timeout=10
+        ).stdout.splitlines():
+            if line.startswith("Model name:"):
+                model = line.split(":", 1)[1].strip()
+    versions: dict[str, str] = {}
+    from importlib import metadata
+
+    for name in ("wschat", "websockets", "uvloop", "anyio", "wsproto", "h11", "msgspec"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            versions[name] = metadata.version(name)
+    commit = ""
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "wschat"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+        if dirty:
+            commit += "+dirty"
+    return {
+        "cpu_model": model,
+        "cpus": os.cpu_count(),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "packages": versions,
+        "commit": commit,
+    }
