@@ -280,6 +280,8 @@ def bench_send_floor(clients: int = 1000, rounds: int = 50) -> dict[str, float]:
     listener.close()
     pid = os.fork()
     if pid == 0:  # the reader
+        for sock in server_ends:  # else the parent's close never reaches us as EOF
+            sock.close()
         with contextlib.suppress(OSError):
             os.sched_setaffinity(0, {1})
         selector = selectors.EpollSelector()
