@@ -327,13 +327,12 @@ def tables(summary: dict[str, Any], kinds: list[str], clients: list[int], runs: 
     lines = [
         f"### Throughput: deliveries/s (median of {runs} run{'s' * (runs > 1)}, min-max)",
         "",
-        "| C | "
-        + " | ".join(kinds)
-        + " | wschat ÷ peer | server CPU µs/delivery (wschat / peer) | "
+        "| C | " + " | ".join(kinds) + " | wschat ÷ peer | server CPU µs/delivery | "
         "server CPU % | loadgen CPU % | other CPU % (max) | missing deliveries |",
         "|---:|" + "---:|" * len(kinds) + "---:|---:|---:|---:|---:|---:|",
     ]
     tp = summary["throughput"]
+    first = next((k for k in kinds if k.startswith("wschat")), None)
     for c in clients:
         cells = []
         for kind in kinds:
@@ -341,14 +340,15 @@ def tables(summary: dict[str, Any], kinds: list[str], clients: list[int], runs: 
             cells.append(
                 f"{t['median']:,.0f} ({_fmt_rate(t['min'])}-{_fmt_rate(t['max'])})" if t else "-"
             )
-        w, p = tp.get(f"wschat/{c}"), tp.get(f"websockets/{c}")
+        w, p = tp.get(f"{first}/{c}"), tp.get(f"websockets/{c}")
         ratio = f"{w['median'] / p['median']:.1f}x" if w and p else "-"
-        both = [x for x in (w, p) if x]
-        us = " / ".join(f"{x['server_us_per_delivery']:.2f}" for x in both)
-        cpu = " / ".join(f"{x['server_cpu_pct']:.0f}" for x in both)
-        gen = " / ".join(f"{x['loadgen_cpu_pct']:.0f}" for x in both)
-        other = " / ".join(f"{x['other_cpu_pct_max']:.0f}" for x in both)
-        missing = " / ".join(str(x["missing"] + x["seq_gaps"]) for x in both)
+        # the per-server columns list the servers in the order of the columns before them
+        each = [x for x in (tp.get(f"{kind}/{c}") for kind in kinds) if x]
+        us = " / ".join(f"{x['server_us_per_delivery']:.2f}" for x in each)
+        cpu = " / ".join(f"{x['server_cpu_pct']:.0f}" for x in each)
+        gen = " / ".join(f"{x['loadgen_cpu_pct']:.0f}" for x in each)
+        other = " / ".join(f"{x['other_cpu_pct_max']:.0f}" for x in each)
+        missing = " / ".join(str(x["missing"] + x["seq_gaps"]) for x in each)
         lines.append(
             f"| {c:,} | "
             + " | ".join(cells)
