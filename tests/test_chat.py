@@ -23,6 +23,7 @@ from wschat.chat import (
     Leave,
     Position,
     Say,
+    ack_event,
     decode_event,
     encode,
     error_event,
@@ -31,6 +32,7 @@ from wschat.chat import (
     membership_event,
     message_event,
     parse_command,
+    peek_message_id,
     presence_event,
     validate_room,
     validate_username,
@@ -90,6 +92,27 @@ class TestParseCommand:
             "lobby", None, Position("", 0)
         )
         assert parse_command(frame({"type": "join", "since": None})) == Join("lobby", None, None)
+
+    def test_message_id_is_kept(self) -> None:
+        command = parse_command(frame({"type": "message", "message": "hi", "id": "c1-7f.a:b"}))
+        assert isinstance(command, Say) and command.id == "c1-7f.a:b"
+        assert parse_command(frame({"username": "A", "message": "hi"})) == Say(
+            room=None, message="hi", username="A", typed=False, id=None
+        )
+
+    @pytest.mark.parametrize("bad", ["", "a b", "x" * 65, 7, ["a"], "é"])
+    def test_bad_message_id(self, bad: object) -> None:
+        assert error_code(frame({"type": "message", "message": "hi", "id": bad})) == "bad_id"
+
+    def test_an_error_names_the_id_of_the_message_it_refuses(self) -> None:
+        with pytest.raises(ChatError) as info:
+            parse_command(frame({"type": "message", "message": "", "id": "m1"}))
+        assert (info.value.code, info.value.id) == ("bad_message", "m1")
+
+    def test_peek_message_id(self) -> None:
+        assert peek_message_id(frame({"message": "x", "id": "m9"})) == "m9"
+        for text in ("nope", "[1]", frame({"id": "a b"}), frame({"message": "x"})):
+            assert peek_message_id(text) is None
 
     def test_leave(self) -> None:
         assert parse_command('{"type":"leave","room":"lobby"}') == Leave("lobby")
@@ -324,6 +347,19 @@ class TestServerEvents:
             "reason": "nope",
         }
 
+    def test_message_event_with_id_and_ack(self) -> None:
+        payload = message_event("r", Position("e", 3), "al", "hi", "T", "m1")
+        assert json.loads(payload)["id"] == "m1"
+        assert "id" not in json.loads(message_event("r", Position("e", 3), "al", "hi", "T"))
+        assert json.loads(ack_event("r", Position("e", 3), "m1")) == {
+            "type": "ack",
+            "id": "m1",
+            "room": "r",
+            "epoch": "e",
+            "seq": 3,
+        }
+        assert json.loads(error_event("unavailable", "try again", "m1"))["id"] == "m1"
+
     def test_encode_is_compact_utf8(self) -> None:
         payload = encode({"a": "é", "b": [1, 2]})
         assert payload == '{"a":"é","b":[1,2]}'.encode()
@@ -406,6 +442,15 @@ class TestChatSession:
                 session.handle(text)
             assert info.value.code == "no_username"
         assert session.username is None
+
+    def test_session_errors_name_the_message_id(self) -> None:
+        session = ChatSession("lobby")
+        with pytest.raises(ChatError) as info:
+            session.handle(frame({"type": "message", "message": "x", "id": "m2"}))
+        assert (info.value.code, info.value.id) == ("no_username", "m2")
+        with pytest.raises(ChatError) as info:
+            session.handle(frame({"type": "message", "room": "r", "message": "x", "id": "m3"}))
+        assert (info.value.code, info.value.id) == ("not_joined", "m3")
 
     def test_say_to_a_room_not_joined_is_not_joined(self) -> None:
         session = ChatSession("lobby")

@@ -156,6 +156,30 @@ class TestChat:
             await ws.send(json.dumps({"username": "ok", "message": "still here"}))
             assert (await recv_type(ws, "message"))["message"] == "still here"
 
+    async def test_message_with_id_is_acknowledged_to_its_sender_only(self) -> None:
+        async with (
+            running_server() as server,
+            connect(ws_url(server)) as alice,
+            connect(ws_url(server)) as bob,
+        ):
+            await join(alice, "lobby", "alice")
+            await join(bob, "lobby", "bob")
+            await alice.send(json.dumps({"type": "message", "message": "hi", "id": "a-1"}))
+            seen = {(await recv_type(alice, kind))["type"] for kind in ("message", "ack")}
+            assert seen == {"message", "ack"}
+            message = await recv_type(bob, "message")
+            assert (message["id"], message["seq"]) == ("a-1", 1)
+            await alice.send(json.dumps({"type": "message", "message": "", "id": "a-2"}))
+            error = await recv_type(alice, "error")
+            assert (error["code"], error["id"]) == ("bad_message", "a-2")
+            # bob saw no ack of alice's message: his next event is his own ack.
+            await bob.send(json.dumps({"type": "message", "message": "yo", "id": "b-1"}))
+            events = [await recv_json(bob) for _ in range(2)]
+            assert sorted(e["type"] for e in events) == ["ack", "message"]
+            ack = next(e for e in events if e["type"] == "ack")
+            assert (ack["id"], ack["room"], ack["seq"]) == ("b-1", "lobby", 2)
+            assert ack["epoch"] == message["epoch"]
+
     async def test_hundred_clients_receive_every_message_once_in_order(self) -> None:
         clients = 100
         messages = 20

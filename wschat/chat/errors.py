@@ -11,9 +11,11 @@ class ChatError(Exception):
     Attributes:
         code: A stable, machine-readable error code (see the README's table).
         reason: A human-readable explanation.
+        id: The ``id`` of the message refused, when it had one.
     """
 
-    def __init__(self, code: str, reason: str) -> None:
+    def __init__(self, code: str, reason: str, id: str | None = None) -> None:
         super().__init__(f"{code}: {reason}")
         self.code = code
         self.reason = reason
+        self.id = id

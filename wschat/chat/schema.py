@@ -7,6 +7,10 @@ Client to server (text frames, JSON objects)::
     {"type": "leave", "room": "lobby"}
     {"username": "alice", "message": "hi"}          # the seed's format: a message
 
+A ``message`` may carry an ``id`` chosen by the client: the server then answers
+the sender with an ``ack`` (or an ``error`` carrying the same ``id``), and a
+retry with the same ``id`` is not published twice.
+
 Everything here is pure: no I/O, no clock (the caller passes the time in).
 """
 
@@ -25,6 +29,8 @@ MAX_USERNAME_LENGTH = 32
 # DESIGN.md: 4 KiB of chat text (gorilla chat: 512 B per message).
 MAX_MESSAGE_LENGTH = 4096
 ROOM_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+# Long enough for a UUID or a ULID, short enough to keep per room (idempotent publish).
+MESSAGE_ID = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 DEFAULT_ROOM = "lobby"
 
 _json_decoder = msgspec.json.Decoder()
@@ -58,13 +64,15 @@ class Join:
 class Say:
     """Send ``message`` to ``room`` (None: the connection's URL room).
 
-    ``typed`` is False for the seed's format (no ``type`` field).
+    ``typed`` is False for the seed's format (no ``type`` field). ``id`` is the
+    client's name for this message (acknowledged, and published at most once).
     """
 
     room: str | None
     message: str
     username: str | None
     typed: bool = True
+    id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,12 +99,18 @@ def parse_command(text: str) -> Command:
         raise ChatError("bad_json", "expected a JSON object")
     kind = obj.get("type", "message" if "message" in obj else None)
     if kind == "message":
-        return Say(
-            room=_optional_room(obj),
-            message=validate_message(obj.get("message")),
-            username=_optional_username(obj),
-            typed="type" in obj,
-        )
+        message_id = _optional_id(obj)
+        try:
+            return Say(
+                room=_optional_room(obj),
+                message=validate_message(obj.get("message")),
+                username=_optional_username(obj),
+                typed="type" in obj,
+                id=message_id,
+            )
+        except ChatError as exc:
+            exc.id = message_id  # the sender learns which message was refused
+            raise
     if kind == "join":
         return Join(
             room=validate_room(obj.get("room", DEFAULT_ROOM)),
@@ -138,6 +152,31 @@ def validate_message(value: Any) -> str:
     return value
 
 
+def peek_message_id(text: str) -> str | None:
+    """The valid ``id`` of a message frame, or None: for replies to frames not carried out."""
+    try:
+        obj = _json_decoder.decode(text)
+    except (msgspec.DecodeError, RecursionError):
+        return None
+    if not isinstance(obj, dict):
+        return None
+    try:
+        return _optional_id(obj)
+    except ChatError:
+        return None
+
+
+def validate_message_id(value: Any) -> str:
+    """Return ``value`` if it is a valid message id, else raise ChatError('bad_id')."""
+    if not isinstance(value, str) or not MESSAGE_ID.fullmatch(value):
+        raise ChatError("bad_id", "id must be 1-64 characters of A-Z, a-z, 0-9, _ . : or -")
+    return value
+
+
+def _optional_id(obj: dict[str, Any]) -> str | None:
+    return validate_message_id(obj["id"]) if obj.get("id") is not None else None
+
+
 def _optional_room(obj: dict[str, Any]) -> str | None:
     return validate_room(obj["room"]) if obj.get("room") is not None else None
 
@@ -173,17 +212,41 @@ def encode(obj: dict[str, Any]) -> bytes:
     return _json_encoder.encode(obj)
 
 
-def message_event(room: str, position: Position, username: str, message: str, time: str) -> bytes:
-    """The ``message`` event every member of ``room`` receives, encoded once."""
+def message_event(
+    room: str,
+    position: Position,
+    username: str,
+    message: str,
+    time: str,
+    message_id: str | None = None,
+) -> bytes:
+    """The ``message`` event every member of ``room`` receives, encoded once.
+
+    ``message_id`` (the sender's ``id``) is included when given, last.
+    """
+    event: dict[str, Any] = {
+        "type": "message",
+        "room": room,
+        "seq": position.seq,
+        "epoch": position.epoch,
+        "username": username,
+        "message": message,
+        "time": time,
+    }
+    if message_id is not None:
+        event["id"] = message_id
+    return encode(event)
+
+
+def ack_event(room: str, position: Position, message_id: str) -> bytes:
+    """The sender's ``ack`` of message ``message_id``: it was published at ``position``."""
     return encode(
         {
-            "type": "message",
+            "type": "ack",
+            "id": message_id,
             "room": room,
-            "seq": position.seq,
             "epoch": position.epoch,
-            "username": username,
-            "message": message,
-            "time": time,
+            "seq": position.seq,
         }
     )
 
@@ -213,9 +276,12 @@ def membership_event(kind: str, room: str, username: str) -> bytes:
     return encode({"type": kind, "room": room, "username": username})
 
 
-def error_event(code: str, reason: str) -> bytes:
-    """An ``error`` reply to one client."""
-    return encode({"type": "error", "code": code, "reason": reason})
+def error_event(code: str, reason: str, message_id: str | None = None) -> bytes:
+    """An ``error`` reply to one client (with the ``id`` of the message it refuses)."""
+    event: dict[str, Any] = {"type": "error", "code": code, "reason": reason}
+    if message_id is not None:
+        event["id"] = message_id
+    return encode(event)
 
 
 def decode_event(payload: bytes) -> dict[str, Any]:

@@ -50,10 +50,18 @@ class ChatSession:
         if isinstance(command, Say):
             room = command.room or self.url_room
             if room not in self.rooms:
-                raise ChatError("not_joined", f"join room {room!r} before sending to it")
-            username = self._bind(command.username)
+                raise ChatError(
+                    "not_joined", f"join room {room!r} before sending to it", command.id
+                )
+            try:
+                username = self._bind(command.username)
+            except ChatError as exc:
+                exc.id = command.id
+                raise
             if username is None:
-                raise ChatError("no_username", "send a username (in a join or message) first")
+                raise ChatError(
+                    "no_username", "send a username (in a join or message) first", command.id
+                )
             return replace(command, room=room, username=username)
         if isinstance(command, Join):
             if command.room not in self.rooms and len(self.rooms) >= self.max_rooms:

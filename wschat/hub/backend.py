@@ -35,11 +35,13 @@ class ChatMessage:
         username: The sender, as bound to its connection.
         message: The text.
         time: Server time, RFC 3339 UTC (stamped by the Hub).
+        id: The sender's id for the message, if it gave one.
     """
 
     username: str
     message: str
     time: str
+    id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -227,13 +227,17 @@ class Hub:
 
     # -- messages --------------------------------------------------------------
 
-    async def say(self, room: str, username: str, message: str) -> Position:
+    async def say(
+        self, room: str, username: str, message: str, message_id: str | None = None
+    ) -> Position:
         """Publish ``message`` from ``username`` to ``room``, stamped with the server time.
+
+        ``message_id`` is the sender's id for the message, carried in the event.
 
         Raises:
             BackendUnavailable: The message was not published.
         """
-        stamped = ChatMessage(username, message, format_time(self._clock()))
+        stamped = ChatMessage(username, message, format_time(self._clock()), message_id)
         return await self.backend.publish(room, stamped)
 
     def _deliver(self, room: str, delivery: Delivery) -> None:

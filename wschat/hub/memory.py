@@ -103,7 +103,9 @@ class MemoryBackend:
         state = self._room(room)
         state.seq += 1
         position = Position(state.epoch, state.seq)
-        payload = message_event(room, position, message.username, message.message, message.time)
+        payload = message_event(
+            room, position, message.username, message.message, message.time, message.id
+        )
         state.history.append((state.seq, payload, self._clock()))
         while len(state.history) > self.history_size:
             state.history.popleft()

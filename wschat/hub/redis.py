@@ -374,7 +374,7 @@ class _Room:
 def _split_message(room: str, message: ChatMessage) -> tuple[bytes, bytes]:
     """The message event JSON up to ``"seq":`` and after the epoch, for Lua to splice."""
     sample = message_event(
-        room, Position(_EPOCH_MARK, 0), message.username, message.message, message.time
+        room, Position(_EPOCH_MARK, 0), message.username, message.message, message.time, message.id
     )
     marker = b'"seq":0,"epoch":"' + _EPOCH_MARK.encode() + b'"'
     head, found, tail = sample.partition(marker)

@@ -137,10 +137,14 @@ class ClientConnection:
 
     # -- server side -----------------------------------------------------------
 
-    def send_error(self, code: str, reason: str) -> None:
+    def send_error(self, code: str, reason: str, message_id: str | None = None) -> None:
         """Reply ``{"type": "error", ...}`` to this client only."""
+        self.send_event(error_event(code, reason, message_id))
+
+    def send_event(self, payload: bytes) -> None:
+        """Send one encoded server event to this client only (an error, an ack)."""
         if self.open:
-            self._put_control([PreparedMessage(error_event(code, reason)).frame])
+            self._put_control([PreparedMessage(payload).frame])
 
     def flush(self) -> None:
         """Move the protocol's pending output (pong, close, echo) to the outbox."""

@@ -32,7 +32,17 @@ import anyio
 from anyio.abc import ByteStream, Listener, SocketAttribute, TaskGroup, TaskStatus
 from anyio.streams.tls import TLSListener
 
-from ..chat import DEFAULT_ROOM, ChatError, ChatSession, Join, Leave, Say, validate_room
+from ..chat import (
+    DEFAULT_ROOM,
+    ChatError,
+    ChatSession,
+    Join,
+    Leave,
+    Say,
+    ack_event,
+    peek_message_id,
+    validate_room,
+)
 from ..hub import BackendUnavailable, Hub, open_backend
 from ..protocol import (
     BinaryReceived,
@@ -384,6 +394,7 @@ class Server:
                 client.send_error(
                     "rate_limited",
                     f"over {self.config.rate:g} messages/s (burst {self.config.burst}): dropped",
+                    peek_message_id(text),
                 )
             return
         had_username = session.username is not None
@@ -391,14 +402,18 @@ class Server:
         try:
             command = session.handle(text)
         except ChatError as exc:
-            client.send_error(exc.code, exc.reason)
+            client.send_error(exc.code, exc.reason, exc.id)
             return
         try:
             if not had_username and session.username is not None:
                 await self.hub.update_presence(client)
             if isinstance(command, Say):
                 assert command.room is not None and command.username is not None
-                await self.hub.say(command.room, command.username, command.message)
+                position = await self.hub.say(
+                    command.room, command.username, command.message, command.id
+                )
+                if command.id is not None:
+                    client.send_event(ack_event(command.room, position, command.id))
             elif isinstance(command, Join):
                 await self.hub.join(client, command.room, command.since)
             elif isinstance(command, Leave):
@@ -406,7 +421,8 @@ class Server:
         except BackendUnavailable as exc:
             if isinstance(command, Join) and command.room not in rooms_before:
                 session.rooms.discard(command.room)  # the join did not happen
-            client.send_error("unavailable", f"not done, try again: {exc}")
+            message_id = command.id if isinstance(command, Say) else None
+            client.send_error("unavailable", f"not done, try again: {exc}", message_id)
 
     async def _write_loop(
         self, stream: ByteStream, client: ClientConnection, scope: anyio.CancelScope
