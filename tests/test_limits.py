@@ -252,7 +252,7 @@ class TestSlowConsumer:
     async def test_non_reader_closed_with_1013_others_get_everything(self) -> None:
         messages = 400
         text = "z" * 1000
-        async with running_server(outbox_limit=64 * 1024, write_timeout=2) as server:
+        async with running_server(outbox_limit=64 * 1024, write_timeout=2, close_timeout=1) as server:
             stream = await anyio.connect_tcp("127.0.0.1", server.port)
             sock = stream.extra(anyio.abc.SocketAttribute.raw_socket)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
