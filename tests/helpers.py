@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import shutil
 import socket
@@ -9,13 +10,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
+from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from wschat.server import Server, ServerConfig
 
@@ -39,21 +41,80 @@ def require(condition: bool, what: str) -> None:
         pytest.skip(f"{what} is missing")
 
 
+# The event loops the loopback suites run the server on (`pytest.mark.every_loop`).
+SERVER_LOOPS = ("asyncio", "uvloop", "trio")
+# Set by conftest's anyio_backend fixture for each test: where running_server runs.
+server_loop = "asyncio"
+
+
+class ServerHandle:
+    """A running in-process server, on the test's own loop or on trio in a thread of its own.
+
+    Attributes read through (``port``, ``hub``, ``connections``, ``metrics``…)
+    are the server's; reading them from the test is safe. Anything that must
+    run on the server's loop goes through :meth:`call`; :meth:`stop` does.
+    """
+
+    def __init__(self, server: Server, portal: BlockingPortal | None = None) -> None:
+        self.server = server
+        self.portal = portal
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.server, name)
+
+    @property
+    def loop(self) -> str:
+        """The loop the server runs on: asyncio, uvloop or trio."""
+        return "trio" if self.portal is not None else server_loop
+
+    async def call(self, function: Callable[..., Any], *args: Any) -> Any:
+        """Run ``function(*args)`` (sync or async) on the server's loop; return its result."""
+        if self.portal is None:
+            result = function(*args)
+            return await result if inspect.isawaitable(result) else result
+        portal = self.portal
+        if inspect.iscoroutinefunction(function):
+            return await anyio.to_thread.run_sync(lambda: portal.call(function, *args))
+        return await anyio.to_thread.run_sync(lambda: portal.call(lambda: function(*args)))
+
+    def stop(self) -> None:
+        """Begin the server's graceful shutdown."""
+        if self.portal is None:
+            self.server.stop()
+        else:
+            self.portal.call(self.server.stop)
+
+
 @asynccontextmanager
-async def running_server(**overrides: Any) -> AsyncIterator[Server]:
-    """An in-process wschat server on a free loopback port, stopped (drained) on exit."""
+async def running_server(**overrides: Any) -> AsyncIterator[ServerHandle]:
+    """An in-process wschat server on a free loopback port, stopped (drained) on exit.
+
+    It runs on the loop the test is parametrised with (see ``every_loop``):
+    the test's own for asyncio and uvloop, a thread of its own for trio (the
+    `websockets` client the tests use needs asyncio).
+    """
     overrides.setdefault("rate", 0)
     config = ServerConfig(host="127.0.0.1", port=0, **overrides)
-    server = Server(config)
-    async with anyio.create_task_group() as group:
-        await group.start(server.serve)
+    if server_loop != "trio":
+        server = Server(config)
+        async with anyio.create_task_group() as group:
+            await group.start(server.serve)
+            try:
+                yield ServerHandle(server)
+            finally:
+                server.stop()
+        return
+    with start_blocking_portal("trio") as portal:
+        server = portal.call(Server, config)
+        future, _ = await anyio.to_thread.run_sync(portal.start_task, server.serve)
         try:
-            yield server
+            yield ServerHandle(server, portal)
         finally:
-            server.stop()
+            await anyio.to_thread.run_sync(portal.call, server.shutdown)
+            await anyio.to_thread.run_sync(future.result)
 
 
-def ws_url(server: Server, path: str = "/ws") -> str:
+def ws_url(server: Server | ServerHandle, path: str = "/ws") -> str:
     """The ws:// URL of ``path`` on an in-process server."""
     return f"ws://127.0.0.1:{server.port}{path}"
 

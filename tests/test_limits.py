@@ -20,12 +20,10 @@ import trustme
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from wschat.server import Server
-
-from .helpers import running_server, ws_url
+from .helpers import ServerHandle, running_server, ws_url
 from .test_server import raw_http, recv_json, recv_type, rst, upgrade_request, wait_members
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.every_loop]
 
 
 def client_frame(opcode: int, payload: bytes, fin: bool = True) -> bytes:
@@ -95,7 +93,7 @@ class RawClient:
                     return 1006
 
 
-async def assert_room_works(server: Server, room: str = "lobby", count: int = 3) -> None:
+async def assert_room_works(server: ServerHandle, room: str = "lobby", count: int = 3) -> None:
     """A well-behaved pair still chats: every message arrives, in order."""
     async with (
         connect(ws_url(server) + f"?room={room}") as a,
@@ -252,7 +250,9 @@ class TestSlowConsumer:
     async def test_non_reader_closed_with_1013_others_get_everything(self) -> None:
         messages = 400
         text = "z" * 1000
-        async with running_server(outbox_limit=64 * 1024, write_timeout=2, close_timeout=1) as server:
+        async with running_server(
+            outbox_limit=64 * 1024, write_timeout=2, close_timeout=1
+        ) as server:
             stream = await anyio.connect_tcp("127.0.0.1", server.port)
             sock = stream.extra(anyio.abc.SocketAttribute.raw_socket)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -280,13 +280,18 @@ class TestSlowConsumer:
             await stream.aclose()
 
 
+def count_tasks() -> int:
+    """Tasks on the calling event loop (the server's, through ``ServerHandle.call``)."""
+    return len(anyio.get_running_tasks())
+
+
 class TestChurn:
     async def test_connect_disconnect_cycles_leave_nothing_behind(self) -> None:
         async with running_server() as server:
             await assert_room_works(server)
             await wait_members(server, 0)
             await anyio.sleep(0.2)
-            tasks_before = len(asyncio.all_tasks())
+            tasks_before = await server.call(count_tasks)
             fds_before = len(os.listdir("/proc/self/fd"))
             for cycle in range(150):
                 ws = await connect(ws_url(server) + f"?room=r{cycle % 7}")
@@ -302,8 +307,8 @@ class TestChurn:
             await wait_members(server, 0)
             await anyio.sleep(0.3)
             assert server.hub.statistics()["rooms"] == 0
-            assert await server.hub.backend.presence("lobby") == []
-            assert len(asyncio.all_tasks()) <= tasks_before
+            assert await server.call(server.hub.backend.presence, "lobby") == []
+            assert await server.call(count_tasks) <= tasks_before
             assert len(os.listdir("/proc/self/fd")) <= fds_before + 2
 
 

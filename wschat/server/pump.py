@@ -106,7 +106,6 @@ class ConnectionPump:
         self.peers: set[Peer] = set()
         """The open WebSockets."""
         self._draining = draining
-        self._upgrading = 0  # accepted upgrades whose 101 is still being sent
         self._ids = itertools.count(1)
         self._paths = frozenset({CHAT_PATH, ECHO_PATH} if config.echo else {CHAT_PATH})
         self._origins = OriginPolicy(config.allowed_origins)
@@ -177,11 +176,7 @@ class ConnectionPump:
                         deadline = anyio.current_time() + config.handshake_timeout
                     elif isinstance(event, WebSocketRequest):
                         if self._answer_upgrade(conn, event, address):
-                            try:
-                                await self._send(stream, conn)
-                            finally:
-                                self._upgrading -= 1
-                            return event
+                            return event  # the 101 goes out through the peer's writer
                     elif isinstance(event, RequestRejected):
                         self.metrics.handshakes_rejected.labels(str(event.status)).inc()
                         logger.info("x %s refused: %d %s", address, event.status, event.reason)
@@ -199,13 +194,13 @@ class ConnectionPump:
     ) -> bool:
         """Accept or refuse a valid upgrade on server grounds (room, capacity, draining).
 
-        An accepted upgrade holds a WebSocket slot from here on, so the capacity
-        check and the registration cannot race.
+        Nothing awaits between this check and the peer's registration, so the
+        capacity check cannot race.
         """
         rejection: tuple[int, str, str, tuple[tuple[str, str], ...]] | None = None
         if self._draining():
             rejection = (503, "server is shutting down", "draining", (("retry-after", "5"),))
-        elif len(self.peers) + self._upgrading >= self.config.max_connections:
+        elif len(self.peers) >= self.config.max_connections:
             rejection = (503, "too many connections", "capacity", (("retry-after", "5"),))
         elif request.path == CHAT_PATH:
             try:
@@ -225,7 +220,6 @@ class ConnectionPump:
             accept_binary=echo,
             compression=config.compression,
         )
-        self._upgrading += 1
         return True
 
     # -- WebSocket -------------------------------------------------------------
@@ -264,6 +258,10 @@ class ConnectionPump:
         closed: ConnectionClosed | None = None
         polite = False
         try:
+            # The 101 is the writer's first item, held back until the client has
+            # entered its URL room: once the client sees its handshake complete,
+            # every message published after reaches it.
+            peer.flush()
             if self._draining():  # upgraded while the drain began
                 peer.close(1001, "going away: server shutting down")
             if isinstance(writer, TaskWriter):
@@ -311,6 +309,7 @@ class ConnectionPump:
             except Exception:
                 logger.exception("! conn %s: entering %s failed", peer.conn_id, room)
                 peer.close(1011, "internal error")
+        peer.writer.release()
         return await self._read_loop(stream, peer)
 
     async def _read_loop(self, stream: ByteStream, peer: Peer) -> ConnectionClosed | None:

@@ -21,6 +21,7 @@ the listener closes and the remaining connections are cancelled.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import resource
 import secrets
@@ -31,7 +32,7 @@ from typing import Any, cast
 import anyio
 from anyio.abc import SocketAttribute, SocketListener, SocketStream, TaskStatus
 
-from ..hub import Hub, open_backend
+from ..hub import BackendUnavailable, Hub, open_backend
 from .config import ServerConfig
 from .flusher import Flusher
 from .listener import Listener
@@ -119,6 +120,7 @@ class Server:
             OSError: The address cannot be bound.
             BackendUnavailable: The hub backend cannot be reached.
         """
+        _check_backend_runs_here(self.config.hub_url)
         listeners = await self._bind()
         self._pump.tls = self._tls_context()
         self._pump.direct_writes = self.direct_writes = await _direct_writes_work()
@@ -205,6 +207,19 @@ class Server:
         with anyio.move_on_after(self.config.drain_timeout):
             while peers:
                 await anyio.sleep(0.05)
+
+
+def _check_backend_runs_here(hub_url: str) -> None:
+    """The Redis backend is built on redis-py's asyncio client: refuse it on trio, clearly."""
+    if not hub_url.startswith(("redis", "rediss")):
+        return
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        raise BackendUnavailable(
+            f"{hub_url}: the Redis backend needs the asyncio event loop (redis-py); "
+            "run the server on asyncio or uvloop"
+        ) from None
 
 
 async def _direct_writes_work() -> bool:

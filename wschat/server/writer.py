@@ -60,7 +60,16 @@ class Writer:
         limit: Most bytes the backlog may hold (0: unlimited).
     """
 
-    __slots__ = ("_chunks", "_final", "_progress_at", "_size", "aborted", "limit", "on_abort")
+    __slots__ = (
+        "_chunks",
+        "_final",
+        "_progress_at",
+        "_size",
+        "aborted",
+        "held",
+        "limit",
+        "on_abort",
+    )
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
@@ -71,6 +80,8 @@ class Writer:
         self._progress_at = anyio.current_time()
         self.on_abort: Callable[[], None] | None = None
         """Called once when the writer aborts (the connection stops reading too)."""
+        self.held = True
+        """While held, bytes queue up but are not sent (see :meth:`release`)."""
 
     # -- what the subclasses provide ---------------------------------------------
 
@@ -79,8 +90,15 @@ class Writer:
         raise NotImplementedError
 
     def _queued(self) -> None:
-        """Called after bytes were queued into an empty queue."""
+        """Called after bytes were queued into an empty queue (and when released)."""
         raise NotImplementedError
+
+    def release(self) -> None:
+        """Start sending. A new connection's writer is held until its 101 and its
+        room's first events are queued in the order the client must read them."""
+        self.held = False
+        if self._size:
+            self._queued()
 
     def abort(self) -> None:
         """Drop the connection now; queued bytes are lost. Tells ``on_abort`` first."""
@@ -124,7 +142,7 @@ class Writer:
                 return self._final
         self._chunks.append(data)
         self._size += len(data)
-        if self._size == len(data):
+        if self._size == len(data) and not self.held:
             self._queued()
         return True
 
@@ -138,7 +156,7 @@ class Writer:
             return
         self._chunks.append(data)
         self._size += len(data)
-        if self._size == len(data):
+        if self._size == len(data) and not self.held:
             self._queued()
 
     def discard(self) -> None:
