@@ -9,6 +9,7 @@ Other async tests run once, on asyncio.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -31,3 +32,20 @@ def anyio_backend(server_loop: str) -> Iterator[Any]:
         yield ("asyncio", {"use_uvloop": server_loop == "uvloop"})
     finally:
         helpers.server_loop = "asyncio"
+
+
+@pytest.fixture(autouse=True)
+def no_server_bug_logged(
+    request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture
+) -> Iterator[None]:
+    """Loopback tests fail if the server logged an ERROR: errors are for bugs, and a
+    misbehaving client is not a bug (its connection's boundary answers it quietly)."""
+    yield
+    if request.node.get_closest_marker("every_loop") is None:
+        return
+    errors = [
+        f"{record.name}: {record.getMessage()}"
+        for record in caplog.get_records("call")
+        if record.levelno >= logging.ERROR and record.name.startswith("wschat")
+    ]
+    assert not errors, f"the server logged errors: {errors}"

@@ -6,6 +6,7 @@ import inspect
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -17,6 +18,7 @@ from typing import Any
 
 import anyio
 import pytest
+import trustme
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from wschat.server import Server, ServerConfig
@@ -86,17 +88,20 @@ class ServerHandle:
 
 
 @asynccontextmanager
-async def running_server(**overrides: Any) -> AsyncIterator[ServerHandle]:
+async def running_server(
+    factory: Callable[[ServerConfig], Server] = Server, **overrides: Any
+) -> AsyncIterator[ServerHandle]:
     """An in-process wschat server on a free loopback port, stopped (drained) on exit.
 
     It runs on the loop the test is parametrised with (see ``every_loop``):
     the test's own for asyncio and uvloop, a thread of its own for trio (the
-    `websockets` client the tests use needs asyncio).
+    `websockets` client the tests use needs asyncio). ``factory`` makes the
+    server from its config (a subclass, for fault injection).
     """
     overrides.setdefault("rate", 0)
     config = ServerConfig(host="127.0.0.1", port=0, **overrides)
     if server_loop != "trio":
-        server = Server(config)
+        server = factory(config)
         async with anyio.create_task_group() as group:
             await group.start(server.serve)
             try:
@@ -105,7 +110,7 @@ async def running_server(**overrides: Any) -> AsyncIterator[ServerHandle]:
                 server.stop()
         return
     with start_blocking_portal("trio") as portal:
-        server = portal.call(Server, config)
+        server = portal.call(factory, config)
         future, _ = await anyio.to_thread.run_sync(portal.start_task, server.serve)
         try:
             yield ServerHandle(server, portal)
@@ -217,3 +222,15 @@ def redis_server() -> Iterator[str]:
     """A private ``redis-server`` on a free port (no persistence); yields its URL."""
     with RedisProcess() as redis:
         yield redis.url
+
+
+def tls_files(directory: Path) -> tuple[dict[str, str], ssl.SSLContext]:
+    """A certificate for 127.0.0.1 from a throwaway CA: server options and a client context."""
+    authority = trustme.CA()
+    cert = authority.issue_cert("127.0.0.1", "localhost")
+    certfile, keyfile = directory / "cert.pem", directory / "key.pem"
+    cert.private_key_and_cert_chain_pem.write_to_path(str(certfile))
+    cert.private_key_pem.write_to_path(str(keyfile))
+    client_context = ssl.create_default_context()
+    authority.configure_trust(client_context)
+    return {"certfile": str(certfile), "keyfile": str(keyfile)}, client_context

@@ -48,8 +48,25 @@ class RawClient:
         self.buffer = b""
 
     @classmethod
-    async def open(cls, port: int, path: str = "/ws") -> RawClient:
-        stream = await anyio.connect_tcp("127.0.0.1", port)
+    async def open(
+        cls,
+        port: int,
+        path: str = "/ws",
+        ssl_context: ssl.SSLContext | None = None,
+        rcvbuf: int | None = None,
+    ) -> RawClient:
+        """Connect and upgrade (over TLS with ``ssl_context``); a small ``rcvbuf``
+        makes the kernel push back as soon as the client stops reading."""
+        stream: Any = await anyio.connect_tcp(
+            "127.0.0.1",
+            port,
+            tls=ssl_context is not None,
+            ssl_context=ssl_context,
+            tls_standard_compatible=False,
+        )
+        if rcvbuf is not None:
+            with raw_socket(stream) as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         client = cls(stream)
         await stream.send(upgrade_request(path))
         while b"\r\n\r\n" not in client.buffer:
@@ -60,6 +77,17 @@ class RawClient:
 
     async def send(self, data: bytes) -> None:
         await self.stream.send(data)
+
+    async def reset(self) -> None:
+        """Drop the connection with a TCP reset (a phone losing signal, a scanner)."""
+        with raw_socket(self.stream) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        await self.stream.aclose()
+
+    def fin(self) -> None:
+        """Send FIN without a close frame (TCP half-close under TLS too)."""
+        with raw_socket(self.stream) as sock:
+            sock.shutdown(socket.SHUT_WR)
 
     async def next_frame(self) -> tuple[int, bytes]:
         """(opcode, payload) of the next server frame; (-1, b"") at EOF."""
@@ -93,11 +121,26 @@ class RawClient:
                     return 1006
 
 
-async def assert_room_works(server: ServerHandle, room: str = "lobby", count: int = 3) -> None:
+def raw_socket(stream: Any) -> socket.socket:
+    """The stream's socket as a real ``socket.socket`` (uvloop hands out a pseudo-socket
+    without ``shutdown``); a duplicate descriptor: options and shutdown apply to both."""
+    sock = stream.extra(anyio.abc.SocketAttribute.raw_socket)
+    return socket.socket(fileno=os.dup(sock.fileno()))
+
+
+async def assert_room_works(
+    server: ServerHandle,
+    room: str = "lobby",
+    count: int = 3,
+    ssl_context: ssl.SSLContext | None = None,
+) -> None:
     """A well-behaved pair still chats: every message arrives, in order."""
+    url = ws_url(server) + f"?room={room}"
+    if ssl_context is not None:
+        url = "wss" + url[2:]
     async with (
-        connect(ws_url(server) + f"?room={room}") as a,
-        connect(ws_url(server) + f"?room={room}") as b,
+        connect(url, ssl=ssl_context) as a,
+        connect(url, ssl=ssl_context) as b,
     ):
         for n in range(count):
             await a.send(json.dumps({"username": "good", "message": f"ok{n}"}))

@@ -42,6 +42,7 @@ class Peer:
         "address",
         "bucket",
         "close_code",
+        "close_reason",
         "close_timeout",
         "closing_deadline",
         "conn",
@@ -84,6 +85,7 @@ class Peer:
         self.open = True
         self.close_code: int | None = None
         """The close code this server sent, if it started the close."""
+        self.close_reason = ""
         self.last_seen = self.last_ping = anyio.current_time()
         self.closing_deadline: float | None = None
         self.read_scope: anyio.CancelScope | None = None
@@ -146,7 +148,7 @@ class Peer:
         if not self.open:
             return
         self.open = False
-        self.close_code = code
+        self.close_code, self.close_reason = code, reason
         if self.conn.state is State.OPEN:
             self.conn.send_close(code, reason)
             self.flush()

@@ -277,11 +277,13 @@ class ConnectionPump:
             peer.open = False
             self.peers.discard(peer)
             self.metrics.connections_open.dec()
+            # The code this server sent when it started the close, else the client's.
             if peer.close_code is not None:
-                code = peer.close_code
+                code, reason = peer.close_code, peer.close_reason
+            elif closed is not None:
+                code, reason = closed.code, closed.reason
             else:
-                code = closed.code if closed is not None else 1006
-            reason = closed.reason if closed is not None else "connection lost"
+                code, reason = 1006, "connection lost"
             self.metrics.close_codes.labels(str(code)).inc()
             logger.info(
                 "x conn %s %s closed code=%d reason=%r", peer.conn_id, address, code, reason

@@ -27,6 +27,7 @@ of :data:`WRITE_SLICE` bytes, each a unit of progress.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Protocol, cast
 
@@ -35,6 +36,8 @@ from anyio.abc import ByteStream
 
 from .constants import DISCONNECTED
 from .flusher import Flusher
+
+logger = logging.getLogger("wschat.server")
 
 # The task writer's unit of progress: a client is "stalled" only when not even
 # this much went to the kernel within the write timeout (16 KiB is one TLS record).
@@ -292,6 +295,12 @@ class TaskWriter(Writer):
                     await self._send(data)
             except DISCONNECTED:
                 self.failed = True
+                self.abort()
+            except Exception as exc:
+                # The stream failed in a way it should not: still this client's loss only.
+                logger.info("! write failed, dropping the connection: %r", exc)
+                self.failed = True
+                self.abort()
             finally:
                 self._in_flight = 0
                 self._done.set()
