@@ -89,26 +89,36 @@ class RawClient:
         with raw_socket(self.stream) as sock:
             sock.shutdown(socket.SHUT_WR)
 
-    async def next_frame(self) -> tuple[int, bytes]:
+    def pop_frame(self) -> tuple[int, bytes] | None:
+        """(opcode, payload) of the next complete server frame in the buffer, if any."""
+        if len(self.buffer) < 2:
+            return None
+        length = self.buffer[1] & 0x7F
+        offset = 2
+        if length == 126:
+            if len(self.buffer) < 4:
+                return None
+            length, offset = struct.unpack("!H", self.buffer[2:4])[0], 4
+        elif length == 127:
+            if len(self.buffer) < 10:
+                return None
+            length, offset = struct.unpack("!Q", self.buffer[2:10])[0], 10
+        if len(self.buffer) < offset + length:
+            return None
+        opcode = self.buffer[0] & 0x0F
+        payload = self.buffer[offset : offset + length]
+        self.buffer = self.buffer[offset + length :]
+        return opcode, payload
+
+    async def next_frame(self, max_bytes: int = 65536) -> tuple[int, bytes]:
         """(opcode, payload) of the next server frame; (-1, b"") at EOF."""
-        while True:
-            if len(self.buffer) >= 2:
-                length = self.buffer[1] & 0x7F
-                offset = 2
-                if length == 126:
-                    length, offset = struct.unpack("!H", self.buffer[2:4])[0], 4
-                elif length == 127:
-                    length, offset = struct.unpack("!Q", self.buffer[2:10])[0], 10
-                if len(self.buffer) >= offset + length:
-                    opcode = self.buffer[0] & 0x0F
-                    payload = self.buffer[offset : offset + length]
-                    self.buffer = self.buffer[offset + length :]
-                    return opcode, payload
+        while (frame := self.pop_frame()) is None:
             try:
-                chunk = await self.stream.receive()
-            except (anyio.EndOfStream, anyio.BrokenResourceError):
+                chunk = await self.stream.receive(max_bytes)
+            except (anyio.EndOfStream, anyio.BrokenResourceError, ssl.SSLError):
                 return -1, b""
             self.buffer += chunk
+        return frame
 
     async def close_code(self, timeout: float = 5.0) -> int:
         """Read until the server's close frame; return its code."""
