@@ -7,13 +7,9 @@ connection's failure boundary: whatever happens inside (a transport that
 raises, a protocol or hub bug, a reset) is caught there, logged once, and
 costs only this connection. It never raises, except for cancellation.
 
-1. TLS, when configured: the handshake, bounded by the handshake timeout.
-2. HTTP: read, feed :class:`~wschat.protocol.ServerConnection`, answer each
-   request (:class:`~.routes.Routes`), send, until a WebSocket upgrade is
-   accepted or the connection closes. Pipelined requests are answered a few
-   at a time: the protocol stops parsing while unsent responses pile up, and
-   every send is bounded by the write timeout.
-3. WebSocket: a :class:`~.peer.Peer` with its :class:`~.writer.Writer` (a
+1. TLS and HTTP (:class:`~.http_phase.HttpPhase`): the TLS handshake, plain
+   requests, the upgrade decision.
+2. WebSocket: a :class:`~.peer.Peer` with its :class:`~.writer.Writer` (a
    direct transport writer for plain TCP on asyncio/uvloop, else a writer
    task), the read loop (chat text goes to :class:`~.dispatch.ChatDispatch`),
    then the end of the closing handshake: drain the writer (so the close frame
@@ -26,22 +22,17 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-import ssl
 from collections.abc import Callable
-from urllib.parse import parse_qs
 
 import anyio
 from anyio.abc import ByteStream, SocketAttribute
-from anyio.streams.tls import TLSStream
 
-from ..chat import DEFAULT_ROOM, ChatError, ChatSession, validate_room
+from ..chat import ChatSession
 from ..hub import BackendUnavailable, Hub
 from ..protocol import (
     BinaryReceived,
     ConnectionClosed,
-    HttpRequest,
     OriginPolicy,
-    RequestRejected,
     ServerConnection,
     TextReceived,
     WebSocketRequest,
@@ -50,20 +41,18 @@ from .config import ServerConfig
 from .constants import CHAT_PATH, DISCONNECTED, ECHO_PATH, RECEIVE_SIZE
 from .dispatch import ChatDispatch
 from .flusher import Flusher
-from .http import CONTENT_TYPE_TEXT
+from .http_phase import HttpPhase, receive, url_room
 from .metrics import Metrics
 from .peer import Peer
 from .ratelimit import TokenBucket
 from .routes import Routes
-from .writer import TaskWriter, TransportWriter, Writer, direct_transport, send_with_timeout
+from .writer import TaskWriter, TransportWriter, Writer, direct_transport
 
 logger = logging.getLogger("wschat.server")
 
 # Strikes: rate-limited messages a client may pile up (refilled at one a second)
 # before "sustained abuse" closes it with 1008.
 STRIKE_REFILL = 1.0
-
-TLS_FAILURES: tuple[type[BaseException], ...] = (TimeoutError, *DISCONNECTED)
 
 
 class ConnectionPump:
@@ -77,9 +66,6 @@ class ConnectionPump:
         flusher: Writes direct-transport writers' batches.
         node_id: Prefix of connection ids (unique across nodes).
         draining: Tells whether the server is shutting down.
-        tls: The TLS context, when serving https/wss.
-        direct_writes: Whether plain TCP streams may be written through their
-            asyncio transport (checked once at start-up).
     """
 
     def __init__(
@@ -91,20 +77,19 @@ class ConnectionPump:
         flusher: Flusher,
         node_id: str,
         draining: Callable[[], bool],
-        tls: ssl.SSLContext | None = None,
-        direct_writes: bool = False,
     ) -> None:
         self.config = config
         self.hub = hub
         self.metrics = metrics
-        self.routes = routes
         self.flusher = flusher
         self.node_id = node_id
-        self.tls = tls
-        self.direct_writes = direct_writes
-        self.dispatch = ChatDispatch(hub, config, metrics)
+        self.direct_writes = False
+        """Whether plain TCP streams may be written through their asyncio transport
+        (checked once at start-up)."""
         self.peers: set[Peer] = set()
         """The open WebSockets."""
+        self.http = HttpPhase(config, metrics, routes, lambda: len(self.peers), draining)
+        self.dispatch = ChatDispatch(hub, config, metrics)
         self._draining = draining
         self._ids = itertools.count(1)
         self._paths = frozenset({CHAT_PATH, ECHO_PATH} if config.echo else {CHAT_PATH})
@@ -116,12 +101,12 @@ class ConnectionPump:
         """Serve one accepted socket to its end. Never raises (but for cancellation)."""
         address = _address(stream)
         try:
-            secured = await self._start_tls(stream, address)
+            secured = await self.http.start_tls(stream, address)
             if secured is None:
                 return
             stream = secured
             conn = ServerConnection(self._paths, self._origins, self.config.max_request_head)
-            request = await self._serve_http(stream, conn, address)
+            request = await self.http.serve(stream, conn, address)
             if request is not None:
                 await self._serve_websocket(stream, conn, request, address)
         except DISCONNECTED:
@@ -131,96 +116,6 @@ class ConnectionPump:
         finally:
             with anyio.CancelScope(shield=True):
                 await _close_quietly(stream)
-
-    async def _start_tls(self, stream: ByteStream, address: str) -> ByteStream | None:
-        if self.tls is None:
-            return stream
-        try:
-            with anyio.fail_after(self.config.handshake_timeout):
-                return await TLSStream.wrap(
-                    stream, server_side=True, ssl_context=self.tls, standard_compatible=False
-                )
-        except TLS_FAILURES as exc:
-            # A plain-TCP probe or a scanner: worth one line, not a traceback.
-            self.metrics.handshakes_rejected.labels("tls").inc()
-            logger.info("x %s TLS handshake failed: %s", address, _describe(exc))
-            return None
-
-    # -- HTTP ------------------------------------------------------------------
-
-    async def _serve_http(
-        self, stream: ByteStream, conn: ServerConnection, address: str
-    ) -> WebSocketRequest | None:
-        """Answer plain HTTP requests; return the accepted WebSocket request, if any."""
-        config = self.config
-        deadline = anyio.current_time() + config.handshake_timeout
-        while True:
-            with anyio.move_on_after(deadline - anyio.current_time()) as scope:
-                data = await _receive(stream)
-            if scope.cancelled_caught:
-                self.metrics.handshakes_rejected.labels("timeout").inc()
-                logger.info(
-                    "x %s no complete request within %gs", address, config.handshake_timeout
-                )
-                return None
-            conn.receive_data(data)
-            # The protocol stops parsing pipelined requests while unsent answers
-            # pile up: answer what it gives, send, and ask again.
-            while events := conn.events_received():
-                for event in events:
-                    if isinstance(event, HttpRequest):
-                        response = self.routes.answer(event)
-                        conn.send_response(
-                            response.status, response.body, response.content_type, response.headers
-                        )
-                        deadline = anyio.current_time() + config.handshake_timeout
-                    elif isinstance(event, WebSocketRequest):
-                        if self._answer_upgrade(conn, event, address):
-                            return event  # the 101 goes out through the peer's writer
-                    elif isinstance(event, RequestRejected):
-                        self.metrics.handshakes_rejected.labels(str(event.status)).inc()
-                        logger.info("x %s refused: %d %s", address, event.status, event.reason)
-                await self._send(stream, conn)
-            if conn.close_expected():
-                return None
-
-    async def _send(self, stream: ByteStream, conn: ServerConnection) -> None:
-        data = b"".join(conn.data_to_send())
-        if data:
-            await send_with_timeout(stream, data, self.config.write_timeout)
-
-    def _answer_upgrade(
-        self, conn: ServerConnection, request: WebSocketRequest, address: str
-    ) -> bool:
-        """Accept or refuse a valid upgrade on server grounds (room, capacity, draining).
-
-        Nothing awaits between this check and the peer's registration, so the
-        capacity check cannot race.
-        """
-        rejection: tuple[int, str, str, tuple[tuple[str, str], ...]] | None = None
-        if self._draining():
-            rejection = (503, "server is shutting down", "draining", (("retry-after", "5"),))
-        elif len(self.peers) >= self.config.max_connections:
-            rejection = (503, "too many connections", "capacity", (("retry-after", "5"),))
-        elif request.path == CHAT_PATH:
-            try:
-                url_room(request.query)
-            except ChatError as exc:
-                rejection = (400, exc.reason, "bad_room", ())
-        if rejection is not None:
-            status, reason, label, headers = rejection
-            self.metrics.handshakes_rejected.labels(label).inc()
-            logger.info("x %s refused: %d %s", address, status, reason)
-            conn.send_response(status, f"{reason}\n".encode(), CONTENT_TYPE_TEXT, headers)
-            return False
-        echo = request.path == ECHO_PATH
-        config = self.config
-        conn.accept_websocket(
-            max_message_size=config.echo_max_message_size if echo else config.max_message_size,
-            accept_binary=echo,
-            compression=config.compression,
-        )
-        return True
 
     # -- WebSocket -------------------------------------------------------------
 
@@ -325,7 +220,7 @@ class ConnectionPump:
             # Only the receive is bounded: chat commands always run to completion.
             with anyio.CancelScope(deadline=peer.closing_deadline or math.inf) as scope:
                 peer.read_scope = scope
-                data = await _receive(stream)
+                data = await receive(stream)
             peer.read_scope = None
             if scope.cancel_called:
                 break
@@ -373,16 +268,6 @@ class ConnectionPump:
             logger.exception("! conn %s: leaving the hub failed", peer.conn_id)
 
 
-def url_room(query: str) -> str:
-    """The room of ``/ws?room=NAME``; raises ChatError for an empty or repeated one."""
-    values = parse_qs(query, keep_blank_values=True).get("room")
-    if not values:
-        return DEFAULT_ROOM
-    if len(values) > 1:
-        raise ChatError("bad_room", "give room once")
-    return validate_room(values[0])
-
-
 def _address(stream: ByteStream) -> str:
     try:
         address = stream.extra(SocketAttribute.remote_address)
@@ -391,21 +276,6 @@ def _address(stream: ByteStream) -> str:
     if isinstance(address, tuple):
         return f"{address[0]}:{address[1]}"
     return str(address)
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, TimeoutError):
-        return "timed out"
-    if isinstance(exc, anyio.BrokenResourceError) and exc.__cause__ is not None:
-        exc = exc.__cause__
-    return str(exc) or type(exc).__name__
-
-
-async def _receive(stream: ByteStream) -> bytes:
-    try:
-        return await stream.receive(RECEIVE_SIZE)
-    except DISCONNECTED:
-        return b""
 
 
 async def _half_close(stream: ByteStream, deadline: float) -> None:

@@ -122,7 +122,7 @@ class Server:
         """
         _check_backend_runs_here(self.config.hub_url)
         listeners = await self._bind()
-        self._pump.tls = self._tls_context()
+        self._pump.http.tls = self._tls_context()
         self._pump.direct_writes = self.direct_writes = await _direct_writes_work()
         self._listener = Listener(listeners, self._pump.handle, self._socket_cap())
         try:
