@@ -36,12 +36,16 @@ class ChatMessage:
         message: The text.
         time: Server time, RFC 3339 UTC (stamped by the Hub).
         id: The sender's id for the message, if it gave one.
+        name: The sender's display name, for an authenticated sender.
+        server: True for a message the server published (HTTP API, ``App.publish``).
     """
 
     username: str
     message: str
     time: str
     id: str | None = None
+    name: str | None = None
+    server: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -104,7 +104,14 @@ class MemoryBackend:
         state.seq += 1
         position = Position(state.epoch, state.seq)
         payload = message_event(
-            room, position, message.username, message.message, message.time, message.id
+            room,
+            position,
+            message.username,
+            message.message,
+            message.time,
+            message.id,
+            name=message.name,
+            server=message.server,
         )
         state.history.append((state.seq, payload, self._clock()))
         while len(state.history) > self.history_size:

@@ -374,7 +374,14 @@ class _Room:
 def _split_message(room: str, message: ChatMessage) -> tuple[bytes, bytes]:
     """The message event JSON up to ``"seq":`` and after the epoch, for Lua to splice."""
     sample = message_event(
-        room, Position(_EPOCH_MARK, 0), message.username, message.message, message.time, message.id
+        room,
+        Position(_EPOCH_MARK, 0),
+        message.username,
+        message.message,
+        message.time,
+        message.id,
+        name=message.name,
+        server=message.server,
     )
     marker = b'"seq":0,"epoch":"' + _EPOCH_MARK.encode() + b'"'
     head, found, tail = sample.partition(marker)
