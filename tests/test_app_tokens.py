@@ -112,7 +112,9 @@ class TestHS256:
         assert "not valid yet" in rejection.reason
 
     def test_issued_in_the_future(self, verifier: JwtVerifier) -> None:
-        assert "not valid yet" in refused(verifier, hs256(claims(iat=int(time.time()) + 600))).reason
+        assert (
+            "not valid yet" in refused(verifier, hs256(claims(iat=int(time.time()) + 600))).reason
+        )
 
     def test_wrong_key(self, verifier: JwtVerifier) -> None:
         rejection = refused(verifier, hs256(claims(), OTHER_SECRET))
@@ -161,7 +163,9 @@ class TestAlgorithms:
         assert rejection.status == 401 and "'none' is not allowed" in rejection.reason
 
     def test_alg_none_signed_by_pyjwt_is_refused(self, verifier: JwtVerifier) -> None:
-        assert "not allowed" in refused(verifier, jwt.encode(claims(), None, algorithm="none")).reason
+        assert (
+            "not allowed" in refused(verifier, jwt.encode(claims(), None, algorithm="none")).reason
+        )
 
     def test_hs256_signed_with_the_public_key_is_refused(self, rsa_key: rsa.RSAPrivateKey) -> None:
         # Algorithm confusion: a verifier that let the token pick HS256 would use the
@@ -220,7 +224,7 @@ class TestAlgorithms:
             JwtVerifier.from_public_key_file(path)
 
     def test_missing_file(self, tmp_path: Path) -> None:
-        with pytest.raises(ConfigError, match="--jwt-public-key .*missing.pem"):
+        with pytest.raises(ConfigError, match=r"--jwt-public-key .*missing\.pem"):
             JwtVerifier.from_public_key_file(tmp_path / "missing.pem")
 
     def test_small_rsa_key(self) -> None:

@@ -157,8 +157,9 @@ class TestEvents:
 
 json_values: st.SearchStrategy[Any] = st.recursive(
     st.none() | st.booleans() | st.integers() | st.text(max_size=20),
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
     max_leaves=12,
 )
 
@@ -180,8 +181,9 @@ def test_any_object_is_a_frame_or_a_chat_error(obj: dict[str, Any]) -> None:
         if frame.data is not None:
             assert json.loads(frame.data) == obj["data"]
             # The relayed event is valid JSON with the data in it.
-            assert json.loads(ephemeral_event(frame.kind, "r", "u", None, frame.data))["data"] == (
-                obj["data"]
+            assert (
+                json.loads(ephemeral_event(frame.kind, "r", "u", None, frame.data))["data"]
+                == (obj["data"])
             )
     elif isinstance(frame, Auth):
         assert frame.token == obj["token"]

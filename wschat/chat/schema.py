@@ -137,9 +137,7 @@ def parse_command(text: str) -> Command:
     obj = _decode_object(text)
     command = _command(obj, _kind(obj))
     if command is None:
-        raise ChatError(
-            "bad_type", f"unknown type {_kind(obj)!r}: expected join, message or leave"
-        )
+        raise ChatError("bad_type", f"unknown type {_kind(obj)!r}: expected join, message or leave")
     return command
 
 
