@@ -6,8 +6,9 @@ Client to server (text frames, JSON objects)::
     {"type": "message", "room": "lobby", "message": "hello"}
     {"type": "leave", "room": "lobby"}
     {"username": "alice", "message": "hi"}          # the seed's format: a message
-    {"type": "auth", "token": "..."}                # authenticate (or refresh) the connection
-    {"type": "typing", "room": "lobby"}             # an ephemeral event type the app registered
+
+The app layer adds ``auth`` and the ephemeral types it registers (``typing``):
+see :mod:`wschat.chat.frames`.
 
 A ``message`` may carry an ``id`` chosen by the client: the server then answers
 the sender with an ``ack`` (or an ``error`` carrying the same ``id``), and a
@@ -19,7 +20,6 @@ Everything here is pure: no I/O, no clock (the caller passes the time in).
 from __future__ import annotations
 
 import re
-from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -39,9 +39,6 @@ MAX_MESSAGE_LENGTH = 4096
 # keys, hash tags ("{room}" stops at "}") or pub/sub glob patterns.
 MAX_ROOM_LENGTH = 128
 ROOM_NAME = re.compile(rf"[A-Za-z0-9_-][A-Za-z0-9_:-]{{0,{MAX_ROOM_LENGTH - 1}}}")
-# A JWT of a few claims is ~300 characters; 8 KiB is nginx's header buffer
-# (large_client_header_buffers) and bounds the work a bogus token can cause.
-MAX_TOKEN_LENGTH = 8192
 # Long enough for a UUID or a ULID, short enough to keep per room (idempotent publish).
 MESSAGE_ID = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 DEFAULT_ROOM = "lobby"
@@ -98,36 +95,6 @@ class Leave:
 Command = Join | Say | Leave
 
 
-@dataclass(frozen=True, slots=True)
-class Auth:
-    """``{"type": "auth", "token": ...}``: authenticate the connection, or refresh its token.
-
-    Attributes:
-        token: The credential as sent (checked by the app, not here).
-    """
-
-    token: str
-
-
-@dataclass(frozen=True, slots=True)
-class Ephemeral:
-    """An event of a type the app registered (e.g. ``typing``): relayed, never stored.
-
-    Attributes:
-        kind: The event type, e.g. ``"typing"``.
-        room: The room (None: the connection's URL room).
-        data: The client's ``data`` value, re-encoded as JSON, or None when absent.
-    """
-
-    kind: str
-    room: str | None
-    data: bytes | None
-
-
-Frame = Command | Auth | Ephemeral
-"""Anything a client may send: a chat command, an ``auth`` or an ephemeral event."""
-
-
 def parse_command(text: str) -> Command:
     """Parse one client text frame.
 
@@ -139,35 +106,6 @@ def parse_command(text: str) -> Command:
     if command is None:
         raise ChatError("bad_type", f"unknown type {_kind(obj)!r}: expected join, message or leave")
     return command
-
-
-def parse_frame(text: str, ephemeral: Collection[str] = ()) -> Frame:
-    """Parse one client text frame: a command, an ``auth``, or an ``ephemeral`` type.
-
-    Args:
-        text: The frame.
-        ephemeral: The ephemeral event types the app registered (e.g. ``{"typing"}``).
-
-    Raises:
-        ChatError: The frame is not valid; ``code`` says why.
-    """
-    obj = _decode_object(text)
-    kind = _kind(obj)
-    command = _command(obj, kind)
-    if command is not None:
-        return command
-    if kind == "auth":
-        token = obj.get("token")
-        if not isinstance(token, str) or not 0 < len(token) <= MAX_TOKEN_LENGTH:
-            raise ChatError(
-                "bad_token", f"token must be a string of 1-{MAX_TOKEN_LENGTH} characters"
-            )
-        return Auth(token)
-    if isinstance(kind, str) and kind in ephemeral:
-        data = obj.get("data")
-        return Ephemeral(kind, _optional_room(obj), None if data is None else encode(data))
-    expected = ", ".join(["join", "message", "leave", "auth", *sorted(ephemeral)])
-    raise ChatError("bad_type", f"unknown type {kind!r}: expected one of {expected}")
 
 
 def _decode_object(text: str) -> dict[str, Any]:
@@ -383,31 +321,6 @@ def error_event(code: str, reason: str, message_id: str | None = None) -> bytes:
     if message_id is not None:
         event["id"] = message_id
     return encode(event)
-
-
-def ephemeral_event(
-    kind: str, room: str, username: str, name: str | None = None, data: bytes | None = None
-) -> bytes:
-    """An ephemeral event (e.g. ``typing``) as the room's other members receive it.
-
-    ``data`` is the sender's ``data`` value, already JSON-encoded (spliced in as is).
-    """
-    event: dict[str, Any] = {"type": kind, "room": room, "username": username}
-    if name is not None:
-        event["name"] = name
-    payload = encode(event)
-    if data is None:
-        return payload
-    return payload[:-1] + b',"data":' + data + b"}"
-
-
-def authenticated_event(username: str, name: str, expires: int | None) -> bytes:
-    """Tells a connection who it is: after a token was accepted (at the upgrade or later).
-
-    ``expires`` is the token's ``exp`` (Unix seconds), or None for a token that does
-    not expire: send a fresh ``auth`` before it to stay connected.
-    """
-    return encode({"type": "authenticated", "username": username, "name": name, "expires": expires})
 
 
 def decode_event(payload: bytes) -> dict[str, Any]:
