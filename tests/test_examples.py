@@ -18,9 +18,9 @@ import httpx
 import jwt
 import pytest
 
-from examples.bot.bot import BOT, HELP, answer, should_answer
+from examples.bot.bot import BOT, HELP, answer, bot_claims, should_answer
 from examples.jwt_login import login
-from examples.jwt_login.settings import AUDIENCE, SECRET
+from examples.jwt_login.settings import AUDIENCE, ISSUER, SECRET
 from examples.moderation.chat import moderate
 from wschat.app import App, Identity, Rejection, load_app
 
@@ -85,7 +85,7 @@ class TestJwtLogin:
 
     def test_refresh_needs_a_valid_token(self, login_server: str) -> None:
         expired = jwt.encode(
-            {"sub": "bob", "aud": AUDIENCE, "iss": login.ISSUER, "exp": int(time.time()) - 5},
+            {"sub": "bob", "aud": AUDIENCE, "iss": ISSUER, "exp": int(time.time()) - 5},
             SECRET,
         )
         for headers in ({}, {"authorization": f"Bearer {expired}"}):
@@ -151,3 +151,9 @@ class TestBot:
             {"type": "typing", "username": "alice"},
         ):
             assert should_answer(event) is None
+
+    def test_its_own_token_passes_the_chats_checks(self, chat_app: App) -> None:
+        claims = bot_claims(time.time(), AUDIENCE, ISSUER)
+        assert chat_app.verifier is not None
+        identity = chat_app.verifier.verify(jwt.encode(claims, SECRET, algorithm="HS256"))
+        assert identity.user_id == BOT

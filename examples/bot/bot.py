@@ -5,7 +5,8 @@ show them as the bot's, and the bot itself never answers a server message (no
 loops). Run it against a chat started with an API key::
 
     WSCHAT_API_KEY=... wschat serve
-    python -m examples.bot.bot --api-key ... [--room lobby] [--jwt-secret ...]
+    python -m examples.bot.bot --api-key ... [--room lobby] [--jwt-secret ...
+        --jwt-audience ... --jwt-issuer ...]
 
 With authentication on, give the chat's ``--jwt-secret``: the bot signs its own
 token (it is backend code, it has the key). Needs ``websockets`` and ``httpx``.
@@ -51,7 +52,25 @@ def should_answer(event: dict[str, object]) -> str | None:
     return message if isinstance(message, str) else None
 
 
-async def run(chat: str, api_key: str, room: str, jwt_secret: str | None) -> None:
+def bot_claims(now: float, audience: str | None, issuer: str | None) -> dict[str, object]:
+    """The claims of the token the bot signs for itself (an hour, like a user's)."""
+    claims: dict[str, object] = {"sub": BOT, "name": "Help Bot", "iat": int(now)}
+    claims["exp"] = int(now) + 3600
+    if audience is not None:
+        claims["aud"] = audience
+    if issuer is not None:
+        claims["iss"] = issuer
+    return claims
+
+
+async def run(
+    chat: str,
+    api_key: str,
+    room: str,
+    jwt_secret: str | None,
+    audience: str | None = None,
+    issuer: str | None = None,
+) -> None:
     """Listen to ``room`` on the chat at ``chat`` (http://host:port) and answer, forever."""
     import httpx
     import jwt
@@ -64,7 +83,7 @@ async def run(chat: str, api_key: str, room: str, jwt_secret: str | None) -> Non
         async for ws in websockets.connect(ws_url):  # reconnects with backoff
             try:
                 if jwt_secret is not None:
-                    claims = {"sub": BOT, "name": "Help Bot", "exp": int(time.time()) + 3600}
+                    claims = bot_claims(time.time(), audience, issuer)
                     token = jwt.encode(claims, jwt_secret, algorithm="HS256")
                     await ws.send(json.dumps({"type": "auth", "token": token}))
                 await ws.send(json.dumps({"type": "join", "room": room, "username": BOT}))
@@ -85,11 +104,21 @@ def main() -> None:
     parser.add_argument("--chat", default="http://127.0.0.1:8080")
     parser.add_argument("--api-key", required=True)
     parser.add_argument("--room", default="lobby")
-    parser.add_argument("--jwt-secret")
+    parser.add_argument("--jwt-secret", help="the chat's key: the bot signs its own token")
+    parser.add_argument("--jwt-audience", help="the chat's --jwt-audience")
+    parser.add_argument("--jwt-issuer", help="the chat's --jwt-issuer")
     args = parser.parse_args()
     import anyio
 
-    anyio.run(run, args.chat, args.api_key, args.room, args.jwt_secret)
+    anyio.run(
+        run,
+        args.chat,
+        args.api_key,
+        args.room,
+        args.jwt_secret,
+        args.jwt_audience,
+        args.jwt_issuer,
+    )
 
 
 if __name__ == "__main__":
