@@ -10,6 +10,7 @@ as it maps the server's flags onto :class:`~wschat.server.ServerConfig`.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any, Literal
 
@@ -93,21 +94,16 @@ def build_verifier(config: AppConfig) -> JwtVerifier | None:
         raise ConfigError("give --jwt-secret or --jwt-public-key, not both")
     if config.jwt_leeway < 0:
         raise ConfigError("--jwt-leeway must be 0 or more seconds")
+    make: Callable[..., JwtVerifier]
     if config.jwt_secret is not None:
-        return JwtVerifier.from_secret(
-            config.jwt_secret,
-            audience=config.jwt_audience,
-            issuer=config.jwt_issuer,
-            leeway=config.jwt_leeway,
-        )
-    if config.jwt_public_key is not None:
-        return JwtVerifier.from_public_key_file(
-            config.jwt_public_key,
-            audience=config.jwt_audience,
-            issuer=config.jwt_issuer,
-            leeway=config.jwt_leeway,
-        )
-    return None
+        make, key = JwtVerifier.from_secret, config.jwt_secret
+    elif config.jwt_public_key is not None:
+        make, key = JwtVerifier.from_public_key_file, config.jwt_public_key
+    else:
+        return None
+    return make(
+        key, audience=config.jwt_audience, issuer=config.jwt_issuer, leeway=config.jwt_leeway
+    )
 
 
 def check(config: AppConfig, server: ServerConfig, *, has_hooks: bool) -> AuthMode:
