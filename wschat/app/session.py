@@ -160,6 +160,7 @@ class AppSession:
         self.app = app
         self.chat = chat
         self.identity: Identity | None = None
+        self._anonymous: Identity | None = None
         self.pending_until = now + app.config.handshake_timeout if admission.pending else None
         """While first-message authentication is awaited: the time it must arrive by."""
         self._limiter = EphemeralLimiter(app.ephemeral_types, now)
@@ -263,7 +264,11 @@ class AppSession:
         if self.identity is not None:
             return self.identity
         name = self.chat.username or username
-        return Identity.anonymous(name) if name is not None else None
+        if name is None:
+            return None
+        if self._anonymous is None or self._anonymous.user_id != name:
+            self._anonymous = Identity.anonymous(name)  # made once per name, not per frame
+        return self._anonymous
 
     async def _command(self, command: Join | Say | Leave) -> Outcome:
         if isinstance(command, Leave):
