@@ -330,6 +330,7 @@ async def test_server_flag_and_name_cross_redis_nodes() -> None:
                     await anyio.sleep(0.01)
             [event] = [e for e in member.events if e["type"] == "message"]
             assert (event["server"], event["name"], event["seq"]) == (True, "CI", position.seq)
+            assert await one.backend.presence("team:dev") == ["alice"]  # a ':' room
             history = await two.backend.history("team:dev", None)
             stored = decode_event(history.messages[-1])
             assert stored["server"] is True and stored["room"] == "team:dev"

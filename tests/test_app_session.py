@@ -13,8 +13,11 @@ import logging
 import time
 from typing import Any
 
+import anyio
 import jwt
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from wschat.app import (
     CLOSE_FORBIDDEN,
@@ -448,3 +451,58 @@ class TestEphemeral:
         ):
             with pytest.raises(ValueError):
                 app.ephemeral(name, rate=kwargs.get("rate", 1), burst=kwargs.get("burst", 1))
+
+
+# -- whatever a client sends --------------------------------------------------------
+
+_values = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-2, 5),
+    st.text(max_size=12),
+    st.sampled_from(["lobby", "dev", "dm:alice:bob", "alice", "bob", "typing", "auth"]),
+)
+_frames = st.one_of(
+    st.dictionaries(
+        st.sampled_from(["type", "room", "username", "message", "token", "data", "id"]),
+        st.one_of(_values, st.sampled_from(["join", "leave", "message", "typing", "auth"])),
+        max_size=5,
+    ).map(json.dumps),
+    st.sampled_from([token("alice"), token("bob"), token("alice", lifetime=-120)]).map(
+        lambda t: json.dumps({"type": "auth", "token": t})
+    ),
+    st.text(max_size=20),
+)
+OUTCOMES = (Reply, Close, Publish, JoinRoom, LeaveRoom, Relay, Authenticated)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    mode=st.sampled_from(["off", "optional", "required"]),
+    with_token=st.booleans(),
+    frames=st.lists(_frames, min_size=1, max_size=8),
+)
+def test_any_frames_give_one_outcome_each_and_never_raise(
+    mode: str, with_token: bool, frames: list[str]
+) -> None:
+    async def run() -> None:
+        app = make_app(mode)
+        query = f"token={token('alice')}" if with_token and mode != "off" else ""
+        session = await connect(app, query)
+        for i, text in enumerate(frames):
+            username = session.chat.username
+            outcome = await session.handle(text, NOW + i)
+            assert isinstance(outcome, OUTCOMES)
+            if isinstance(outcome, Close):
+                assert outcome.code in (CLOSE_UNAUTHORIZED, CLOSE_FORBIDDEN)
+                return  # the server closes: no more frames
+            if isinstance(outcome, Reply):
+                assert json.loads(outcome.payload)["type"] == "error"
+            if username is not None:
+                assert session.chat.username == username  # a bound name never changes
+            if isinstance(outcome, Publish | Relay):
+                assert outcome.room in session.chat.rooms
+            if session.identity is not None:
+                assert session.chat.username == session.identity.user_id
+
+    anyio.run(run)
