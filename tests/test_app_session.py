@@ -38,6 +38,7 @@ from wschat.app import (
     Reply,
     UpgradeRequest,
     close_deadline,
+    upgrade_refusal,
 )
 from wschat.chat import ChatSession, Position
 from wschat.server import ServerConfig
@@ -110,6 +111,20 @@ class TestAdmit:
         with pytest.raises(Rejection) as info:
             await make_app(mode).admit(upgrade("token=forged"), "lobby")
         assert info.value.status == 401 and info.value.reason.startswith("not a JWT")
+
+    async def test_refusals_as_http_answers(self) -> None:
+        with pytest.raises(Rejection) as info:
+            await make_app().admit(upgrade("token=forged"), "lobby")
+        response = upgrade_refusal(info.value)
+        assert response.status == 401 and response.body.startswith(b"not a JWT")
+        # RFC 7235 3.1: a 401 carries the challenge.
+        assert response.headers == (("www-authenticate", 'Bearer realm="wschat"'),)
+        forbidden = upgrade_refusal(Rejection.forbidden("not your room"))
+        assert (forbidden.status, forbidden.body, forbidden.headers) == (
+            403,
+            b"not your room\n",
+            (),
+        )
 
     async def test_expired_token_is_401(self) -> None:
         with pytest.raises(Rejection) as info:

@@ -6,8 +6,16 @@ every text frame, and :meth:`App.handle_api` for ``/api/``. The pure chat rules
 (``wschat/chat/``) never import it.
 """
 
-from .api import ApiCall, GetHistory, GetPresence, ListRooms, PostMessage, RoomDirectory
-from .app import App
+from .api import (
+    ApiCall,
+    GetHistory,
+    GetPresence,
+    ListRooms,
+    PostMessage,
+    RoomDirectory,
+    is_api_path,
+)
+from .app import App, upgrade_refusal
 from .config import AUTH_MODES, CLI_OPTIONS, AppConfig, AuthMode
 from .credentials import UpgradeRequest, find_token, redact_query, redact_target
 from .ephemeral import TYPING, EphemeralType
@@ -74,7 +82,9 @@ __all__ = [
     "default_authorize",
     "direct_room",
     "find_token",
+    "is_api_path",
     "load_app",
     "redact_query",
     "redact_target",
+    "upgrade_refusal",
 ]

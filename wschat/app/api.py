@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import hmac
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from urllib.parse import parse_qs, unquote
 
 import msgspec
@@ -42,8 +42,10 @@ from ..chat import (
 )
 from ..hub import BackendUnavailable, Hub
 from ..protocol import Headers
-from ..server.http import Response
 from .identity import MAX_DISPLAY_NAME_LENGTH, is_display_name
+
+if TYPE_CHECKING:
+    from ..server.http import Response
 
 API_PREFIX = "/api"
 CONTENT_TYPE_JSON = "application/json"
@@ -90,6 +92,7 @@ class ListRooms:
 
 
 ApiCall = PostMessage | GetPresence | GetHistory | ListRooms
+API_CALLS = (PostMessage, GetPresence, GetHistory, ListRooms)
 
 
 @runtime_checkable
@@ -111,11 +114,15 @@ def is_api_path(path: str) -> bool:
 
 def api_error(status: int, code: str, reason: str, headers: Headers = ()) -> Response:
     """An API error: ``{"error": code, "reason": reason}`` with ``status``."""
+    from ..server.http import Response  # see wschat.app's docstring: no server import at load
+
     return Response(status, encode({"error": code, "reason": reason}), CONTENT_TYPE_JSON, headers)
 
 
 def json_response(status: int, body: dict[str, Any] | bytes) -> Response:
     """A JSON answer (``body`` is encoded unless it already is)."""
+    from ..server.http import Response
+
     payload = body if isinstance(body, bytes) else encode(body)
     return Response(status, payload, CONTENT_TYPE_JSON)
 

@@ -24,6 +24,10 @@ attributes; each has one documented contract (docs/reference-hooks.md):
 
 The server layer calls them through :meth:`App.admit`, :class:`AppSession`
 (:meth:`App.open_session`) and :meth:`App.handle_api`; chat/ never sees them.
+
+Imports: the server imports this package, so this package imports
+``wschat.server`` modules only where they are used (inside functions), never
+when it is loaded; ``tests/test_app_layering.py`` holds it to that.
 A hook that raises anything but :class:`Rejection` is an app bug: it is logged
 and the client gets a refusal, never a broken server.
 """
@@ -50,10 +54,8 @@ from ..chat import (
 )
 from ..hub import Hub, open_backend
 from ..protocol import Headers
-from ..server.config import ServerConfig
-from ..server.http import Response
 from . import config as app_config
-from .api import execute, route_api
+from .api import API_CALLS, execute, route_api
 from .config import AppConfig, AuthMode
 from .credentials import UpgradeRequest, find_token
 from .ephemeral import TYPING, EphemeralType
@@ -63,6 +65,8 @@ from .session import Admission, AppSession
 from .tokens import JwtVerifier
 
 if TYPE_CHECKING:
+    from ..server.config import ServerConfig
+    from ..server.http import Response
     from ..server.server import Server
 
 logger = logging.getLogger("wschat.app")
@@ -73,8 +77,6 @@ Authenticate = Callable[[UpgradeRequest], MaybeAwaitable[Identity | None]]
 VerifyToken = Callable[[str], MaybeAwaitable[Identity]]
 Authorize = Callable[[Identity | None, Action, str], MaybeAwaitable[bool]]
 OnMessage = Callable[[Identity, str, str], MaybeAwaitable[str]]
-
-_SERVER_FIELDS = frozenset(f.name for f in fields(ServerConfig))
 
 
 class App:
@@ -107,6 +109,8 @@ class App:
         on_message: OnMessage | None = None,
         typing: bool = True,
     ) -> None:
+        from ..server.config import ServerConfig  # (no server import at load: module docstring)
+
         self.config = config or ServerConfig()
         self.settings = settings or AppConfig()
         self._hub = hub
@@ -155,8 +159,9 @@ class App:
         """
         if self._server is not None:
             raise RuntimeError("the app is serving: settings are fixed")
+        server_fields = {f.name for f in fields(self.config)}
         for name, value in values.items():
-            if name in _SERVER_FIELDS:
+            if name in server_fields:
                 setattr(self.config, name, value)
             elif name in app_config.FIELDS:
                 setattr(self.settings, name, value)
@@ -276,9 +281,9 @@ class App:
     ) -> Response:
         """Answer one request under ``/api/`` (see :mod:`wschat.app.api`)."""
         routed = route_api(method, path, query, headers, body, self.settings.api_key)
-        if isinstance(routed, Response):
-            return routed
-        return await execute(routed, self.hub)
+        if isinstance(routed, API_CALLS):
+            return await execute(routed, self.hub)
+        return routed
 
     # -- the developer's calls ---------------------------------------------------
 
@@ -345,6 +350,18 @@ class App:
         """Make :meth:`serve` drain its connections and return."""
         if self._server is not None:
             self._server.stop()
+
+
+def upgrade_refusal(rejection: Rejection) -> Response:
+    """The HTTP answer to an upgrade :meth:`App.admit` refused.
+
+    ``rejection.status`` with the reason as a text body, and for 401 the
+    ``WWW-Authenticate`` challenge RFC 7235 3.1 requires.
+    """
+    from ..server.http import CONTENT_TYPE_TEXT, Response
+
+    headers = (("www-authenticate", 'Bearer realm="wschat"'),) if rejection.status == 401 else ()
+    return Response(rejection.status, f"{rejection.reason}\n".encode(), CONTENT_TYPE_TEXT, headers)
 
 
 async def _call(hook: Callable[..., MaybeAwaitable[T]], *args: Any) -> T:

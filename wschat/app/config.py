@@ -12,11 +12,13 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, fields
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from ..server.config import ServerConfig
 from .errors import ConfigError
 from .tokens import DEFAULT_LEEWAY, JwtVerifier
+
+if TYPE_CHECKING:
+    from ..server.config import ServerConfig
 
 AuthMode = Literal["off", "optional", "required"]
 AUTH_MODES: tuple[AuthMode, ...] = ("off", "optional", "required")

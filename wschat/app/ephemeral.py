@@ -17,8 +17,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from ..server.ratelimit import TokenBucket
-
 NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
 # Types the wire protocol already uses, either way.
 RESERVED = frozenset(
@@ -85,6 +83,8 @@ class EphemeralLimiter:
     """
 
     def __init__(self, types: dict[str, EphemeralType], now: float) -> None:
+        from ..server.ratelimit import TokenBucket  # (no server import at load: wschat.app)
+
         self._buckets = {
             name: TokenBucket(kind.rate, kind.burst, now) for name, kind in types.items()
         }
