@@ -20,12 +20,10 @@ import trustme
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from wschat.server import Server
-
-from .helpers import running_server, ws_url
+from .helpers import ServerHandle, running_server, ws_url
 from .test_server import raw_http, recv_json, recv_type, rst, upgrade_request, wait_members
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.every_loop]
 
 
 def client_frame(opcode: int, payload: bytes, fin: bool = True) -> bytes:
@@ -50,8 +48,25 @@ class RawClient:
         self.buffer = b""
 
     @classmethod
-    async def open(cls, port: int, path: str = "/ws") -> RawClient:
-        stream = await anyio.connect_tcp("127.0.0.1", port)
+    async def open(
+        cls,
+        port: int,
+        path: str = "/ws",
+        ssl_context: ssl.SSLContext | None = None,
+        rcvbuf: int | None = None,
+    ) -> RawClient:
+        """Connect and upgrade (over TLS with ``ssl_context``); a small ``rcvbuf``
+        makes the kernel push back as soon as the client stops reading."""
+        stream: Any = await anyio.connect_tcp(
+            "127.0.0.1",
+            port,
+            tls=ssl_context is not None,
+            ssl_context=ssl_context,
+            tls_standard_compatible=False,
+        )
+        if rcvbuf is not None:
+            with raw_socket(stream) as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         client = cls(stream)
         await stream.send(upgrade_request(path))
         while b"\r\n\r\n" not in client.buffer:
@@ -62,6 +77,17 @@ class RawClient:
 
     async def send(self, data: bytes) -> None:
         await self.stream.send(data)
+
+    async def reset(self) -> None:
+        """Drop the connection with a TCP reset (a phone losing signal, a scanner)."""
+        with raw_socket(self.stream) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        await self.stream.aclose()
+
+    def fin(self) -> None:
+        """Send FIN without a close frame (TCP half-close under TLS too)."""
+        with raw_socket(self.stream) as sock:
+            sock.shutdown(socket.SHUT_WR)
 
     async def next_frame(self) -> tuple[int, bytes]:
         """(opcode, payload) of the next server frame; (-1, b"") at EOF."""
@@ -95,11 +121,26 @@ class RawClient:
                     return 1006
 
 
-async def assert_room_works(server: Server, room: str = "lobby", count: int = 3) -> None:
+def raw_socket(stream: Any) -> socket.socket:
+    """The stream's socket as a real ``socket.socket`` (uvloop hands out a pseudo-socket
+    without ``shutdown``); a duplicate descriptor: options and shutdown apply to both."""
+    sock = stream.extra(anyio.abc.SocketAttribute.raw_socket)
+    return socket.socket(fileno=os.dup(sock.fileno()))
+
+
+async def assert_room_works(
+    server: ServerHandle,
+    room: str = "lobby",
+    count: int = 3,
+    ssl_context: ssl.SSLContext | None = None,
+) -> None:
     """A well-behaved pair still chats: every message arrives, in order."""
+    url = ws_url(server) + f"?room={room}"
+    if ssl_context is not None:
+        url = "wss" + url[2:]
     async with (
-        connect(ws_url(server) + f"?room={room}") as a,
-        connect(ws_url(server) + f"?room={room}") as b,
+        connect(url, ssl=ssl_context) as a,
+        connect(url, ssl=ssl_context) as b,
     ):
         for n in range(count):
             await a.send(json.dumps({"username": "good", "message": f"ok{n}"}))
@@ -252,7 +293,9 @@ class TestSlowConsumer:
     async def test_non_reader_closed_with_1013_others_get_everything(self) -> None:
         messages = 400
         text = "z" * 1000
-        async with running_server(outbox_limit=64 * 1024, write_timeout=2) as server:
+        async with running_server(
+            outbox_limit=64 * 1024, write_timeout=2, close_timeout=1
+        ) as server:
             stream = await anyio.connect_tcp("127.0.0.1", server.port)
             sock = stream.extra(anyio.abc.SocketAttribute.raw_socket)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -280,13 +323,18 @@ class TestSlowConsumer:
             await stream.aclose()
 
 
+def count_tasks() -> int:
+    """Tasks on the calling event loop (the server's, through ``ServerHandle.call``)."""
+    return len(anyio.get_running_tasks())
+
+
 class TestChurn:
     async def test_connect_disconnect_cycles_leave_nothing_behind(self) -> None:
         async with running_server() as server:
             await assert_room_works(server)
             await wait_members(server, 0)
             await anyio.sleep(0.2)
-            tasks_before = len(asyncio.all_tasks())
+            tasks_before = await server.call(count_tasks)
             fds_before = len(os.listdir("/proc/self/fd"))
             for cycle in range(150):
                 ws = await connect(ws_url(server) + f"?room=r{cycle % 7}")
@@ -302,8 +350,8 @@ class TestChurn:
             await wait_members(server, 0)
             await anyio.sleep(0.3)
             assert server.hub.statistics()["rooms"] == 0
-            assert await server.hub.backend.presence("lobby") == []
-            assert len(asyncio.all_tasks()) <= tasks_before
+            assert await server.call(server.hub.backend.presence, "lobby") == []
+            assert await server.call(count_tasks) <= tasks_before
             assert len(os.listdir("/proc/self/fd")) <= fds_before + 2
 
 
