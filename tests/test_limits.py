@@ -417,7 +417,7 @@ class TestWriteTimeout:
     async def test_blocked_send_closes_the_connection_room_unharmed(self) -> None:
         text = "w" * 4000
         messages = 1500  # ~6 MB: more than loopback socket buffers hold
-        async with running_server(outbox_limit=0, write_timeout=0.5) as server:
+        async with running_server(outbox_limit=0, write_timeout=1.5) as server:
             stream = await anyio.connect_tcp("127.0.0.1", server.port)
             sock = stream.extra(anyio.abc.SocketAttribute.raw_socket)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)

@@ -82,6 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve the chat page and the WebSocket endpoint /ws",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
+    serve.add_argument(
+        "app",
+        nargs="?",
+        default=_env("app"),
+        help="the app to serve, module:attribute (e.g. myproject.chat:app; default: the "
+        "built-in chat) [env WSCHAT_APP]",
+    )
     for flag, field, kind, text in _OPTIONS:
         env = _env(field)
         default = kind(env) if env is not None else getattr(_DEFAULTS, field)

@@ -17,8 +17,15 @@ from dataclasses import dataclass, field
 import anyio
 from anyio.abc import TaskGroup
 
-from ..chat import Position, membership_event, message_event
-from .backend import DEFAULT_HISTORY_SIZE, ChatMessage, Deliver, Delivery, History
+from ..chat import Position, membership_event
+from .backend import (
+    DEFAULT_HISTORY_SIZE,
+    ChatMessage,
+    Deliver,
+    Delivery,
+    History,
+    message_payload,
+)
 
 
 @dataclass(slots=True)
@@ -103,9 +110,7 @@ class MemoryBackend:
         state = self._room(room)
         state.seq += 1
         position = Position(state.epoch, state.seq)
-        payload = message_event(
-            room, position, message.username, message.message, message.time, message.id
-        )
+        payload = message_payload(room, position, message)
         state.history.append((state.seq, payload, self._clock()))
         while len(state.history) > self.history_size:
             state.history.popleft()
