@@ -10,6 +10,33 @@ from prometheus_client.registry import Collector
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
+# The codes of IANA's WebSocket Close Code Number Registry in the 1000-2999 range
+# (RFC 6455 7.4.1; 1012-1014 added later; 1004 is reserved), and the 4xxx codes
+# wschat itself sends (4401: authentication failed, 4408: token expired). Each
+# has its own label value.
+REGISTERED_CLOSE_CODES = frozenset(
+    {1000, 1001, 1002, 1003, 1005, 1006, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014, 1015}
+)
+WSCHAT_CLOSE_CODES = frozenset({4401, 4408})
+
+
+def close_code_label(code: int) -> str:
+    """The ``code`` label value for a close code: bounded, whatever the peer sends.
+
+    A peer chooses its close code: one series per number would let one client
+    create thousands of time series. Registered codes and wschat's own keep their
+    number; other codes of libraries and frameworks (3000-3999) count as
+    ``3xxx``, other application codes (4000-4999) as ``4xxx``, anything else as
+    ``other``.
+    """
+    if code in REGISTERED_CLOSE_CODES or code in WSCHAT_CLOSE_CODES:
+        return str(code)
+    if 3000 <= code <= 3999:
+        return "3xxx"
+    if 4000 <= code <= 4999:
+        return "4xxx"
+    return "other"
+
 
 class _HubCollector(Collector):
     """Reads the Hub's plain counters at scrape time: no per-recipient metric cost."""
@@ -79,6 +106,10 @@ class Metrics:
             registry=self.registry,
         )
         self.registry.register(_HubCollector(hub_statistics))
+
+    def count_close(self, code: int) -> None:
+        """Count one closed connection under its (bucketed) close code."""
+        self.close_codes.labels(close_code_label(code)).inc()
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""
