@@ -6,7 +6,13 @@ import tracemalloc
 
 import pytest
 
-from wschat.server.ratelimit import KeyedRateLimiter, TokenBucket, address_key
+from wschat.server.ratelimit import (
+    KeyedRateLimiter,
+    TokenBucket,
+    address_key,
+    client_address,
+    parse_networks,
+)
 
 
 def test_bucket_allows_burst_then_rate() -> None:
@@ -114,3 +120,32 @@ def test_address_key() -> None:
     assert address_key("::ffff:203.0.113.7") == "203.0.113.7"
     assert address_key("fe80::1%eth0") == "fe80::/64"
     assert address_key("/run/wschat.sock") == "/run/wschat.sock"
+
+
+PROXIES = parse_networks(["127.0.0.1", "10.0.0.0/8"])
+
+
+def test_a_trusted_proxy_stands_for_the_client_it_names() -> None:
+    assert client_address("127.0.0.1", "203.0.113.7", PROXIES) == "203.0.113.7"
+    # A chain of proxies: the rightmost hop that is not one of ours is the client;
+    # what the client itself wrote further left is ignored.
+    chain = "198.51.100.1, 203.0.113.7, 10.1.2.3"
+    assert client_address("10.9.9.9", chain, PROXIES) == "203.0.113.7"
+
+
+def test_forwarded_for_from_anyone_else_is_ignored() -> None:
+    assert client_address("203.0.113.7", "198.51.100.1", PROXIES) == "203.0.113.7"
+    assert client_address("127.0.0.1", None, PROXIES) == "127.0.0.1"
+    assert client_address("127.0.0.1", "198.51.100.1", ()) == "127.0.0.1"
+
+
+def test_garbage_from_a_proxy_falls_back_to_the_peer() -> None:
+    assert client_address("127.0.0.1", "unknown", PROXIES) == "127.0.0.1"
+    assert client_address("127.0.0.1", " , ", PROXIES) == "127.0.0.1"
+    assert client_address("::ffff:127.0.0.1", "2001:db8::1", PROXIES) == "2001:db8::1"
+
+
+def test_parse_networks_names_a_bad_value() -> None:
+    assert parse_networks(["::1", " 192.168.0.0/16 "])[1].num_addresses == 65536
+    with pytest.raises(ValueError, match=r"'proxy\.example' is not an IP address or network"):
+        parse_networks(["proxy.example"])

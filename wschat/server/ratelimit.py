@@ -19,6 +19,9 @@ from __future__ import annotations
 
 import ipaddress
 from collections import OrderedDict
+from collections.abc import Iterable
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class TokenBucket:
@@ -157,3 +160,56 @@ def address_key(host: str) -> str:
             return str(address.ipv4_mapped)
         return str(ipaddress.IPv6Network((address, 64), strict=False))
     return str(address)
+
+
+def parse_networks(values: Iterable[str]) -> tuple[IPNetwork, ...]:
+    """Networks from addresses or CIDR blocks (``10.0.0.0/8``, ``::1``).
+
+    Raises:
+        ValueError: A value is neither (the message names it).
+    """
+    networks = []
+    for value in values:
+        try:
+            networks.append(ipaddress.ip_network(value.strip(), strict=False))
+        except ValueError:
+            raise ValueError(f"{value!r} is not an IP address or network") from None
+    return tuple(networks)
+
+
+def client_address(
+    peer: str, forwarded_for: str | None, trusted_proxies: tuple[IPNetwork, ...]
+) -> str:
+    """The client's IP address, seen through trusted proxies.
+
+    A connection from a trusted proxy (a reverse proxy such as nginx) stands for
+    the client its ``X-Forwarded-For`` names: the rightmost address in it that is
+    not itself a trusted proxy. Entries left of that were written by the client
+    and prove nothing. From anyone else the header is ignored.
+
+    Args:
+        peer: The TCP peer's IP address.
+        forwarded_for: The ``X-Forwarded-For`` header value, if any (several
+            headers joined with commas).
+        trusted_proxies: :func:`parse_networks` of the operator's proxies.
+    """
+    if not forwarded_for or not _within(peer, trusted_proxies):
+        return peer
+    hops = [hop.strip() for hop in forwarded_for.split(",") if hop.strip()]
+    for hop in reversed(hops):
+        if not _within(hop, trusted_proxies):
+            try:
+                return str(ipaddress.ip_address(hop))
+            except ValueError:
+                return peer  # a proxy wrote something that is not an address
+    return hops[0] if hops else peer
+
+
+def _within(address: str, networks: tuple[IPNetwork, ...]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return any(ip in network for network in networks)
