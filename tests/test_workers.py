@@ -96,9 +96,7 @@ async def test_two_workers_tag_their_logs_and_share_their_metrics(redis: RedisPr
             count = len(clients)
             for number, ws in enumerate(clients):
                 await _join(ws, f"user{number}")
-            deliveries = await anyio.to_thread.run_sync(
-                _settled, port, "wschat_messages_out_total"
-            )
+            deliveries = await anyio.to_thread.run_sync(_settled, port, "wschat_messages_out_total")
             for ws in clients:
                 await ws.send(json.dumps({"type": "message", "room": "lobby", "message": "hi"}))
             async with anyio.create_task_group() as group:

@@ -12,20 +12,19 @@ import argparse
 import contextlib
 import importlib.util
 import logging
-import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import fields
-from typing import Any, NoReturn
+from typing import Any
 from urllib.parse import urlsplit
 
 import anyio
 
-from . import __version__
+from . import __version__, flags
+from .flags import count, count_or_zero, non_negative, port, positive, text
 from .server import Server, ServerConfig
 from .server.descriptors import connection_cap, raise_open_file_limit
-from .server.ratelimit import parse_networks
 from .startup import StartupError, check_before_serving, describe_startup_failure
 
 logger = logging.getLogger("wschat")
@@ -36,209 +35,71 @@ _DEFAULTS = ServerConfig()
 _METRICS_SYNC_INTERVAL = 1.0
 
 
-def _parse_int(text: str, minimum: int, maximum: int | None = None) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise ValueError("not an integer") from None
-    if maximum is not None and not minimum <= value <= maximum:
-        raise ValueError(f"must be from {minimum} to {maximum}")
-    if value < minimum:
-        raise ValueError(f"must be at least {minimum}")
-    return value
-
-
-def _parse_float(text: str, minimum: float, strict: bool) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise ValueError("not a number") from None
-    if value != value or value < minimum or (strict and value == minimum):  # NaN too
-        raise ValueError(f"must be {'above' if strict else 'at least'} {minimum:g}")
-    return value
-
-
-def _port(text: str) -> int:
-    try:
-        return _parse_int(text, 0, 65535)
-    except ValueError:
-        raise ValueError("not a TCP port (0-65535)") from None
-
-
-def _count(text: str) -> int:
-    """An integer of at least 1 (sizes, limits, bursts)."""
-    return _parse_int(text, 1)
-
-
-def _size_or_zero(text: str) -> int:
-    return _parse_int(text, 0)
-
-
-def _seconds(text: str) -> float:
-    return _parse_float(text, 0.0, strict=True)
-
-
-def _seconds_or_zero(text: str) -> float:
-    return _parse_float(text, 0.0, strict=False)
-
-
-def _text(text: str) -> str:
-    return text
-
-
 # (flag, config field, parse, help). Each flag's environment variable is WSCHAT_<FIELD>.
 _OPTIONS: list[tuple[str, str, Callable[[str], Any], str]] = [
-    ("--host", "host", _text, "address to listen on"),
-    ("--port", "port", _port, "TCP port (0: any free port)"),
-    ("--hub", "hub_url", _text, "hub backend: memory:// or redis://host:port/db"),
-    ("--max-message-size", "max_message_size", _count, "chat message cap in bytes (1009 over it)"),
-    ("--max-request-head", "max_request_head", _count, "request line + headers cap in bytes (431)"),
-    ("--handshake-timeout", "handshake_timeout", _seconds, "seconds to send a complete request"),
-    ("--max-connections", "max_connections", _count, "open connections at most (then 503)"),
-    ("--ping-interval", "ping_interval", _seconds, "seconds between keepalive pings"),
-    ("--pong-wait", "pong_wait", _seconds, "seconds of client silence before closing with 1011"),
-    ("--write-timeout", "write_timeout", _seconds, "seconds a blocked send may take"),
-    ("--close-timeout", "close_timeout", _seconds, "seconds to wait for the peer's close frame"),
-    ("--outbox-limit", "outbox_limit", _count, "bytes queued per client before closing with 1013"),
-    ("--rate", "rate", _seconds_or_zero, "messages per second per connection (0: unlimited)"),
-    ("--burst", "burst", _count, "messages a connection may send at once"),
+    ("--host", "host", text, "address to listen on"),
+    ("--port", "port", port, "TCP port (0: any free port)"),
+    ("--hub", "hub_url", text, "hub backend: memory:// or redis://host:port/db"),
+    ("--max-message-size", "max_message_size", count, "chat message cap in bytes (1009 over it)"),
+    ("--max-request-head", "max_request_head", count, "request line + headers cap in bytes (431)"),
+    ("--handshake-timeout", "handshake_timeout", positive, "seconds to send a complete request"),
+    ("--max-connections", "max_connections", count, "open connections at most (then 503)"),
+    ("--ping-interval", "ping_interval", positive, "seconds between keepalive pings"),
+    ("--pong-wait", "pong_wait", positive, "seconds of client silence before closing with 1011"),
+    ("--write-timeout", "write_timeout", positive, "seconds a blocked send may take"),
+    ("--close-timeout", "close_timeout", positive, "seconds to wait for the peer's close frame"),
+    ("--outbox-limit", "outbox_limit", count, "bytes queued per client before closing with 1013"),
+    ("--rate", "rate", non_negative, "messages per second per connection (0: unlimited)"),
+    ("--burst", "burst", count, "messages a connection may send at once"),
     (
         "--address-rate",
         "address_rate",
-        _seconds_or_zero,
+        non_negative,
         "messages per second per client address, all its connections together (0: unlimited)",
     ),
-    ("--address-burst", "address_burst", _count, "messages a client address may send at once"),
+    ("--address-burst", "address_burst", count, "messages a client address may send at once"),
     (
         "--connect-rate",
         "connect_rate",
-        _seconds_or_zero,
+        non_negative,
         "new WebSocket connections per second per client address (0: unlimited; then 429)",
     ),
-    ("--connect-burst", "connect_burst", _count, "connections a client address may open at once"),
+    ("--connect-burst", "connect_burst", count, "connections a client address may open at once"),
     (
         "--address-table-size",
         "address_table_size",
-        _count,
+        count,
         "client addresses each per-address limit tracks (least recently used forgotten)",
     ),
-    ("--drain-timeout", "drain_timeout", _seconds_or_zero, "seconds to wait for clients on exit"),
-    ("--history-size", "history_size", _size_or_zero, "messages kept per room"),
+    ("--drain-timeout", "drain_timeout", non_negative, "seconds to wait for clients on exit"),
+    ("--history-size", "history_size", count_or_zero, "messages kept per room"),
     (
         "--history-ttl",
         "history_ttl",
-        _seconds,
+        positive,
         "seconds a message stays in history (default: no expiry)",
     ),
     (
         "--max-idle-rooms",
         "max_idle_rooms",
-        _size_or_zero,
+        count_or_zero,
         "rooms nobody is in whose history the memory hub keeps (least recently used forgotten)",
     ),
     (
         "--presence-ttl",
         "presence_ttl",
-        _seconds,
+        positive,
         "seconds before a dead node's members leave presence (redis hub)",
     ),
-    ("--certfile", "certfile", _text, "TLS certificate (PEM): serve https:// and wss://"),
-    ("--keyfile", "keyfile", _text, "TLS private key (PEM, unencrypted)"),
-    ("--workers", "workers", _count, "processes sharing the port (needs a shared hub, e.g. redis)"),
+    ("--certfile", "certfile", text, "TLS certificate (PEM): serve https:// and wss://"),
+    ("--keyfile", "keyfile", text, "TLS private key (PEM, unencrypted)"),
+    ("--workers", "workers", count, "processes sharing the port (needs a shared hub, e.g. redis)"),
 ]
-
-_TRUE = ("1", "true", "yes", "on")
-_FALSE = ("", "0", "false", "no", "off")
-_LOG_LEVELS = ("debug", "info", "warning", "error")
-
-
-class _BadEnvironment:
-    """The default of a flag whose ``WSCHAT_*`` value is invalid.
-
-    Reported after parsing, and only if the flag was not given (flags win), so
-    that a bad variable never breaks ``--help``.
-    """
-
-    def __init__(self, variable: str, value: str, reason: str) -> None:
-        self.message = f"{variable}={value!r}: {reason}"
-
-    def __str__(self) -> str:
-        return f"invalid: {self.message}"
-
-
-def _env(name: str) -> str | None:
-    return os.environ.get(f"WSCHAT_{name.upper()}")
-
-
-def _env_default(field: str, parse: Callable[[str], Any], fallback: Any) -> Any:
-    """``WSCHAT_<FIELD>`` parsed, or ``fallback`` when unset (a :class:`_BadEnvironment`
-    when it does not parse)."""
-    raw = _env(field)
-    if raw is None:
-        return fallback
-    try:
-        return parse(raw)
-    except ValueError as exc:
-        return _BadEnvironment(f"WSCHAT_{field.upper()}", raw, str(exc))
-
-
-def _flag(text: str) -> bool:
-    if text.strip().lower() in _TRUE:
-        return True
-    if text.strip().lower() in _FALSE:
-        return False
-    raise ValueError(f"not a boolean (use one of {', '.join(_TRUE + _FALSE[1:])})")
-
-
-def _network(text: str) -> str:
-    try:
-        parse_networks([text])
-    except ValueError:
-        raise ValueError("not an IP address or network") from None
-    return text.strip()
-
-
-def _networks(text: str) -> list[str]:
-    return [_network(item) for item in text.split(",") if item.strip()]
-
-
-def _log_level(text: str) -> str:
-    if text.lower() not in _LOG_LEVELS:
-        raise ValueError(f"not a log level (use one of {', '.join(_LOG_LEVELS)})")
-    return text.lower()
-
-
-def _for_argparse(parse: Callable[[str], Any]) -> Callable[[str], Any]:
-    """``parse`` as an argparse ``type``: its ValueError becomes a one-line usage error."""
-
-    def convert(text: str) -> Any:
-        try:
-            return parse(text)
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
-
-    return convert
-
-
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows each default, except None (the help text says what none means)."""
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.default is None:
-            return action.help
-        return super()._get_help_string(action)
-
-
-class _Parser(argparse.ArgumentParser):
-    """Usage errors in one line (argparse prints the whole usage first)."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"wschat: {message}; see {self.prog} --help\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``wschat`` argument parser (defaults come from ``WSCHAT_*`` when set)."""
-    parser = _Parser(
+    parser = flags.Parser(
         prog="wschat",
         description="wschat: a real-time chat server. Open http://HOST:PORT/ in two tabs.",
         epilog="Every flag has an environment equivalent: --max-message-size is "
@@ -249,17 +110,17 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser(
         "serve",
         help="serve the chat page and the WebSocket endpoint /ws",
-        formatter_class=_HelpFormatter,
+        formatter_class=flags.HelpFormatter,
     )
-    for flag, field, parse, text in _OPTIONS:
+    for flag, field, parse, description in _OPTIONS:
         serve.add_argument(
             flag,
             dest=field,
-            type=_for_argparse(parse),
-            default=_env_default(field, parse, getattr(_DEFAULTS, field)),
-            help=f"{text} [env WSCHAT_{field.upper()}]",
+            type=flags.for_argparse(parse),
+            default=flags.env_default(field, parse, getattr(_DEFAULTS, field)),
+            help=f"{description} [env WSCHAT_{field.upper()}]",
         )
-    origins = _env("allowed_origins")
+    origins = flags.env("allowed_origins")
     serve.add_argument(
         "--allow-origin",
         dest="allowed_origins",
@@ -272,8 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--trusted-proxy",
         dest="trusted_proxies",
         action="append",
-        type=_for_argparse(_network),
-        default=_env_default("trusted_proxies", _networks, None),
+        type=flags.for_argparse(flags.network),
+        default=flags.env_default("trusted_proxies", flags.networks, None),
         help="an address or network (e.g. 10.0.0.0/8) of a reverse proxy whose "
         "X-Forwarded-For names the client, for the per-address limits; repeatable "
         f"(default: {', '.join(_DEFAULTS.trusted_proxies)}) "
@@ -282,20 +143,20 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--echo",
         action="store_true",
-        default=_env_default("echo", _flag, False),
+        default=flags.env_default("echo", flags.boolean, False),
         help="also serve /echo, a WebSocket echo endpoint for conformance tests [env WSCHAT_ECHO]",
     )
     serve.add_argument(
         "--no-compression",
         action="store_true",
-        default=_env_default("no_compression", _flag, False),
+        default=flags.env_default("no_compression", flags.boolean, False),
         help="do not negotiate permessage-deflate [env WSCHAT_NO_COMPRESSION]",
     )
     serve.add_argument(
         "--log-level",
-        type=_for_argparse(_log_level),
-        default=_env_default("log_level", _log_level, "info"),
-        help=f"logging level: {', '.join(_LOG_LEVELS)} [env WSCHAT_LOG_LEVEL]",
+        type=flags.for_argparse(flags.log_level),
+        default=flags.env_default("log_level", flags.log_level, "info"),
+        help=f"logging level: {', '.join(flags.LOG_LEVELS)} [env WSCHAT_LOG_LEVEL]",
     )
     return parser
 
@@ -307,7 +168,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         ValueError: A ``WSCHAT_*`` value is invalid; the message names it.
     """
     for value in vars(args).values():
-        if isinstance(value, _BadEnvironment):
+        if isinstance(value, flags.BadEnvironment):
             raise ValueError(value.message)
     names = {f.name for f in fields(ServerConfig)}
     values = {k: v for k, v in vars(args).items() if k in names}

@@ -47,9 +47,7 @@ def check_before_serving(config: ServerConfig) -> None:
             with open(path, "rb"):
                 pass
         except OSError as exc:
-            raise StartupError(
-                f"cannot read the TLS {what} {path}: {_os_reason(exc)}"
-            ) from None
+            raise StartupError(f"cannot read the TLS {what} {path}: {_os_reason(exc)}") from None
     if not _holds_a_certificate(config.certfile):
         raise StartupError(f"the TLS certificate {config.certfile} holds no PEM certificate")
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
