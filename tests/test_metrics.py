@@ -36,3 +36,12 @@ def test_thousands_of_distinct_codes_make_a_handful_of_series() -> None:
     assert labels["other"] == 1 + 1984  # 1004, 1016-2999
     assert labels["1000"] == labels["4401"] == 1
     assert len(labels) == 15 + 2 + 3  # registered, wschat's own, three buckets
+
+
+def test_per_address_limit_has_its_own_counter() -> None:
+    metrics = Metrics(_hub_statistics)
+    metrics.address_rate_limited.inc()
+    metrics.rate_limited.inc(2)
+    text = metrics.render().decode()
+    assert "wschat_address_rate_limited_messages_total 1.0" in text
+    assert "wschat_rate_limited_messages_total 2.0" in text

@@ -123,6 +123,11 @@ class Metrics:
             "Messages dropped by the per-connection rate limit",
             registry=self.registry,
         )
+        self.address_rate_limited = Counter(
+            "wschat_address_rate_limited_messages",
+            "Messages dropped by the per-client-address rate limit",
+            registry=self.registry,
+        )
         self.close_codes = Counter(
             "wschat_close_codes",
             "Closed WebSocket connections by close code",
