@@ -98,7 +98,8 @@ async def running_server(
     `websockets` client the tests use needs asyncio). ``factory`` makes the
     server from its config (a subclass, for fault injection).
     """
-    overrides.setdefault("rate", 0)
+    for limit in ("rate", "address_rate", "connect_rate"):
+        overrides.setdefault(limit, 0)
     config = ServerConfig(host="127.0.0.1", port=0, **overrides)
     if server_loop != "trio":
         server = factory(config)

@@ -299,6 +299,51 @@ class TestRateLimit:
             assert got == [f"f{n}" for n in range(5)]  # only the burst went through
 
 
+class TestLimitsPerAddress:
+    async def test_reconnecting_does_not_escape_the_message_limit(self) -> None:
+        # The limit is per client address, across its connections; a client
+        # behind the (trusted) proxy on 127.0.0.1 counts as the address it names.
+        async with running_server(address_rate=0.01, address_burst=4) as server:
+            elsewhere = {"X-Forwarded-For": "198.51.100.7"}
+            async with connect(ws_url(server), additional_headers=elsewhere) as other:
+                errors: list[dict[str, Any]] = []
+                for n in range(4):
+                    async with connect(ws_url(server)) as flooder:
+                        for k in range(3):
+                            message = {"username": "f", "message": f"f{n}.{k}", "id": f"{n}.{k}"}
+                            await flooder.send(json.dumps(message))
+                            event = await recv_json(flooder)
+                            while event.get("id") != message["id"] or event["type"] == "message":
+                                event = await recv_json(flooder)  # the answer: ack or error
+                            if event["type"] == "error":
+                                errors.append(event)
+                assert len(errors) == 12 - 4
+                assert {e["code"] for e in errors} == {"rate_limited"}
+                assert all("your address" in e["reason"] and e["id"] for e in errors)
+                got = [(await recv_json(other))["message"] for _ in range(4)]
+                assert got == ["f0.0", "f0.1", "f0.2", "f1.0"]
+                await other.send(json.dumps({"username": "o", "message": "not limited"}))
+                assert (await recv_json(other))["message"] == "not limited"
+            metrics = server.metrics.render()
+            assert b"wschat_address_rate_limited_messages_total 8.0" in metrics
+
+    async def test_too_many_new_connections_from_one_address_get_429(self) -> None:
+        async with running_server(connect_rate=0.5, connect_burst=3) as server:
+            opened = [await connect(ws_url(server)) for _ in range(3)]
+            with pytest.raises(InvalidStatus) as info:
+                await connect(ws_url(server))
+            response = info.value.response
+            assert response.status_code == 429
+            assert b"too many connections from your address" in response.body
+            assert int(response.headers["retry-after"]) >= 1
+            headers = {"X-Forwarded-For": "203.0.113.9"}
+            async with connect(ws_url(server), additional_headers=headers) as ws:
+                await ws.send(json.dumps({"username": "n", "message": "another address"}))
+                assert (await recv_json(ws))["message"] == "another address"
+            for ws in opened:
+                await ws.close()
+
+
 class TestSlowConsumer:
     async def test_non_reader_closed_with_1013_others_get_everything(self) -> None:
         messages = 400

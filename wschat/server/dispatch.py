@@ -18,6 +18,7 @@ from ..hub import BackendUnavailable, Hub
 from .config import ServerConfig
 from .metrics import Metrics
 from .peer import Peer
+from .ratelimit import KeyedRateLimiter
 
 logger = logging.getLogger("wschat.server")
 
@@ -35,6 +36,9 @@ class ChatDispatch:
         self.hub = hub
         self.config = config
         self.metrics = metrics
+        self._addresses = KeyedRateLimiter(
+            config.address_rate, config.address_burst, config.address_table_size
+        )
 
     async def on_text(self, peer: Peer, text: str) -> None:
         """Handle one text message from a chat client."""
@@ -43,6 +47,12 @@ class ChatDispatch:
         now = anyio.current_time()
         if not peer.bucket.take(now):
             self._rate_limited(peer, text, now)
+            return
+        if not self._addresses.take(peer.client_key, now):
+            # Maybe a neighbour behind the same NAT: refused, but no strike.
+            self.metrics.address_rate_limited.inc()
+            reason = f"over {self.config.address_rate:g} messages/s from your address: dropped"
+            peer.send_event(error_event("rate_limited", reason, peek_message_id(text)))
             return
         had_username = session.username is not None
         rooms_before = set(session.rooms)

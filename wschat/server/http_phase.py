@@ -10,8 +10,10 @@ WebSocket's writer sends, once the client is in its room.
 from __future__ import annotations
 
 import logging
+import math
 import ssl
 from collections.abc import Callable
+from dataclasses import dataclass
 from urllib.parse import parse_qs
 
 import anyio
@@ -24,12 +26,27 @@ from .config import ServerConfig
 from .constants import CHAT_PATH, DISCONNECTED, ECHO_PATH, RECEIVE_SIZE
 from .http import CONTENT_TYPE_TEXT
 from .metrics import Metrics
+from .ratelimit import KeyedRateLimiter, address_key, client_address, parse_networks
 from .routes import Routes
 from .writer import send_with_timeout
 
 logger = logging.getLogger("wschat.server")
 
 TLS_FAILURES: tuple[type[BaseException], ...] = (TimeoutError, *DISCONNECTED)
+
+
+@dataclass(frozen=True, slots=True)
+class Upgrade:
+    """An accepted WebSocket upgrade.
+
+    Attributes:
+        request: The upgrade request.
+        client_key: The client's address as the per-address limits key it
+            (through trusted proxies; IPv6 by its /64).
+    """
+
+    request: WebSocketRequest
+    client_key: str
 
 
 class HttpPhase:
@@ -58,6 +75,10 @@ class HttpPhase:
         """The TLS context, when serving https/wss (set at start-up)."""
         self._open_websockets = open_websockets
         self._draining = draining
+        self._proxies = parse_networks(config.trusted_proxies)
+        self._connects = KeyedRateLimiter(
+            config.connect_rate, config.connect_burst, config.address_table_size
+        )
 
     async def start_tls(self, stream: ByteStream, address: str) -> ByteStream | None:
         """The TLS handshake, when serving TLS; None when it failed (logged as one line)."""
@@ -75,9 +96,9 @@ class HttpPhase:
             return None
 
     async def serve(
-        self, stream: ByteStream, conn: ServerConnection, address: str
-    ) -> WebSocketRequest | None:
-        """Answer plain HTTP requests; return the accepted WebSocket request, if any."""
+        self, stream: ByteStream, conn: ServerConnection, address: str, peer_ip: str
+    ) -> Upgrade | None:
+        """Answer plain HTTP requests; return the accepted WebSocket upgrade, if any."""
         config = self.config
         deadline = anyio.current_time() + config.handshake_timeout
         while True:
@@ -101,8 +122,9 @@ class HttpPhase:
                         )
                         deadline = anyio.current_time() + config.handshake_timeout
                     elif isinstance(event, WebSocketRequest):
-                        if self._answer_upgrade(conn, event, address):
-                            return event  # the 101 goes out through the peer's writer
+                        key = self._client_key(event, peer_ip)
+                        if self._answer_upgrade(conn, event, address, key):
+                            return Upgrade(event, key)  # the 101 goes out through the writer
                     elif isinstance(event, RequestRejected):
                         self.metrics.handshakes_rejected.labels(str(event.status)).inc()
                         logger.info("x %s refused: %d %s", address, event.status, event.reason)
@@ -115,19 +137,29 @@ class HttpPhase:
         if data:
             await send_with_timeout(stream, data, self.config.write_timeout)
 
+    def _client_key(self, request: WebSocketRequest, peer_ip: str) -> str:
+        forwarded = ", ".join(v for k, v in request.headers if k == "x-forwarded-for")
+        return address_key(client_address(peer_ip, forwarded or None, self._proxies))
+
     def _answer_upgrade(
-        self, conn: ServerConnection, request: WebSocketRequest, address: str
+        self, conn: ServerConnection, request: WebSocketRequest, address: str, client_key: str
     ) -> bool:
-        """Accept or refuse a valid upgrade on server grounds (room, capacity, draining).
+        """Accept or refuse a valid upgrade on server grounds (room, capacity, draining,
+        the client address's connection rate).
 
         Nothing awaits between this check and the peer's registration, so the
         capacity check cannot race.
         """
         rejection: tuple[int, str, str, tuple[tuple[str, str], ...]] | None = None
+        now = anyio.current_time()
         if self._draining():
             rejection = (503, "server is shutting down", "draining", (("retry-after", "5"),))
         elif self._open_websockets() >= self.config.max_connections:
             rejection = (503, "too many connections", "capacity", (("retry-after", "5"),))
+        elif not self._connects.take(client_key, now):
+            retry = str(max(1, math.ceil(self._connects.retry_after(client_key, now))))
+            reason = "too many connections from your address"
+            rejection = (429, reason, "address_rate", (("retry-after", retry),))
         elif request.path == CHAT_PATH:
             try:
                 url_room(request.query)

@@ -35,12 +35,14 @@ class Peer:
         strikes: Rate-limited messages tolerated before closing with 1008.
         metrics: The server's metrics.
         close_timeout: Seconds the client has to finish a closing handshake.
+        client_key: The client's address as the per-address limits key it.
     """
 
     __slots__ = (
         "_metrics",
         "address",
         "bucket",
+        "client_key",
         "close_code",
         "close_reason",
         "close_timeout",
@@ -70,8 +72,10 @@ class Peer:
         strikes: TokenBucket,
         metrics: Metrics,
         close_timeout: float,
+        client_key: str = "",
     ) -> None:
         self.conn_id = conn_id
+        self.client_key = client_key
         self.address = address
         self.path = path
         self.conn = conn

@@ -35,13 +35,12 @@ from ..protocol import (
     OriginPolicy,
     ServerConnection,
     TextReceived,
-    WebSocketRequest,
 )
 from .config import ServerConfig
 from .constants import CHAT_PATH, DISCONNECTED, ECHO_PATH, RECEIVE_SIZE
 from .dispatch import ChatDispatch
 from .flusher import Flusher
-from .http_phase import HttpPhase, receive, url_room
+from .http_phase import HttpPhase, Upgrade, receive, url_room
 from .metrics import Metrics
 from .peer import Peer
 from .ratelimit import TokenBucket
@@ -99,16 +98,16 @@ class ConnectionPump:
 
     async def handle(self, stream: ByteStream) -> None:
         """Serve one accepted socket to its end. Never raises (but for cancellation)."""
-        address = _address(stream)
+        address, peer_ip = _address(stream)
         try:
             secured = await self.http.start_tls(stream, address)
             if secured is None:
                 return
             stream = secured
             conn = ServerConnection(self._paths, self._origins, self.config.max_request_head)
-            request = await self.http.serve(stream, conn, address)
-            if request is not None:
-                await self._serve_websocket(stream, conn, request, address)
+            upgrade = await self.http.serve(stream, conn, address, peer_ip)
+            if upgrade is not None:
+                await self._serve_websocket(stream, conn, upgrade, address)
         except DISCONNECTED:
             pass
         except Exception:
@@ -120,8 +119,9 @@ class ConnectionPump:
     # -- WebSocket -------------------------------------------------------------
 
     async def _serve_websocket(
-        self, stream: ByteStream, conn: ServerConnection, request: WebSocketRequest, address: str
+        self, stream: ByteStream, conn: ServerConnection, upgrade: Upgrade, address: str
     ) -> None:
+        request = upgrade.request
         config = self.config
         now = anyio.current_time()
         chat = request.path == CHAT_PATH
@@ -138,6 +138,7 @@ class ConnectionPump:
             strikes=TokenBucket(STRIKE_REFILL if config.rate > 0 else 0, config.burst, now),
             metrics=self.metrics,
             close_timeout=config.close_timeout,
+            client_key=upgrade.client_key,
         )
         del request  # its headers are not needed for the connection's life
         self.peers.add(peer)
@@ -179,7 +180,7 @@ class ConnectionPump:
                 code, reason = closed.code, closed.reason
             else:
                 code, reason = 1006, "connection lost"
-            self.metrics.close_codes.labels(str(code)).inc()
+            self.metrics.count_close(code)
             logger.info(
                 "x conn %s %s closed code=%d reason=%r", peer.conn_id, address, code, reason
             )
@@ -268,14 +269,15 @@ class ConnectionPump:
             logger.exception("! conn %s: leaving the hub failed", peer.conn_id)
 
 
-def _address(stream: ByteStream) -> str:
+def _address(stream: ByteStream) -> tuple[str, str]:
+    """``host:port`` of the client for logs, and its IP address alone."""
     try:
         address = stream.extra(SocketAttribute.remote_address)
     except Exception:
-        return "?"
+        return "?", "?"
     if isinstance(address, tuple):
-        return f"{address[0]}:{address[1]}"
-    return str(address)
+        return f"{address[0]}:{address[1]}", str(address[0])
+    return str(address), str(address)
 
 
 async def _half_close(stream: ByteStream, deadline: float) -> None:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import resource
 import secrets
 import socket
 import ssl
@@ -34,6 +33,7 @@ from anyio.abc import SocketAttribute, SocketListener, SocketStream, TaskStatus
 
 from ..hub import BackendUnavailable, Hub, open_backend
 from .config import ServerConfig
+from .descriptors import connection_cap, raise_open_file_limit
 from .flusher import Flusher
 from .listener import Listener
 from .metrics import Metrics
@@ -44,10 +44,6 @@ from .watchdog import Watchdog
 from .writer import direct_transport
 
 logger = logging.getLogger("wschat.server")
-
-# Descriptors kept free for what is not a client socket: the listeners, the
-# hub's connections, log files, a worker's pipes.
-DESCRIPTOR_RESERVE = 64
 
 
 class Server:
@@ -66,6 +62,7 @@ class Server:
                 history_size=self.config.history_size,
                 history_ttl=self.config.history_ttl,
                 presence_ttl=self.config.presence_ttl,
+                max_idle_rooms=self.config.max_idle_rooms,
             )
         )
         self.metrics = Metrics(self.hub.statistics)
@@ -186,10 +183,7 @@ class Server:
         # Room above the WebSocket cap for HTTP-phase sockets, so that a full
         # server still answers upgrades with 503 instead of leaving them unaccepted.
         wanted = self.config.max_connections + max(64, self.config.max_connections // 10)
-        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-        if soft == resource.RLIM_INFINITY:
-            return wanted
-        return max(1, min(wanted, soft - DESCRIPTOR_RESERVE))
+        return connection_cap(wanted, raise_open_file_limit())
 
     async def _accept(self, group: anyio.abc.TaskGroup, scope: anyio.CancelScope) -> None:
         assert self._listener is not None
