@@ -1,10 +1,17 @@
-"""Chat rules, pure: the JSON wire schema, validation, per-connection state."""
+"""Chat rules, pure: the JSON wire schema, validation, usernames, per-connection state."""
 
 from .errors import ChatError
+from .names import (
+    MAX_USERNAME_LENGTH,
+    UsernameRefused,
+    check_distinct,
+    enforce_username,
+    find_confusable,
+    skeleton,
+)
 from .schema import (
     DEFAULT_ROOM,
     MAX_MESSAGE_LENGTH,
-    MAX_USERNAME_LENGTH,
     Command,
     Join,
     Leave,
@@ -38,10 +45,14 @@ __all__ = [
     "Leave",
     "Position",
     "Say",
+    "UsernameRefused",
     "ack_event",
+    "check_distinct",
     "decode_event",
     "encode",
+    "enforce_username",
     "error_event",
+    "find_confusable",
     "format_time",
     "history_event",
     "membership_event",
@@ -49,6 +60,7 @@ __all__ = [
     "parse_command",
     "peek_message_id",
     "presence_event",
+    "skeleton",
     "validate_message_id",
     "validate_room",
     "validate_username",
