@@ -15,55 +15,42 @@ requests surface as :class:`~.events.HttpRequest` for the caller to answer.
 Keep-alive works for plain HTTP. After ``accept_websocket`` sends the 101, the
 bytes h11 read past the request (often the first frame) are handed to wsproto.
 
-wsproto frames and unframes but leaves policy to us: this class answers pings,
-echoes closes, reassembles fragmented messages, refuses binary where it is not
-wanted (1003) and, through :class:`~.limits.MessageSizeLimit`, messages over
-the size cap (1009).
+From there on :class:`~.websocket.WebSocketConnection`, the base shared with
+the client side, runs the WebSocket phase: it answers pings, echoes closes,
+reassembles fragmented messages and enforces the size cap (1003, 1007, 1009).
 """
 
 from __future__ import annotations
 
-import enum
 from typing import Final
 
 import h11
 from wsproto import ConnectionType
-from wsproto import connection as ws
-from wsproto import events as wse
-from wsproto.extensions import Extension
-from wsproto.frame_protocol import CloseReason
 from wsproto.handshake import server_extensions_handshake
-from wsproto.utilities import generate_accept_token
 
 from .deflate import CappedPerMessageDeflate
 from .errors import LocalProtocolError
 from .events import (
-    BinaryReceived,
-    ConnectionClosed,
-    Event,
     Headers,
     HttpRequest,
-    PongReceived,
     RequestRejected,
-    TextReceived,
     WebSocketRequest,
 )
 from .handshake import (
     OriginPolicy,
+    accept_token,
     check_websocket_request,
     decode_headers,
     header_value,
     offered_extensions,
 )
-from .limits import MessageSizeLimit
+from .state import State
+from .websocket import DEFAULT_MAX_MESSAGE_SIZE, WebSocketConnection
 
 # Some precedents for the request-head limit (request line + headers):
 # - h11: 16 KiB; node.js: 16 KiB (was 80 KiB); nginx: 8 KiB per line, 32 KiB total
 # - Answered with 431 Request Header Fields Too Large (RFC 6585 5).
 DEFAULT_MAX_REQUEST_HEAD = 16 * 1024
-
-# DESIGN.md: 64 KiB frame/message hard cap on the chat endpoint (gorilla chat: 512 B).
-DEFAULT_MAX_MESSAGE_SIZE = 64 * 1024
 
 SERVER_HEADER: Final = ("server", "wschat")
 
@@ -81,32 +68,7 @@ STATUS_TEXT: Final = {
 }
 
 
-class State(enum.Enum):
-    """Where a :class:`ServerConnection` is in its life."""
-
-    #: Reading HTTP requests (keep-alive between them).
-    HTTP = "http"
-    #: A valid upgrade request waits for ``accept_websocket`` or a rejection.
-    UPGRADE_PENDING = "upgrade-pending"
-    #: WebSocket open: messages flow both ways.
-    OPEN = "open"
-    #: We sent a close frame and wait for the peer's.
-    CLOSING = "closing"
-    #: Done: the I/O layer should close TCP once ``data_to_send`` is flushed.
-    CLOSED = "closed"
-
-
-# Every transition the connection makes, in one place (h11 _state.py style).
-_TRANSITIONS: Final[dict[State, frozenset[State]]] = {
-    State.HTTP: frozenset({State.UPGRADE_PENDING, State.CLOSED}),
-    State.UPGRADE_PENDING: frozenset({State.OPEN, State.HTTP, State.CLOSED}),
-    State.OPEN: frozenset({State.CLOSING, State.CLOSED}),
-    State.CLOSING: frozenset({State.CLOSED}),
-    State.CLOSED: frozenset(),
-}
-
-
-class ServerConnection:
+class ServerConnection(WebSocketConnection):
     """Sans-IO server side of one TCP connection (HTTP, then maybe WebSocket).
 
     Args:
@@ -121,31 +83,16 @@ class ServerConnection:
         origin_policy: OriginPolicy | None = None,
         max_request_head: int = DEFAULT_MAX_REQUEST_HEAD,
     ) -> None:
+        super().__init__(State.HTTP)
         self.websocket_paths = frozenset(websocket_paths)
         self.origin_policy = origin_policy or OriginPolicy()
         self.max_request_head = max_request_head
         self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=max_request_head)
-        self._ws: ws.Connection | None = None
-        self._state = State.HTTP
-        self._events: list[Event] = []
-        self._out: list[bytes] = []
         self._pending_request: tuple[str, str, Headers] | None = None
         self._awaiting_response = False
         self._answered_with_error = False
-        self._accept_binary = False
-        self._text_parts: list[str] = []
-        self._binary_parts: list[bytes] = []
-        self._close_code = CloseReason.NORMAL_CLOSURE.value
-        self._close_reason = ""
-        self.compressed = False
-        """True when this WebSocket negotiated permessage-deflate."""
 
     # -- inputs --------------------------------------------------------------
-
-    @property
-    def state(self) -> State:
-        """The connection's :class:`State`."""
-        return self._state
 
     def receive_data(self, data: bytes) -> None:
         """Feed bytes received from the peer. Never raises on bad input."""
@@ -168,24 +115,7 @@ class ServerConnection:
         elif self._state is State.UPGRADE_PENDING:
             self._set_state(State.CLOSED)
         elif self._state in (State.OPEN, State.CLOSING):
-            # RFC 6455 7.1.5: with no close frame, the close code is 1006.
-            self._closed(CloseReason.ABNORMAL_CLOSURE.value, "", by_peer=True)
-
-    # -- outputs -------------------------------------------------------------
-
-    def events_received(self) -> list[Event]:
-        """Events produced since the last call, oldest first."""
-        events, self._events = self._events, []
-        return events
-
-    def data_to_send(self) -> list[bytes]:
-        """Bytes to write to the peer since the last call, in order."""
-        out, self._out = self._out, []
-        return out
-
-    def close_expected(self) -> bool:
-        """True when the I/O layer should close TCP after flushing ``data_to_send``."""
-        return self._state is State.CLOSED
+            self._receive_websocket_eof()
 
     # -- HTTP ----------------------------------------------------------------
 
@@ -225,20 +155,21 @@ class ServerConnection:
         ]
         if close:
             all_headers.append(("connection", "close"))
-        self._out.append(
-            self._h11.send(
-                h11.Response(
-                    status_code=status,
-                    headers=all_headers,
-                    reason=STATUS_TEXT.get(status, "").encode(),
-                )
-            )
-            or b""
-        )
+        reason = STATUS_TEXT.get(status, "").encode()
+        self._send_h11(h11.Response(status_code=status, headers=all_headers, reason=reason))
         if body:
-            self._out.append(self._h11.send(h11.Data(data=body)) or b"")
-        self._out.append(self._h11.send(h11.EndOfMessage()) or b"")
+            self._send_h11(h11.Data(data=body))
+        self._send_h11(h11.EndOfMessage())
         self._process_http()
+
+    def _send_h11(
+        self, event: h11.Response | h11.InformationalResponse | h11.Data | h11.EndOfMessage
+    ) -> None:
+        # h11 writes b"" for an EndOfMessage after a Content-Length body: keep
+        # b"" out of data_to_send, where it would mean "half-close TCP".
+        data = self._h11.send(event)
+        if data:
+            self._out.append(data)
 
     def _process_http(self) -> None:
         while self._state is State.HTTP:
@@ -339,129 +270,28 @@ class ServerConnection:
         response_headers = [
             (b"upgrade", b"websocket"),
             (b"connection", b"Upgrade"),
-            (b"sec-websocket-accept", generate_accept_token(key.strip().encode("ascii"))),
+            (b"sec-websocket-accept", accept_token(key).encode("ascii")),
         ]
-        extensions: list[Extension] = []
+        deflate: CappedPerMessageDeflate | None = None
         if compression:
-            deflate = CappedPerMessageDeflate(max_size=max_message_size)
+            offer = CappedPerMessageDeflate(max_size=max_message_size)
             try:
-                accepted = server_extensions_handshake(offered_extensions(headers), [deflate])
+                accepted = server_extensions_handshake(offered_extensions(headers), [offer])
             except ValueError:
                 # RFC 7692 5: a server MUST decline an offer with invalid parameters;
                 # wsproto raises on some of them (e.g. client_max_window_bits=abc).
                 accepted = None
             if accepted is not None:
                 response_headers.append((b"sec-websocket-extensions", accepted))
-                extensions.append(deflate)
-                self.compressed = True
-        extensions.append(MessageSizeLimit(max_message_size))
-        self._out.append(
-            self._h11.send(
-                h11.InformationalResponse(
-                    status_code=101, headers=response_headers, reason=b"Switching Protocols"
-                )
+                deflate = offer
+        self._send_h11(
+            h11.InformationalResponse(
+                status_code=101, headers=response_headers, reason=b"Switching Protocols"
             )
-            or b""
         )
         # h11's "closed" flag cannot be set here: EOF while the upgrade was
         # pending already closed the connection (receive_eof).
         trailing, _ = self._h11.trailing_data
-        self._ws = ws.Connection(ConnectionType.SERVER, extensions)
-        self._accept_binary = accept_binary
-        self._set_state(State.OPEN)
-        if trailing:
-            self._receive_frames(trailing)
-
-    def send_text(self, text: str) -> None:
-        """Queue a text message (ignored once the close handshake has started)."""
-        if self._state is State.OPEN:
-            assert self._ws is not None
-            self._out.append(self._ws.send(wse.TextMessage(data=text)))
-
-    def send_binary(self, data: bytes) -> None:
-        """Queue a binary message (ignored once the close handshake has started)."""
-        if self._state is State.OPEN:
-            assert self._ws is not None
-            self._out.append(self._ws.send(wse.BytesMessage(data=data)))
-
-    def send_ping(self, payload: bytes = b"") -> None:
-        """Queue a Ping (keepalive). Ignored unless the WebSocket is open."""
-        if self._state is State.OPEN:
-            assert self._ws is not None
-            self._out.append(self._ws.send(wse.Ping(payload=payload)))
-
-    def send_close(self, code: int = 1000, reason: str = "") -> None:
-        """Start the closing handshake (RFC 6455 7.1.2). Idempotent."""
-        if self._state is State.OPEN:
-            assert self._ws is not None
-            self._close_code, self._close_reason = code, reason
-            self._out.append(self._ws.send(wse.CloseConnection(code=code, reason=reason)))
-            self._set_state(State.CLOSING)
-        elif self._state in (State.HTTP, State.UPGRADE_PENDING):
-            self._set_state(State.CLOSED)
-
-    def _receive_frames(self, data: bytes) -> None:
-        assert self._ws is not None
-        self._ws.receive_data(data)
-        for event in self._ws.events():
-            if isinstance(event, (wse.TextMessage, wse.BytesMessage)):
-                if self._state is State.OPEN:
-                    self._on_message(event)
-            elif isinstance(event, wse.Ping):
-                # RFC 6455 5.5.2: "Upon receipt of a Ping frame, an endpoint MUST send a
-                # Pong frame in response" -- wsproto leaves that to us.
-                if self._state is State.OPEN:
-                    self._out.append(self._ws.send(event.response()))
-            elif isinstance(event, wse.Pong):
-                self._events.append(PongReceived(bytes(event.payload)))
-            elif isinstance(event, wse.CloseConnection):
-                self._on_close_frame(event)
-            if self._state is State.CLOSED:
-                return
-
-    def _on_message(self, event: wse.TextMessage | wse.BytesMessage) -> None:
-        if isinstance(event, wse.TextMessage):
-            self._text_parts.append(event.data)
-            if event.message_finished:
-                parts, self._text_parts = self._text_parts, []
-                self._events.append(TextReceived(parts[0] if len(parts) == 1 else "".join(parts)))
-        elif not self._accept_binary:
-            self._fail(CloseReason.UNSUPPORTED_DATA.value, "binary messages are not accepted")
-        else:
-            self._binary_parts.append(bytes(event.data))
-            if event.message_finished:
-                parts_b, self._binary_parts = self._binary_parts, []
-                self._events.append(BinaryReceived(b"".join(parts_b)))
-
-    def _on_close_frame(self, event: wse.CloseConnection) -> None:
-        assert self._ws is not None
-        if self._ws.state is ws.ConnectionState.REMOTE_CLOSING:
-            # RFC 6455 5.5.1: "the endpoint MUST send a Close frame in response".
-            self._out.append(self._ws.send(event.response()))
-            self._closed(event.code, event.reason or "", by_peer=True)
-        elif self._ws.state is ws.ConnectionState.CLOSED:
-            # The peer's answer to our close: the handshake is complete.
-            self._closed(self._close_code, self._close_reason, by_peer=False)
-        else:
-            # wsproto reports a frame it could not parse as a close event
-            # while its state is still open: the peer broke the protocol.
-            self._fail(event.code, event.reason or "protocol error")
-
-    def _fail(self, code: int, reason: str) -> None:
-        """RFC 6455 7.1.7: fail the WebSocket connection (close frame, then TCP)."""
-        assert self._ws is not None
-        if self._ws.state is ws.ConnectionState.OPEN:
-            self._out.append(self._ws.send(wse.CloseConnection(code=code, reason=reason)))
-        self._closed(code, reason, by_peer=False)
-
-    def _closed(self, code: int, reason: str, by_peer: bool) -> None:
-        self._text_parts, self._binary_parts = [], []
-        self._set_state(State.CLOSED)
-        self._events.append(ConnectionClosed(code, reason, by_peer))
-
-    def _set_state(self, new: State) -> None:
-        if new is self._state:
-            return
-        if new not in _TRANSITIONS[self._state]:
-            raise LocalProtocolError(f"no transition from {self._state.value} to {new.value}")
-        self._state = new
+        self._open_websocket(
+            ConnectionType.SERVER, deflate, max_message_size, accept_binary, trailing
+        )

@@ -1,7 +1,9 @@
-"""Validation of the WebSocket opening handshake (RFC 6455 section 4.2.1).
+"""Validation of the WebSocket opening handshake (RFC 6455 sections 4.1 and 4.2.1).
 
 Pure functions: headers in, a :class:`Rejection` (the HTTP answer) or ``None``
-out. The Origin policy lives here too, because it is decided on the request.
+out on the server side; headers in, what is wrong (or ``None``) out on the
+client side. The Origin policy lives here too, because it is decided on the
+request.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import binascii
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
+
+from wsproto.utilities import generate_accept_token
 
 from .events import Headers
 
@@ -155,3 +159,34 @@ def offered_extensions(headers: Headers) -> Sequence[str]:
 def decode_headers(raw: Iterable[tuple[bytes, bytes]]) -> Headers:
     """h11's header list as text; latin-1 keeps every byte (RFC 9110 5.5)."""
     return tuple((name.decode("latin-1").lower(), value.decode("latin-1")) for name, value in raw)
+
+
+def accept_token(key: str) -> str:
+    """RFC 6455 4.2.2: base64(SHA-1(key + GUID)), the Sec-WebSocket-Accept for ``key``."""
+    return generate_accept_token(key.strip().encode("ascii")).decode("ascii")
+
+
+def check_websocket_response(headers: Headers, key: str) -> str | None:
+    """RFC 6455 4.1: check a 101 answer to a handshake sent with ``key``.
+
+    Extensions are checked by the caller, which knows what it offered.
+
+    Returns:
+        What is wrong with the response, or None when it is a valid 101.
+    """
+    if header_tokens(headers, "upgrade") != ["websocket"]:
+        return "101 response without Upgrade: websocket"
+    if "upgrade" not in header_tokens(headers, "connection"):
+        return "101 response without Connection: upgrade"
+    accepts = [value.strip() for name, value in headers if name == "sec-websocket-accept"]
+    if not accepts:
+        return "101 response without Sec-WebSocket-Accept"
+    # RFC 6455 11.3.3: it "MUST NOT appear more than once in an HTTP response".
+    if len(accepts) > 1:
+        return "101 response with more than one Sec-WebSocket-Accept"
+    if accepts[0] != accept_token(key):
+        return "wrong Sec-WebSocket-Accept for the key sent"
+    if header_value(headers, "sec-websocket-protocol") is not None:
+        # We offer no subprotocol; the server "MUST" not pick one we did not offer.
+        return "101 response selects a subprotocol that was not offered"
+    return None
