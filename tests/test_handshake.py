@@ -121,6 +121,32 @@ class TestPlainHttp:
         ]
         assert not conn.close_expected()
 
+    def test_head_is_answered_like_get_without_a_body(self) -> None:
+        # RFC 9110 9.3.2: the same header fields as GET (Content-Length included),
+        # no content. Today h11 raised LocalProtocolError on the body (issue 8 item 10).
+        conn = ServerConnection()
+        (head,) = receive(conn, http_request("/", method="HEAD") + http_request("/"))
+        assert isinstance(head, HttpRequest) and head.method == "HEAD"
+        conn.send_response(200, b"<html>page</html>", "text/html")
+        (get,) = conn.events_received()
+        assert isinstance(get, HttpRequest) and get.method == "GET"
+        conn.send_response(200, b"<html>page</html>", "text/html")
+        parsed = parse_http_responses(conn.data_to_send(), methods=["HEAD", "GET"])
+        assert [(r.status, r.header("content-length"), r.body) for r in parsed.responses] == [
+            (200, "17", b""),
+            (200, "17", b"<html>page</html>"),
+        ]
+        assert not parsed.must_close and not conn.close_expected()
+
+    def test_head_refused_by_the_protocol_gets_its_status_without_a_body(self) -> None:
+        conn = ServerConnection()
+        events = receive(conn, handshake_request(method="HEAD"))
+        assert [(type(e), e.status) for e in events] == [(RequestRejected, 405)]  # type: ignore[union-attr]
+        (response,) = parse_http_responses(conn.data_to_send(), methods=["HEAD"]).responses
+        assert (response.status, response.body) == (405, b"")
+        assert response.header("allow") == "GET"
+        assert conn.close_expected()
+
     def test_request_body_is_discarded_and_the_next_request_parsed(self) -> None:
         conn = ServerConnection()
         data = http_request("/form", method="POST", body=b"x=1") + http_request("/next")
@@ -346,6 +372,15 @@ class TestSection4_2_1ReadingTheClientHandshake:
         conn = ServerConnection()
         reason = assert_rejected(conn, receive(conn, handshake_request(connection=connection)), 400)
         assert "Connection" in reason
+
+    @pytest.mark.parametrize("second", [SAMPLE_KEY, "AQIDBAUGBwgJCgsMDQ4PEA=="])
+    def test_two_keys_are_refused(self, second: str) -> None:
+        # RFC 6455 11.3.1: Sec-WebSocket-Key "MUST NOT appear more than once in an
+        # HTTP request" (issue 8 item 10).
+        conn = ServerConnection()
+        data = handshake_request(headers=[("Sec-WebSocket-Key", second)])
+        reason = assert_rejected(conn, receive(conn, data), 400)
+        assert reason == "more than one Sec-WebSocket-Key header"
 
     def test_missing_key_is_refused(self) -> None:
         conn = ServerConnection()

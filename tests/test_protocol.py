@@ -395,6 +395,33 @@ class TestSection10_4MessageSizeLimit:
         )
         assert receive(conn, data) == [TextReceived("a" * 400 + "b" * 400 + "c" * 200)]
 
+    def test_continuation_whose_masking_key_is_split_across_reads_is_counted_once(
+        self,
+    ) -> None:
+        # wsproto reads a frame header again from its start when the masking key has
+        # not fully arrived: a 60,000-byte message under the 65,536-byte cap must not
+        # be counted as 90,000 (issue 8 item 10).
+        conn = open_connection()
+        client = Client()
+        first = client.send(wse.TextMessage("a" * 30_000, message_finished=False))
+        second = client.send(wse.TextMessage("b" * 30_000))
+        # 2 header bytes and 2 bytes of extended length, then the 4-byte masking key.
+        assert receive(conn, first + second[:6]) == []
+        assert receive(conn, second[6:]) == [TextReceived("a" * 30_000 + "b" * 30_000)]
+        assert not conn.close_expected()
+
+    def test_fragments_fed_one_byte_at_a_time_are_counted_once(self) -> None:
+        conn = open_connection(max_message_size=1000)
+        client = Client()
+        data = client.send(
+            wse.TextMessage("a" * 300, message_finished=False),
+            wse.Ping(b"p"),
+            wse.TextMessage("b" * 300, message_finished=False),
+            wse.TextMessage("c" * 400),
+        )
+        events = [event for byte in data for event in receive(conn, bytes([byte]))]
+        assert events == [TextReceived("a" * 300 + "b" * 300 + "c" * 400)]
+
     def test_the_count_restarts_with_each_message(self) -> None:
         conn = open_connection(max_message_size=1000)
         client = Client()

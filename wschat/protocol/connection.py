@@ -91,6 +91,7 @@ class ServerConnection(WebSocketConnection):
         self._pending_request: tuple[str, str, Headers] | None = None
         self._awaiting_response = False
         self._answered_with_error = False
+        self._request_method = b""  # of the request being answered
 
     # -- inputs --------------------------------------------------------------
 
@@ -157,9 +158,12 @@ class ServerConnection(WebSocketConnection):
             all_headers.append(("connection", "close"))
         reason = STATUS_TEXT.get(status, "").encode()
         self._send_h11(h11.Response(status_code=status, headers=all_headers, reason=reason))
-        if body:
+        # RFC 9110 9.3.2: a HEAD response carries GET's header fields (Content-Length
+        # included) and no content; h11 refuses body bytes for it.
+        if body and self._request_method != b"HEAD":
             self._send_h11(h11.Data(data=body))
         self._send_h11(h11.EndOfMessage())
+        self._request_method = b""
         self._process_http()
 
     def _send_h11(
@@ -201,6 +205,7 @@ class ServerConnection(WebSocketConnection):
     def _on_request(self, request: h11.Request) -> None:
         # h11 enforces the cap only on a head still arriving; a whole head that
         # came in one read is measured here, so the limit does not depend on timing.
+        self._request_method = request.method
         head_size = len(request.target) + sum(len(k) + len(v) + 4 for k, v in request.headers)
         if head_size > self.max_request_head:
             self._awaiting_response = True

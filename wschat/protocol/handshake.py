@@ -119,10 +119,13 @@ def check_websocket_request(
         return Rejection(400, "missing header: Upgrade: websocket")
     if "upgrade" not in header_tokens(headers, "connection"):
         return Rejection(400, "missing header: Connection: upgrade")
-    key = header_value(headers, "sec-websocket-key")
-    if key is None:
+    keys = [value for name, value in headers if name == "sec-websocket-key"]
+    if not keys:
         return Rejection(400, "missing header: Sec-WebSocket-Key")
-    if not is_valid_key(key):
+    # RFC 6455 11.3.1: it "MUST NOT appear more than once in an HTTP request".
+    if len(keys) > 1:
+        return Rejection(400, "more than one Sec-WebSocket-Key header")
+    if not is_valid_key(keys[0]):
         return Rejection(400, "invalid Sec-WebSocket-Key: must be base64 of 16 bytes")
     versions = header_tokens(headers, "sec-websocket-version")
     if versions != ["13"]:

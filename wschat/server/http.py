@@ -37,15 +37,16 @@ def route_static(request: HttpRequest) -> Response | None:
     entry = STATIC_FILES.get(request.path)
     if entry is None:
         return None
-    if request.method != "GET":
-        return method_not_allowed()
+    if request.method not in ("GET", "HEAD"):
+        return method_not_allowed("GET, HEAD")
+    # HEAD gets GET's answer; ServerConnection leaves the body out.
     name, content_type = entry
     return Response(200, static_file(name), content_type, (("cache-control", "no-cache"),))
 
 
-def method_not_allowed() -> Response:
-    """405 for a method other than GET."""
-    return Response(405, b"method not allowed: use GET\n", headers=(("allow", "GET"),))
+def method_not_allowed(allow: str = "GET") -> Response:
+    """405 naming the methods the path takes (``allow``, e.g. ``"GET, HEAD"``)."""
+    return Response(405, f"method not allowed: use {allow}\n".encode(), headers=(("allow", allow),))
 
 
 def not_found(request: HttpRequest) -> Response:
