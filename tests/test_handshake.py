@@ -25,6 +25,7 @@ from tests.protocol_helpers import (
 )
 from wschat.protocol import (
     DEFAULT_MAX_REQUEST_HEAD,
+    ConnectionClosed,
     HttpRequest,
     LocalProtocolError,
     OriginPolicy,
@@ -524,6 +525,21 @@ class TestHandoffToFraming:
         assert [type(e) for e in events] == [WebSocketRequest]
         conn.accept_websocket()
         assert conn.events_received() == [TextReceived("hello")]
+
+    def test_good_then_bad_frame_in_the_handshake_read_echo_before_the_close(self) -> None:
+        # The I/O layer sends the 101 first, then takes the events and answers them.
+        conn = ServerConnection()
+        bad = bytes([0x83, 0x80]) + b"\x00\x00\x00\x00"  # reserved opcode 0x3
+        events = receive(conn, handshake_request() + Client().send(wse.TextMessage("a")) + bad)
+        assert [type(e) for e in events] == [WebSocketRequest]
+        conn.accept_websocket()
+        parsed = parse_http_responses(conn.data_to_send())
+        assert [r.status for r in parsed.responses] == [101]
+        assert parsed.trailing == b""  # no close frame ahead of the echo
+        assert [type(e) for e in conn.events_received()] == [TextReceived, ConnectionClosed]
+        conn.send_text("a")
+        frames = parse_server_frames(conn.data_to_send())
+        assert [f.opcode.value for f in frames] == [OP_TEXT, 0x8]
 
     def test_bytes_arriving_while_the_upgrade_is_pending_are_kept(self) -> None:
         conn = ServerConnection()
