@@ -24,6 +24,7 @@ from tests.protocol_helpers import (
     single_response,
 )
 from wschat.protocol import (
+    DEFAULT_MAX_PENDING_OUTPUT,
     DEFAULT_MAX_REQUEST_HEAD,
     ConnectionClosed,
     HttpRequest,
@@ -209,8 +210,9 @@ class TestPlainHttp:
         conn = ServerConnection()
         receive(conn, http_request("/"))
         conn.receive_eof()
-        assert conn.close_expected()
+        assert not conn.close_expected()  # the answer is still to be written
         conn.send_response(200, b"late but sent")
+        assert conn.close_expected()
         assert single_response(conn).body == b"late but sent"
 
     @pytest.mark.parametrize(
@@ -269,6 +271,95 @@ class TestPlainHttp:
         parsed = parse_http_responses(conn.data_to_send())
         assert [r.status for r in parsed.responses] in statuses
         assert conn.close_expected()
+
+
+def serve_like_the_io_layer(
+    conn: ServerConnection, data: bytes, body: bytes, *, eof: bool = False
+) -> list[bytes]:
+    """The loop ServerConnection documents; returns what each send would write.
+
+    Answer events until there are none, send, and go on while the send (taking
+    the bytes) brought more events.
+    """
+    conn.receive_data(data)
+    if eof:
+        conn.receive_eof()
+    writes = []
+    events = conn.events_received()
+    while events:
+        for event in events:
+            if isinstance(event, HttpRequest):
+                conn.send_response(200, body + event.path.encode())
+        events = conn.events_received()
+        if not events:
+            writes.append(b"".join(conn.data_to_send()))
+            events = conn.events_received()
+    return writes
+
+
+class TestBoundedPipelining:
+    """Issue 8 item 4: pipelined requests are parsed only while few response bytes wait."""
+
+    BODY = b"x" * 16_000  # about app.js
+
+    def test_default_cap(self) -> None:
+        assert DEFAULT_MAX_PENDING_OUTPUT == 64 * 1024
+
+    def test_parsing_stops_while_responses_wait_and_data_to_send_resumes_it(self) -> None:
+        conn = ServerConnection()
+        events = receive(conn, b"".join(http_request(f"/{i}") for i in range(500)))
+        answered = 0
+        while events:
+            (event,) = events
+            assert isinstance(event, HttpRequest) and event.path == f"/{answered}"
+            conn.send_response(200, self.BODY)
+            answered += 1
+            events = conn.events_received()
+        # Five ~16 KB answers pass the 64 KiB cap: the other 495 requests wait, unparsed.
+        assert answered == 5
+        pending = conn.data_to_send()
+        assert sum(map(len, pending)) <= DEFAULT_MAX_PENDING_OUTPUT + len(self.BODY) + 200
+        # Taking the bytes resumed parsing: the next request is out.
+        (event,) = conn.events_received()
+        assert isinstance(event, HttpRequest) and event.path == "/5"
+
+    def test_every_pipelined_request_is_answered_in_order_with_bounded_writes(self) -> None:
+        conn = ServerConnection()
+        data = b"".join(http_request(f"/{i}") for i in range(300))
+        writes = serve_like_the_io_layer(conn, data, self.BODY)
+        assert max(map(len, writes)) <= DEFAULT_MAX_PENDING_OUTPUT + len(self.BODY) + 200
+        parsed = parse_http_responses(writes)
+        assert [r.body for r in parsed.responses] == [
+            self.BODY + f"/{i}".encode() for i in range(300)
+        ]
+        assert not conn.close_expected()
+
+    def test_small_answers_are_not_held_back(self) -> None:
+        conn = ServerConnection()
+        writes = serve_like_the_io_layer(
+            conn, b"".join(http_request(f"/{i}") for i in range(100)), b"ok"
+        )
+        assert len(writes) == 1  # 100 small answers fit under the cap: one send
+        assert len(parse_http_responses(writes).responses) == 100
+
+    def test_a_smaller_cap(self) -> None:
+        conn = ServerConnection(max_pending_output=0)
+        writes = serve_like_the_io_layer(conn, http_request("/a") + http_request("/b"), b"1")
+        assert len(writes) == 2  # one answer per send
+
+    def test_pipelined_requests_then_eof_are_all_answered_then_closed(self) -> None:
+        conn = ServerConnection()
+        data = b"".join(http_request(f"/{i}") for i in range(20))
+        writes = serve_like_the_io_layer(conn, data, self.BODY, eof=True)
+        assert len(parse_http_responses(writes).responses) == 20
+        assert conn.close_expected()
+
+    def test_an_upgrade_behind_pipelined_requests_waits_its_turn(self) -> None:
+        conn = ServerConnection()
+        data = b"".join(http_request(f"/{i}") for i in range(10)) + handshake_request()
+        writes = serve_like_the_io_layer(conn, data, self.BODY)
+        assert len(parse_http_responses(writes).responses) == 10
+        assert conn.state is State.UPGRADE_PENDING
 
 
 class TestRequestHeadLimit:

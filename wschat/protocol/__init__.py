@@ -5,7 +5,7 @@ Nothing here does I/O or reads a clock; see :class:`ServerConnection` and
 """
 
 from .client import DEFAULT_MAX_REJECTION_BODY, ClientConnection
-from .connection import DEFAULT_MAX_REQUEST_HEAD, ServerConnection
+from .connection import DEFAULT_MAX_PENDING_OUTPUT, DEFAULT_MAX_REQUEST_HEAD, ServerConnection
 from .errors import LocalProtocolError, ProtocolError
 from .events import (
     BinaryReceived,
@@ -27,6 +27,7 @@ from .websocket import DEFAULT_MAX_MESSAGE_SIZE, WebSocketConnection
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_SIZE",
+    "DEFAULT_MAX_PENDING_OUTPUT",
     "DEFAULT_MAX_REJECTION_BODY",
     "DEFAULT_MAX_REQUEST_HEAD",
     "BinaryReceived",

@@ -12,8 +12,9 @@ The connection starts in HTTP: h11 parses requests. A request for a WebSocket
 path is validated (:mod:`.handshake`) and, if valid, surfaces as a
 :class:`~.events.WebSocketRequest` that the caller accepts or rejects; other
 requests surface as :class:`~.events.HttpRequest` for the caller to answer.
-Keep-alive works for plain HTTP. After ``accept_websocket`` sends the 101, the
-bytes h11 read past the request (often the first frame) are handed to wsproto.
+Keep-alive and pipelining work for plain HTTP, with bounded buffering (see
+:class:`ServerConnection`). After ``accept_websocket`` sends the 101, the bytes
+h11 read past the request (often the first frame) are handed to wsproto.
 
 From there on :class:`~.websocket.WebSocketConnection`, the base shared with
 the client side, runs the WebSocket phase: it answers pings, echoes closes,
@@ -52,6 +53,12 @@ from .websocket import DEFAULT_MAX_MESSAGE_SIZE, WebSocketConnection
 # - Answered with 431 Request Header Fields Too Large (RFC 6585 5).
 DEFAULT_MAX_REQUEST_HEAD = 16 * 1024
 
+# Pipelined requests are parsed only while at most this many response bytes wait
+# in data_to_send(). Precedents: node.js pauses its parser on pipelined requests
+# once the socket's buffered output reaches writableHighWaterMark (16 KiB);
+# asyncio's transports call pause_writing() at a 64 KiB high-water mark.
+DEFAULT_MAX_PENDING_OUTPUT = 64 * 1024
+
 SERVER_HEADER: Final = ("server", "wschat")
 
 STATUS_TEXT: Final = {
@@ -71,10 +78,28 @@ STATUS_TEXT: Final = {
 class ServerConnection(WebSocketConnection):
     """Sans-IO server side of one TCP connection (HTTP, then maybe WebSocket).
 
+    The HTTP phase: requests come out one at a time. Each
+    :class:`~.events.HttpRequest` must be answered (``send_response``) before
+    the next one is parsed, and a pipelined request waits while more than
+    ``max_pending_output`` response bytes sit in ``data_to_send()``: taking
+    them resumes parsing, which may queue the next events. A client that
+    pipelines thousands of requests and never reads therefore costs at most
+    about ``max_pending_output`` plus one response. The I/O layer's loop:
+
+    1. ``receive_data(data)``;
+    2. answer each event of ``events_received()``, and call it again until it
+       returns none (answering a request may parse the next one);
+    3. send what ``data_to_send()`` returns. Taking the bytes may parse more
+       pipelined requests: if ``events_received()`` now returns events, go
+       back to 2 with them;
+    4. otherwise read again (1), or close TCP when ``close_expected()``.
+
     Args:
         websocket_paths: Paths that accept WebSocket upgrades (e.g. ``{"/ws"}``).
         origin_policy: Which browser origins may open a WebSocket.
         max_request_head: Cap on request line + headers; over it: 431.
+        max_pending_output: Response bytes waiting in ``data_to_send()`` over
+            which pipelined requests are not parsed.
     """
 
     def __init__(
@@ -82,11 +107,13 @@ class ServerConnection(WebSocketConnection):
         websocket_paths: frozenset[str] | set[str] = frozenset({"/ws"}),
         origin_policy: OriginPolicy | None = None,
         max_request_head: int = DEFAULT_MAX_REQUEST_HEAD,
+        max_pending_output: int = DEFAULT_MAX_PENDING_OUTPUT,
     ) -> None:
         super().__init__(State.HTTP)
         self.websocket_paths = frozenset(websocket_paths)
         self.origin_policy = origin_policy or OriginPolicy()
         self.max_request_head = max_request_head
+        self.max_pending_output = max_pending_output
         self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=max_request_head)
         self._pending_request: tuple[str, str, Headers] | None = None
         self._awaiting_response = False
@@ -110,13 +137,25 @@ class ServerConnection(WebSocketConnection):
     def receive_eof(self) -> None:
         """The peer closed its side of TCP."""
         if self._state is State.HTTP:
+            # Requests already read are still answered: h11 reports the close
+            # (ConnectionClosed) once they are, and _process_http ends there.
             self._h11.receive_data(b"")
             self._process_http()
-            self._set_state(State.CLOSED)
         elif self._state is State.UPGRADE_PENDING:
             self._set_state(State.CLOSED)
         elif self._state in (State.OPEN, State.CLOSING):
             self._receive_websocket_eof()
+
+    def data_to_send(self) -> list[bytes]:
+        """Bytes to write to the peer since the last call, in order.
+
+        In the HTTP phase, taking them resumes parsing pipelined requests:
+        call ``events_received()`` again afterwards.
+        """
+        out = super().data_to_send()
+        if self._state is State.HTTP:
+            self._process_http()
+        return out
 
     # -- HTTP ----------------------------------------------------------------
 
@@ -184,6 +223,8 @@ class ServerConnection(WebSocketConnection):
             if self._h11.our_state in (h11.MUST_CLOSE, h11.CLOSED):
                 self._set_state(State.CLOSED)
                 return
+            if self._h11.our_state is h11.IDLE and self._pending_output() > self.max_pending_output:
+                return  # bounded pipelining: data_to_send() resumes here
             try:
                 event = self._h11.next_event()
             except h11.RemoteProtocolError as exc:
@@ -201,6 +242,9 @@ class ServerConnection(WebSocketConnection):
                 self._set_state(State.CLOSED)
                 return
             # h11.Data: a request body nobody asked for; discard it.
+
+    def _pending_output(self) -> int:
+        return sum(len(chunk) for chunk in self._out)
 
     def _on_request(self, request: h11.Request) -> None:
         # h11 enforces the cap only on a head still arriving; a whole head that
