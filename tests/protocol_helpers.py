@@ -49,7 +49,7 @@ def handshake_request(
     *,
     method: str = "GET",
     http_version: str = "1.1",
-    host: str | None = "example.com",
+    host: str | None = "localhost:8080",
     upgrade: str | None = "websocket",
     connection: str | None = "Upgrade",
     key: str | None = SAMPLE_KEY,
@@ -78,7 +78,7 @@ def http_request(
     path: str = "/",
     *,
     method: str = "GET",
-    host: str = "example.com",
+    host: str = "localhost:8080",
     headers: Iterable[tuple[str, str]] = (),
     body: bytes = b"",
 ) -> bytes:

@@ -689,4 +689,4 @@ class TestConnectionPair:
         assert [type(e).__name__ for e in pair.to_server()] == ["RequestRejected"]
         (rejected,) = pair.to_client()
         assert isinstance(rejected, HandshakeRejected) and rejected.status == 403
-        assert rejected.body == b"origin not allowed: http://evil.example"
+        assert rejected.body == b"origin not allowed: http://evil.example\n"

@@ -27,6 +27,7 @@ from wschat.protocol import (
     DEFAULT_MAX_PENDING_OUTPUT,
     DEFAULT_MAX_REQUEST_HEAD,
     ConnectionClosed,
+    HostPolicy,
     HttpRequest,
     LocalProtocolError,
     OriginPolicy,
@@ -66,7 +67,7 @@ class TestPlainHttp:
                 method="GET",
                 path="/static/app.js",
                 query="v=3",
-                headers=(("host", "example.com"), ("accept", "*/*")),
+                headers=(("host", "localhost:8080"), ("accept", "*/*")),
             )
         ]
         assert conn.data_to_send() == []  # the caller answers, not the protocol
@@ -89,11 +90,11 @@ class TestPlainHttp:
     def test_keep_alive_answers_two_requests_in_turn(self) -> None:
         conn = ServerConnection()
         assert receive(conn, http_request("/a")) == [
-            HttpRequest("GET", "/a", "", (("host", "example.com"),))
+            HttpRequest("GET", "/a", "", (("host", "localhost:8080"),))
         ]
         conn.send_response(200, b"A")
         assert receive(conn, http_request("/b")) == [
-            HttpRequest("GET", "/b", "", (("host", "example.com"),))
+            HttpRequest("GET", "/b", "", (("host", "localhost:8080"),))
         ]
         conn.send_response(200, b"B")
         parsed = parse_http_responses(conn.data_to_send())
@@ -247,13 +248,13 @@ class TestPlainHttp:
         ("data", "statuses"),
         [
             (
-                b"GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nZZZ\r\n",
+                b"GET / HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\nZZZ\r\n",
                 ([200], [400]),  # answering first, or refusing the bad body: either is fine
             ),
             (b"GET / HTTP/1.0\r\n\r\n\r\n", ([200],)),  # a stray CRLF after the request
             (
-                b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-                b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n",
+                b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+                b"GET /b HTTP/1.1\r\nHost: localhost\r\n\r\n",
                 ([200],),  # RFC 9112 9.6: answer the first, ignore what follows "close"
             ),
         ],
@@ -508,7 +509,7 @@ class TestSection4_2_1ReadingTheClientHandshake:
         assert response.status == 426
         assert response.reason == b"Upgrade Required"
         assert response.header("sec-websocket-version") == "13"
-        assert response.body.decode() == events[0].reason
+        assert response.body.decode() == events[0].reason + "\n"
         assert conn.close_expected()
 
     def test_checks_run_in_a_useful_order(self) -> None:
@@ -682,7 +683,10 @@ class TestSection10_2OriginConsiderations:
     def upgrade(
         self, origin: str | None, host: str = "example.com", allowed: tuple[str, ...] = ()
     ) -> object:
-        conn = ServerConnection(origin_policy=OriginPolicy(allowed=allowed))
+        # Any Host: these cases are about Origin (the Host checks are below).
+        conn = ServerConnection(
+            origin_policy=OriginPolicy(allowed=allowed), host_policy=HostPolicy(("*",))
+        )
         events = receive(conn, handshake_request(origin=origin, host=host))
         assert len(events) == 1
         return events[0]
@@ -727,7 +731,7 @@ class TestSection10_2OriginConsiderations:
         ],
     )
     def test_cross_origin_is_forbidden(self, origin: str, host: str) -> None:
-        conn = ServerConnection()
+        conn = ServerConnection(host_policy=HostPolicy(("*",)))
         events = receive(conn, handshake_request(origin=origin, host=host))
         reason = assert_rejected(conn, events, 403)
         assert origin in reason
@@ -765,3 +769,108 @@ class TestSection10_2OriginConsiderations:
     def test_null_origin_with_empty_host_is_forbidden(self) -> None:
         event = self.upgrade("null", host="")
         assert isinstance(event, RequestRejected) and event.status == 403
+
+
+# -- RFC 9110 7.2 Host, and DNS rebinding ------------------------------------------
+
+
+class TestHostHeader:
+    """Issue 8 item 6: the Host header is checked on every request (DNS rebinding)."""
+
+    @pytest.mark.parametrize(
+        "host", ["localhost", "localhost:8080", "127.0.0.1:8080", "[::1]:8080"]
+    )
+    @pytest.mark.parametrize("path", ["/", "/app.js", "/healthz", "/metrics", "/nope"])
+    def test_loopback_names_are_answered_on_every_path(self, host: str, path: str) -> None:
+        conn = ServerConnection()
+        (event,) = receive(conn, http_request(path, host=host))
+        assert isinstance(event, HttpRequest) and event.path == path
+
+    @pytest.mark.parametrize("path", ["/", "/app.js", "/healthz", "/metrics", "/nope", "/ws"])
+    def test_rebinding_host_is_refused_with_421_on_every_path(self, path: str) -> None:
+        # The attacker's page: Host and Origin are both the attacker's name, so the
+        # same-origin check alone would pass.
+        conn = ServerConnection()
+        data = handshake_request(
+            path, host="attacker.example:8080", origin="http://attacker.example:8080"
+        )
+        reason = assert_rejected(conn, receive(conn, data), 421)
+        assert reason == "host not allowed: attacker.example:8080 (see --allow-host)"
+
+    def test_421_response_names_the_host(self) -> None:
+        conn = ServerConnection()
+        receive(conn, http_request("/", host="attacker.example"))
+        response = single_response(conn)
+        assert (response.status, response.reason) == (421, b"Misdirected Request")
+        assert response.body == b"host not allowed: attacker.example (see --allow-host)\n"
+
+    def test_each_request_of_a_keep_alive_connection_is_checked(self) -> None:
+        conn = ServerConnection()
+        (first,) = receive(conn, http_request("/", host="localhost:8080"))
+        assert isinstance(first, HttpRequest)
+        conn.send_response(200, b"page")
+        (second,) = receive(conn, http_request("/app.js", host="attacker.example"))
+        assert isinstance(second, RequestRejected) and second.status == 421
+        parsed = parse_http_responses(conn.data_to_send())
+        assert [r.status for r in parsed.responses] == [200, 421]
+        assert conn.close_expected()
+
+    def test_http_1_0_without_host_is_answered(self) -> None:
+        conn = ServerConnection()
+        (event,) = receive(conn, b"GET / HTTP/1.0\r\n\r\n")
+        assert isinstance(event, HttpRequest)
+
+    @pytest.mark.parametrize(
+        ("bind", "allowed", "host"),
+        [
+            ("127.0.0.1", (), "127.0.0.1:8080"),
+            ("127.0.0.1", (), "LOCALHOST.:8080"),  # any case, FQDN trailing dot
+            ("192.0.2.7", (), "192.0.2.7:8080"),  # the bound address
+            ("chat.internal", (), "chat.internal"),  # bound by name
+            ("0.0.0.0", (), "192.0.2.7:8080"),  # wildcard: any IP literal
+            ("0.0.0.0", (), "10.1.2.3"),
+            ("::", (), "[2001:db8::1]:8080"),
+            ("127.0.0.1", ("chat.example.com",), "chat.example.com"),
+            ("127.0.0.1", ("chat.example.com:443",), "chat.example.com:8443"),  # port ignored
+            ("127.0.0.1", ("*.example.com",), "a.b.example.com"),
+            ("127.0.0.1", ("*",), "anything.example"),
+            ("0.0.0.0", ("[2001:db8::5]",), "[2001:db8::5]"),
+        ],
+    )
+    def test_accepted(self, bind: str, allowed: tuple[str, ...], host: str) -> None:
+        conn = ServerConnection(host_policy=HostPolicy.for_bind(bind, allowed))
+        (event,) = receive(conn, handshake_request(host=host, origin=f"http://{host}"))
+        assert isinstance(event, WebSocketRequest)
+
+    @pytest.mark.parametrize(
+        ("bind", "allowed", "host"),
+        [
+            ("127.0.0.1", (), "attacker.example"),
+            ("127.0.0.1", (), "192.0.2.7"),  # bound to loopback: other IPs are not ours
+            ("192.0.2.7", (), "192.0.2.8"),
+            ("0.0.0.0", (), "attacker.example"),  # wildcard admits IP literals, not names
+            ("::", (), "attacker.example:8080"),
+            ("127.0.0.1", ("*.example.com",), "example.com"),  # subdomains only
+            ("127.0.0.1", ("*.example.com",), "evilexample.com"),
+            ("127.0.0.1", ("chat.example.com",), "chat.example.com.attacker.example"),
+            ("0.0.0.0", (), "127.0.0.1.nip.io"),  # a name that resolves to an IP is a name
+            ("0.0.0.0", (), "bad host"),
+            ("0.0.0.0", (), "localhost:http"),
+            ("0.0.0.0", (), "[::1"),
+            ("0.0.0.0", (), "[::1]x"),
+            ("0.0.0.0", (), "user@localhost"),
+            ("0.0.0.0", (), ""),
+        ],
+    )
+    def test_refused(self, bind: str, allowed: tuple[str, ...], host: str) -> None:
+        conn = ServerConnection(host_policy=HostPolicy.for_bind(bind, allowed))
+        data = handshake_request(host=host, origin=f"http://{host}")
+        reason = assert_rejected(conn, receive(conn, data), 421)
+        assert reason.startswith("host not allowed: ")
+
+    def test_for_bind_lists_the_defaults(self) -> None:
+        assert HostPolicy() == HostPolicy(("localhost", "127.0.0.1", "::1"))
+        assert HostPolicy.for_bind("127.0.0.1") == HostPolicy(("localhost", "127.0.0.1", "::1"))
+        assert HostPolicy.for_bind("0.0.0.0", ("Chat.Example.com:8080",)) == HostPolicy(
+            ("localhost", "127.0.0.1", "::1", "chat.example.com"), any_ip_literal=True
+        )

@@ -21,7 +21,7 @@ from .events import (
     WebSocketRequest,
 )
 from .frames import encode_text_frame
-from .handshake import OriginPolicy, Rejection
+from .handshake import HostPolicy, OriginPolicy, Rejection
 from .state import State
 from .websocket import DEFAULT_MAX_MESSAGE_SIZE, WebSocketConnection
 
@@ -37,6 +37,7 @@ __all__ = [
     "HandshakeAccepted",
     "HandshakeRejected",
     "Headers",
+    "HostPolicy",
     "HttpRequest",
     "LocalProtocolError",
     "OriginPolicy",

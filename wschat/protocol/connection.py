@@ -8,7 +8,9 @@ then takes events from :meth:`~ServerConnection.events_received` and bytes from
 :meth:`~ServerConnection.data_to_send`. It never raises on bad peer input:
 an HTTP error becomes a response, a WebSocket error a close frame.
 
-The connection starts in HTTP: h11 parses requests. A request for a WebSocket
+The connection starts in HTTP: h11 parses requests. Every request's ``Host``
+must pass the :class:`~.handshake.HostPolicy` (else 421, DNS-rebinding
+protection). A request for a WebSocket
 path is validated (:mod:`.handshake`) and, if valid, surfaces as a
 :class:`~.events.WebSocketRequest` that the caller accepts or rejects; other
 requests surface as :class:`~.events.HttpRequest` for the caller to answer.
@@ -38,6 +40,7 @@ from .events import (
     WebSocketRequest,
 )
 from .handshake import (
+    HostPolicy,
     OriginPolicy,
     accept_token,
     check_websocket_request,
@@ -67,6 +70,7 @@ STATUS_TEXT: Final = {
     403: "Forbidden",
     404: "Not Found",
     405: "Method Not Allowed",
+    421: "Misdirected Request",
     426: "Upgrade Required",
     431: "Request Header Fields Too Large",
     500: "Internal Server Error",
@@ -98,6 +102,9 @@ class ServerConnection(WebSocketConnection):
         websocket_paths: Paths that accept WebSocket upgrades (e.g. ``{"/ws"}``).
         origin_policy: Which browser origins may open a WebSocket.
         max_request_head: Cap on request line + headers; over it: 431.
+        host_policy: Which ``Host`` values are answered, on every path; others
+            get 421 ``host not allowed: ...``. Default: ``localhost``,
+            ``127.0.0.1`` and ``[::1]`` only (see ``HostPolicy.for_bind``).
         max_pending_output: Response bytes waiting in ``data_to_send()`` over
             which pipelined requests are not parsed.
     """
@@ -108,10 +115,12 @@ class ServerConnection(WebSocketConnection):
         origin_policy: OriginPolicy | None = None,
         max_request_head: int = DEFAULT_MAX_REQUEST_HEAD,
         max_pending_output: int = DEFAULT_MAX_PENDING_OUTPUT,
+        host_policy: HostPolicy | None = None,
     ) -> None:
         super().__init__(State.HTTP)
         self.websocket_paths = frozenset(websocket_paths)
         self.origin_policy = origin_policy or OriginPolicy()
+        self.host_policy = host_policy or HostPolicy()
         self.max_request_head = max_request_head
         self.max_pending_output = max_pending_output
         self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=max_request_head)
@@ -258,6 +267,11 @@ class ServerConnection(WebSocketConnection):
         target = request.target.decode("latin-1")
         path, _, query = target.partition("?")
         headers = decode_headers(request.headers)
+        host = header_value(headers, "host")
+        if not self.host_policy.check(host):
+            # RFC 9110 15.5.20: 421, the server does not answer for this authority.
+            self._reject(421, f"host not allowed: {host or '(empty)'} (see --allow-host)")
+            return
         if path in self.websocket_paths:
             version = request.http_version.decode("latin-1")
             self._pending_request = (path, query, headers)
@@ -266,17 +280,16 @@ class ServerConnection(WebSocketConnection):
             )
             if rejection is not None:
                 self._pending_request = None
-                self._awaiting_response = True
-                self._events.append(RequestRejected(rejection.status, rejection.reason))
-                self.send_response(
-                    rejection.status,
-                    rejection.reason.encode(),
-                    headers=rejection.headers,
-                    close=True,
-                )
+                self._reject(rejection.status, rejection.reason, rejection.headers)
             return
         self._awaiting_response = True
         self._events.append(HttpRequest(request.method.decode("latin-1"), path, query, headers))
+
+    def _reject(self, status: int, reason: str, headers: Headers = ()) -> None:
+        """Answer the current request ourselves and close (RequestRejected)."""
+        self._awaiting_response = True
+        self._events.append(RequestRejected(status, reason))
+        self.send_response(status, f"{reason}\n".encode(), headers=headers, close=True)
 
     def _on_upgrade_request(self) -> None:
         assert self._pending_request is not None
@@ -286,9 +299,7 @@ class ServerConnection(WebSocketConnection):
 
     def _http_error(self, status: int, reason: str) -> None:
         if self._h11.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-            self._events.append(RequestRejected(status, reason))
-            self._awaiting_response = True
-            self.send_response(status, f"{reason}\n".encode(), close=True)
+            self._reject(status, reason)
             self._answered_with_error = True
         self._set_state(State.CLOSED)
 

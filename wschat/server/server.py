@@ -47,6 +47,7 @@ from ..hub import BackendUnavailable, Hub, open_backend
 from ..protocol import (
     BinaryReceived,
     ConnectionClosed,
+    HostPolicy,
     HttpRequest,
     OriginPolicy,
     RequestRejected,
@@ -181,7 +182,12 @@ class Server:
     # -- one TCP connection ----------------------------------------------------
 
     async def _handle(self, stream: ByteStream) -> None:
-        conn = ServerConnection(self._paths, self._origins, self.config.max_request_head)
+        conn = ServerConnection(
+            self._paths,
+            self._origins,
+            self.config.max_request_head,
+            host_policy=HostPolicy.for_bind(self.config.host, self.config.allowed_hosts),
+        )
         peer = _peer(stream)
         try:
             request = await self._serve_http(stream, conn)
