@@ -114,8 +114,8 @@ class ServerConnection(WebSocketConnection):
         websocket_paths: frozenset[str] | set[str] = frozenset({"/ws"}),
         origin_policy: OriginPolicy | None = None,
         max_request_head: int = DEFAULT_MAX_REQUEST_HEAD,
-        max_pending_output: int = DEFAULT_MAX_PENDING_OUTPUT,
         host_policy: HostPolicy | None = None,
+        max_pending_output: int = DEFAULT_MAX_PENDING_OUTPUT,
     ) -> None:
         super().__init__(State.HTTP)
         self.websocket_paths = frozenset(websocket_paths)
