@@ -13,7 +13,7 @@ PY=${PYTHON:-$HERE/.venv/bin/python}
 PORT=$("$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 LOG=$(mktemp /tmp/wschat-conformance.XXXXXX.log)
 SUMMARY=$(mktemp /tmp/wschat-conformance.XXXXXX.txt)
-"$PY" -m wschat serve --host 127.0.0.1 --port "$PORT" --echo --rate 0 --log-level warning >"$LOG" 2>&1 &
+"$PY" -m wschat serve --host 127.0.0.1 --port "$PORT" --echo --rate 0 --address-rate 0 --connect-rate 0 --log-level warning >"$LOG" 2>&1 &
 SERVER=$!
 trap 'kill $SERVER 2>/dev/null || true; wait $SERVER 2>/dev/null || true; rm -f "$SUMMARY"' EXIT
 for _ in $(seq 100); do

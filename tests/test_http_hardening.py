@@ -18,6 +18,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from tests.helpers import require, running_server, server_process
+from wschat.app.api import api_error
 from wschat.cli import build_parser, config_from_args
 
 HAVE_PLAYWRIGHT = importlib.util.find_spec("playwright") is not None
@@ -87,6 +88,12 @@ class TestSecurityHeaders:
         assert policy["connect-src"] == ["'self'"]  # the page's own WebSocket, nothing else
         assert policy["default-src"] == ["'none'"]
         assert not any("unsafe" in v for values in policy.values() for v in values)
+
+    def test_http_api_answers_carry_them_too(self) -> None:
+        # wschat.app's HTTP API answers with the same Response type.
+        response = api_error(404, "not_found", "not found: /api/x")
+        assert dict(response.headers)["x-content-type-options"] == "nosniff"
+        assert "frame-ancestors 'none'" in dict(response.headers)["content-security-policy"]
 
     async def test_head_gets_the_get_headers_and_no_body(self) -> None:
         async with running_server() as server:
