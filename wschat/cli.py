@@ -160,6 +160,17 @@ def add_serve_arguments(serve: argparse.ArgumentParser) -> None:
         help="allow this browser origin besides the same origin, e.g. https://app.example.com; "
         "repeatable; '*' allows any [env WSCHAT_ALLOWED_ORIGINS, comma-separated]",
     )
+    hosts = flags.env("allowed_hosts")
+    serve.add_argument(
+        "--allow-host",
+        dest="allowed_hosts",
+        action="append",
+        default=[h.strip() for h in hosts.split(",") if h.strip()] if hosts else [],
+        help="answer requests whose Host is this name (besides the bound address, localhost, "
+        "127.0.0.1, [::1], and any IP when bound to 0.0.0.0/::); '*.example.com' allows "
+        "subdomains, '*' any Host (behind a proxy that rewrites it); repeatable "
+        "[env WSCHAT_ALLOWED_HOSTS, comma-separated]",
+    )
     serve.add_argument(
         "--trusted-proxy",
         dest="trusted_proxies",
@@ -231,6 +242,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
     names = {f.name for f in fields(ServerConfig)}
     values = {k: v for k, v in vars(args).items() if k in names}
     values["allowed_origins"] = tuple(args.allowed_origins)
+    values["allowed_hosts"] = tuple(args.allowed_hosts)
     values["compression"] = not args.no_compression
     if args.trusted_proxies is None:
         values["trusted_proxies"] = _DEFAULTS.trusted_proxies

@@ -17,6 +17,8 @@ class ServerConfig:
         port: TCP port (0: any free port).
         hub_url: Backend URL: ``memory://`` or ``redis://host:port/db``.
         allowed_origins: Origins allowed besides the same origin (``*`` for any).
+        allowed_hosts: Host names answered besides the bound address and loopback
+            names (``*.example.com`` for subdomains, ``*`` for any); others get 421.
         echo: Serve ``/echo`` (for the Autobahn conformance suite).
         compression: Negotiate permessage-deflate when offered.
         max_message_size: Chat endpoint cap on a message, bytes (1009 over it).
@@ -59,6 +61,7 @@ class ServerConfig:
     port: int = 8080
     hub_url: str = "memory://"
     allowed_origins: tuple[str, ...] = ()
+    allowed_hosts: tuple[str, ...] = ()
     echo: bool = False
     compression: bool = True
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE

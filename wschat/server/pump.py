@@ -34,6 +34,7 @@ from ..hub import BackendUnavailable, Hub
 from ..protocol import (
     BinaryReceived,
     ConnectionClosed,
+    HostPolicy,
     OriginPolicy,
     ServerConnection,
     TextReceived,
@@ -98,6 +99,7 @@ class ConnectionPump:
         self._ids = itertools.count(1)
         self._paths = frozenset({CHAT_PATH, ECHO_PATH} if config.echo else {CHAT_PATH})
         self._origins = OriginPolicy(config.allowed_origins)
+        self._hosts = HostPolicy.for_bind(config.host, config.allowed_hosts)
 
     # -- the boundary ----------------------------------------------------------
 
@@ -109,7 +111,12 @@ class ConnectionPump:
             if secured is None:
                 return
             stream = secured
-            conn = ServerConnection(self._paths, self._origins, self.config.max_request_head)
+            conn = ServerConnection(
+                self._paths,
+                self._origins,
+                self.config.max_request_head,
+                host_policy=self._hosts,
+            )
             upgrade = await self.http.serve(stream, conn, address, peer_ip)
             if upgrade is not None:
                 await self._serve_websocket(stream, conn, upgrade, address)
