@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -332,7 +333,10 @@ def test_good_tls_files_serve(tls_files: dict[str, str]) -> None:
         _,
     ):
         assert proc.poll() is None
-        assert "serving" in process_output(proc)
+        deadline = time.monotonic() + 10  # the line follows the bind by a moment
+        while "serving https://" not in process_output(proc) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "serving https://" in process_output(proc)
 
 
 # -- signals and descriptor limits ------------------------------------------------

@@ -239,7 +239,12 @@ class TestHandshakeRejections:
                 405,
                 b"method not allowed",
             ),
-            (b"POST /ws HTTP/1.1\r\nHost: [::1]\r\nContent-Length: 0\r\n\r\n", 405, b"GET"),
+            (
+                b"POST /ws HTTP/1.1\r\nHost: [::1]\r\nContent-Length: 0\r\n"
+                b"Connection: close\r\n\r\n",
+                405,
+                b"GET",
+            ),
             (b"GET / HTTP/1.1\r\nHost: [::1]\r\nX-Big: " + b"a" * 20000 + b"\r\n\r\n", 431, b""),
             (b"NOT HTTP AT ALL\r\n\r\n", 400, b""),
         ],

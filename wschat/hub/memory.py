@@ -212,6 +212,10 @@ class MemoryBackend:
             self._emit(room, Delivery(membership_event("left", room, username), None))
         self._settle(room)
 
+    async def rooms(self) -> dict[str, int]:
+        """Every room someone is in, with how many users (each once)."""
+        return {room: len(state.users) for room, state in self._rooms.items() if state.users}
+
     async def presence(self, room: str) -> list[str]:
         """Usernames present in ``room``."""
         state = self._rooms.get(room)
