@@ -3,6 +3,7 @@
 Connect to ws://HOST:PORT/ws?room=NAME; send {"username": "u1", "message": "..."} (with or
 without "type": "message"); every member of the room, sender included, receives
 {"type":"message","room","seq","epoch","username","message","time"}.
+Compression is off unless --deflate turns on the library's default permessage-deflate.
 """
 
 import argparse
@@ -46,8 +47,12 @@ async def handler(ws):
         members.discard(ws)
 
 
-async def main(host: str, port: int) -> None:
-    async with serve(handler, host, port, compression=None, max_size=65536, backlog=4096) as server:
+async def main(host: str, port: int, deflate: bool) -> None:
+    # compression="deflate" is the library's default (context takeover, server window 2**12)
+    compression = "deflate" if deflate else None
+    async with serve(
+        handler, host, port, compression=compression, max_size=65536, backlog=4096
+    ) as server:
         await server.serve_forever()
 
 
@@ -55,10 +60,11 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--deflate", action="store_true", help="the default permessage-deflate")
     args = parser.parse_args()
     try:
         import uvloop  # same event loop as wschat gets, for a fair comparison
 
-        uvloop.run(main(args.host, args.port))
+        uvloop.run(main(args.host, args.port, args.deflate))
     except ImportError:
-        asyncio.run(main(args.host, args.port))
+        asyncio.run(main(args.host, args.port, args.deflate))

@@ -1,0 +1,85 @@
+"""The second peer: a minimal broadcast chat on picows (Cython, uvloop), same JSON protocol as wschat.
+
+Connect to ws://HOST:PORT/ws?room=NAME; send {"username": "u1", "message": "..."} (with or
+without "type": "message"); every member of the room, sender included, receives
+{"type":"message","room","seq","epoch","username","message","time"}. picows has no
+permessage-deflate: it answers a deflate offer with no extension.
+"""
+
+import argparse
+import asyncio
+import json
+import secrets
+import urllib.parse
+from datetime import UTC, datetime
+
+from picows import WSListener, WSMsgType, ws_create_server
+
+ROOMS: dict[str, set] = {}
+SEQS: dict[str, int] = {}
+EPOCH = secrets.token_hex(6)
+
+
+class Member(WSListener):
+    def __init__(self, room: str) -> None:
+        self.room = room
+        self.members = ROOMS.setdefault(room, set())
+
+    def on_ws_connected(self, transport):
+        self.members.add(transport)
+
+    def on_ws_disconnected(self, transport):
+        self.members.discard(transport)
+
+    def on_ws_frame(self, transport, frame):
+        if frame.msg_type == WSMsgType.CLOSE:
+            transport.send_close(frame.get_close_code(), frame.get_close_message())
+            transport.disconnect()
+            return
+        if frame.msg_type != WSMsgType.TEXT or not frame.fin:
+            return  # the benchmark sends single-frame text messages only
+        obj = json.loads(frame.get_payload_as_utf8_text())
+        user, message = obj.get("username"), obj.get("message")
+        if not isinstance(user, str) or not isinstance(message, str) or len(message) > 4096:
+            return
+        room = self.room
+        SEQS[room] = seq = SEQS.get(room, 0) + 1
+        now = datetime.now(UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
+        event = {
+            "type": "message",
+            "room": room,
+            "seq": seq,
+            "epoch": EPOCH,
+            "username": user,
+            "message": message,
+            "time": now,
+        }
+        payload = json.dumps(event, separators=(",", ":")).encode()
+        for member in self.members:
+            member.send(WSMsgType.TEXT, payload)
+
+
+def listener_factory(request):
+    query = urllib.parse.parse_qs(urllib.parse.urlsplit(request.path.decode()).query)
+    return Member(query.get("room", ["lobby"])[0])
+
+
+async def main(host: str, port: int) -> None:
+    server = await ws_create_server(
+        listener_factory, host, port, max_frame_size=65536, backlog=4096
+    )
+    async with server:
+        await server.serve_forever()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8765)
+    args = parser.parse_args()
+    try:
+        import uvloop  # same event loop as wschat gets, for a fair comparison
+
+        uvloop.run(main(args.host, args.port))
+    except ImportError:
+        asyncio.run(main(args.host, args.port))
