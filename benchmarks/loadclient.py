@@ -281,7 +281,7 @@ class Client:
         if self.closed:
             return
         self.buf = bytes(buf[pos:end]) if pos < end else b""
-        if mode == COUNT or mode == LATENCY:
+        if mode in (COUNT, LATENCY):
             if self.sender and mode == COUNT:
                 w.sender_progress(self)
             if not self.done and check.unique >= check.expected:

@@ -179,14 +179,14 @@ class Worker:
         for client in self.clients:
             client.reset()
             client.check.start(high[client.room_index], expected.get(client.room_index, 0))
-            if client.closed:  # receives nothing more: its deliveries count as missing
+            # a closed client receives nothing more: its deliveries count as missing
+            if client.closed or client.check.expected == 0:
                 client.done = True
                 self.done += 1
-            elif client.check.expected == 0:
-                client.done = True
-                self.done += 1
-            elif mode == COUNT and not client.sender and client.check.expected * MIN_FRAME > (
-                self.lowat
+            elif (
+                mode == COUNT
+                and not client.sender
+                and client.check.expected * MIN_FRAME > (self.lowat)
             ):
                 client.set_lowat(self.lowat)
         if self.done >= len(self.clients):

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from scenarios import LOADGEN_SATURATED, ROOMS_P99_MS
+from servers import PEERS
 from suites import FANOUT_PROFILES
 
 SAT = "†"  # the load generator was above LOADGEN_SATURATED % of its core
@@ -87,7 +88,7 @@ def fanout_tables(sessions: list[dict[str, Any]], labels: list[str], clients: li
                 continue
             base = medians.get("wschat")
             ratio = " / ".join(
-                f"{base / v:.1f}x" for k, v in medians.items() if k != "wschat" and base and v
+                f"{base / v:.1f}x ({k})" for k, v in medians.items() if k in PEERS and base and v
             )
             lines.append(
                 f"| {c:,} | "
@@ -104,9 +105,7 @@ def fanout_tables(sessions: list[dict[str, Any]], labels: list[str], clients: li
         "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for c in clients:
-        rates = sorted(
-            {p["rate"] for s in mine if s["clients"] == c for p in s.get("latency", [])}
-        )
+        rates = sorted({p["rate"] for s in mine if s["clients"] == c for p in s.get("latency", [])})
         for rate in rates:
             for label in labels:
                 ps = [
@@ -118,17 +117,22 @@ def fanout_tables(sessions: list[dict[str, Any]], labels: list[str], clients: li
                 ]
                 if not ps:
                     if any(s["server"] == label and s["clients"] == c for s in mine):
-                        lines.append(f"| {c:,} | {_rate(rate)} | {label} | saturated below |" + " |" * 8)
+                        lines.append(
+                            f"| {c:,} | {_rate(rate)} | {label} | saturated below |" + " |" * 8
+                        )
                     continue
                 flag = " (saturated)" if any(p["saturated"] for p in ps) else ""
                 p99 = [p["p99"] for p in ps]
                 lines.append(
                     f"| {c:,} | {_rate(rate)} | {label}{flag} | "
-                    f"{_median([p['p50'] for p in ps]):.2f} | {_median([p['p90'] for p in ps]):.2f}"
-                    f" | {_median(p99):.2f} ({min(p99):.2f}-{max(p99):.2f}) | "
-                    f"{_median([p['p99.9'] for p in ps]):.2f} | {_median([p['max'] for p in ps]):.2f}"
-                    f" | {_median([p['observed']['p99'] for p in ps]):.2f} | "
-                    f"{_median([p['server_cpu_pct'] for p in ps]):.0f} | {_gen(ps)} | {_checks(ps)} |"
+                    f"{_median([p['p50'] for p in ps]):.2f} | "
+                    f"{_median([p['p90'] for p in ps]):.2f} | "
+                    f"{_median(p99):.2f} ({min(p99):.2f}-{max(p99):.2f}) | "
+                    f"{_median([p['p99.9'] for p in ps]):.2f} | "
+                    f"{_median([p['max'] for p in ps]):.2f} | "
+                    f"{_median([p['observed']['p99'] for p in ps]):.2f} | "
+                    f"{_median([p['server_cpu_pct'] for p in ps]):.0f} | "
+                    f"{_gen(ps)} | {_checks(ps)} |"
                 )
     lines += [
         "",
@@ -174,8 +178,7 @@ def rooms_tables(sessions: list[dict[str, Any]], labels: list[str]) -> str:
                 f"{there['server_cpu_pct']:.0f} | {low['server_us_per_message']:.0f} / "
                 f"{there['server_us_per_message']:.0f} | {redis} | "
                 if there
-                else "- | - | - | "
-                f"{low['server_us_per_message']:.0f} / - | - | "
+                else f"- | - | - | {low['server_us_per_message']:.0f} / - | - | "
             )
             + f"{max(p['loadgen_cpu_pct'] for p in points):.0f}"
             + (SAT if any(p["loadgen_saturated"] for p in points) else "")

@@ -68,6 +68,8 @@ def configs(kinds: list[str], scenario: str) -> list[Config]:
                 out.append(Config(f"{kind} (no deflate)", kind))
         else:
             out.append(Config(kind, kind))
+            if spec is not None:
+                out.append(Config(f"{kind} redis", kind, redis=True))
     return out
 
 
@@ -91,6 +93,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--warmup", type=float, default=0.5, help="s of each latency point not recorded")
     add("--drain", type=float, default=10.0, help="s to wait for stragglers")
     add("--no-latency", action="store_true")
+    add("--redis-clients", type=int, nargs="*", default=[1000], help="fan-out C for wschat redis")
     add("--room-clients", type=int, help="rooms: clients (default 10,000; --quick 2,000)")
     add("--room-size", type=int, default=10)
     add("--room-rates", type=float, nargs="+", help="rooms: messages in /s to try, rising")
@@ -107,7 +110,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--python-scanner", action="store_true", help="no C fast path in the load generator")
     add("--lowat", type=int, default=16384, help="SO_RCVLOWAT for throughput (1: off)")
     add("--interference", type=float, default=25.0, help="repeat a phase above this foreign CPU %%")
-    add("--quiet-wait", type=float, default=60.0, help="s to wait for a quiet machine per phase")
+    add("--quiet-wait", type=float, help="s to wait for a quiet machine per phase (60; quick 5)")
     add("--output", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     for kind in args.servers:
@@ -116,6 +119,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         except ValueError as exc:
             parser.error(str(exc))
     quick = args.quick
+    args.quiet_wait = args.quiet_wait if args.quiet_wait is not None else (5.0 if quick else 60.0)
     args.scenarios = args.scenarios or [s for s in SCENARIOS if not (quick and s == "memory")]
     args.clients = args.clients or list(QUICK_CLIENTS if quick else FULL_CLIENTS)
     args.runs = args.runs or (1 if quick else 3)
@@ -159,7 +163,9 @@ def main(argv: list[str] | None = None) -> int:
     import native
 
     scanner = "python (--python-scanner)" if args.python_scanner else native.status()
-    log(f"machine: {env['cpu_model']}, {env['cpus']} CPUs, Linux {env['kernel']}; scanner {scanner}")
+    log(
+        f"machine: {env['cpu_model']}, {env['cpus']} CPUs, Linux {env['kernel']}; scanner {scanner}"
+    )
     flags = {}
     for kind, info in sources.items():
         if "revision" in info:
@@ -179,10 +185,14 @@ def main(argv: list[str] | None = None) -> int:
         for run in range(args.runs):
             for c in args.clients:
                 for config in configs(kinds, "fanout"):
+                    # the Redis hub at one node: throughput only, at the C of its target
+                    redis = config.redis
+                    if redis and c not in args.redis_clients:
+                        continue
                     log(f"fanout run {run + 1}/{args.runs}: {config.label}, C={c}")
                     sessions.append(
                         suites.fanout(
-                            config, c, run, bench, args.deliveries, args.rates,
+                            config, c, run, bench, args.deliveries, [] if redis else args.rates,
                             args.duration, args.warmup, args.drain,
                         )
                     )  # fmt: skip
@@ -255,8 +265,9 @@ def render(
     code = "; ".join(
         f"{kind} = wschat {info['revision']}"
         + (" with local changes" if info.get("local_changes") == "yes" else "")
-        + f" (sha256 {info['sha256']}; compression flags: off {' '.join(flags[kind]['off']) or '(none)'}"
-        f", on {' '.join(flags[kind]['on']) or '(none: negotiates when offered)'})"
+        + f" (sha256 {info['sha256']}; compression flags: off "
+        f"{' '.join(flags[kind]['off']) or '(none)'}, on "
+        f"{' '.join(flags[kind]['on']) or '(none: negotiates when offered)'})"
         for kind, info in sources.items()
         if "revision" in info
     )
@@ -271,7 +282,12 @@ def render(
         "",
     ]
     if "fanout" in args.scenarios:
-        parts += [report.fanout_tables(sessions, kinds, args.clients), ""]
+        parts += [
+            report.fanout_tables(
+                sessions, [c.label for c in configs(kinds, "fanout")], args.clients
+            ),
+            "",
+        ]
     if "rooms" in args.scenarios:
         parts += [report.rooms_tables(sessions, [c.label for c in configs(kinds, "rooms")]), ""]
     if "browser" in args.scenarios:
@@ -283,9 +299,12 @@ def render(
         f"- {s['scenario']} {s['server']} C={s['clients']:,} run {s['run'] + 1}: "
         f"{p['other_cpu_pct']:.0f} % CPU used by other processes"
         for s in sessions
-        for p in [*s.get("throughput", {}).values(), *s.get("sizes", {}).values()]
-        + s.get("latency", [])
-        + s.get("points", [])
+        for p in [
+            *s.get("throughput", {}).values(),
+            *s.get("sizes", {}).values(),
+            *s.get("latency", []),
+            *s.get("points", []),
+        ]
         if p.get("other_cpu_pct", 0.0) > args.interference
     ]
     if noisy:

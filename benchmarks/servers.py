@@ -305,8 +305,10 @@ def start_redis(cpu: int | None, log_dir: Path) -> RedisServer:
     log_dir.mkdir(parents=True, exist_ok=True)
     with open(log_dir / f"redis-{port}.log", "wb") as out:
         process = subprocess.Popen(
-            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly"]
-            + ["no", "--maxclients", "20000"],
+            [
+                *(binary, "--port", str(port), "--bind", "127.0.0.1"),
+                *("--save", "", "--appendonly", "no", "--maxclients", "20000"),
+            ],
             stdout=out,
             stderr=subprocess.STDOUT,
             preexec_fn=lambda: _pin(cpu),

@@ -1,4 +1,4 @@
-"""One session of each scenario (see ``scenarios.py``): what runs, in which order, and its record."""
+"""One session of each scenario (``scenarios.py``): what runs, in which order, its record."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The second peer: a minimal broadcast chat on picows (Cython, uvloop), same JSON protocol as wschat.
+"""The second peer: a minimal broadcast chat on picows (Cython, on uvloop), wschat's JSON protocol.
 
 Connect to ws://HOST:PORT/ws?room=NAME; send {"username": "u1", "message": "..."} (with or
 without "type": "message"); every member of the room, sender included, receives
