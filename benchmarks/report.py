@@ -314,3 +314,76 @@ def plot(sessions: list[dict[str, Any]], labels: list[str], clients: list[int], 
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
+
+
+def _tp(sessions: list[dict[str, Any]], label: str, c: int, profile: str) -> float:
+    return _median(
+        [
+            s["throughput"][profile]["deliveries_per_s"]
+            for s in sessions
+            if s["scenario"] == "fanout"
+            and s["server"] == label
+            and s["clients"] == c
+            and profile in s.get("throughput", {})
+        ]
+    )
+
+
+def _p99(sessions: list[dict[str, Any]], label: str, c: int, rate: float) -> float:
+    return _median(
+        [
+            p["p99"]
+            for s in sessions
+            if s["scenario"] == "fanout" and s["server"] == label and s["clients"] == c
+            for p in s.get("latency", [])
+            if p["rate"] == rate and not p["saturated"]
+        ]
+    )
+
+
+def _browser(sessions: list[dict[str, Any]], label: str, size: int, key: str) -> float:
+    return _median(
+        [
+            s["sizes"][str(size)][key]
+            for s in sessions
+            if s["scenario"] == "browser" and s["server"] == label and str(size) in s["sizes"]
+        ]
+    )
+
+
+def targets(sessions: list[dict[str, Any]], memory: list[dict[str, Any]]) -> str:
+    """Issue 14's and issue 9's targets, as ratios from this run (skipped when not measured)."""
+    rows: list[tuple[str, float, str, bool]] = []
+
+    def add(name: str, value: float, shown: str, met: bool) -> None:
+        if value == value:  # not nan: measured
+            rows.append((name, value, shown, met))
+
+    for profile in FANOUT_PROFILES:
+        r = _tp(sessions, "wschat", 100, profile.name) / _tp(sessions, "picows", 100, profile.name)
+        add(f"C = 100 throughput ({profile.name}) ≥ 5x picows", r, f"{r:.1f}x", r >= 5)
+    for rate in (50_000, 150_000):
+        w, p = _p99(sessions, "wschat", 5000, rate), _p99(sessions, "picows", 5000, rate)
+        add(f"C = 5,000 p99 at {_rate(rate)}/s ≤ picows'", w / p, f"{w:.1f} vs {p:.1f} ms", w <= p)
+    for m in memory:
+        if m["server"] == "wschat":
+            kib = m["kib_per_connection"]
+            add("≤ 10 KiB RSS per idle connection", kib, f"{kib:.1f} KiB", kib <= 10)
+    r = _tp(sessions, "wschat redis", 1000, "4x16") / _tp(sessions, "wschat", 1000, "4x16")
+    add("Redis hub ≥ 0.8x the memory hub at C = 1,000", r, f"{r:.2f}x", r >= 0.8)
+    on, off = "wschat compression", "wschat no compression"
+    for size in (100, 1000):
+        r = _browser(sessions, on, size, "rss_kib_per_connection_after") / _browser(
+            sessions, off, size, "rss_kib_per_connection_after"
+        )
+        add(f"compression: RSS after traffic ({size} B) ≤ 1.3x", r, f"{r:.2f}x", r <= 1.3)
+        d = _browser(sessions, on, size, "deliveries_per_s")
+        r = d / _browser(sessions, off, size, "deliveries_per_s")
+        add(f"compression: deliveries/s ({size} B) ≥ 0.7x uncompressed", r, f"{r:.2f}x", r >= 0.7)
+        r = d / _browser(sessions, "websockets deflate", size, "deliveries_per_s")
+        add(f"compression: deliveries/s ({size} B) ≥ 5x websockets deflate", r, f"{r:.1f}x", r >= 5)
+    lost = len(failures(sessions))
+    rows.append(("nothing lost, duplicated or reordered", lost, f"{lost} failed", lost == 0))
+    lines = ["### Targets (ratios from this run)", "", "| target | this run | |", "|---|---:|---|"]
+    lines += [f"| {n} | {shown} | {'met' if met else '**not met**'} |" for n, _, shown, met in rows]
+    return "\n".join(lines)

@@ -295,6 +295,7 @@ def render(
         parts += [report.browser_tables(sessions, labels), ""]
     if memory_results:
         parts += [report.memory_table(memory_results), ""]
+    parts += [report.targets(sessions, memory_results), ""]
     noisy = [
         f"- {s['scenario']} {s['server']} C={s['clients']:,} run {s['run'] + 1}: "
         f"{p['other_cpu_pct']:.0f} % CPU used by other processes"

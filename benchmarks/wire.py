@@ -46,7 +46,7 @@ def chat_payload(username: str, text: str) -> bytes:
     return b'{"username":"%s","message":"%s"}' % (username.encode(), text.encode())
 
 
-_WORDS = tuple(
+_WORDS = (  # noqa: SIM905 (a word list is easier to read as text)
     "the of and to in is you that it he was for on are as with his they at be this have from "
     "or one had by word but not what all were we when your can said there use an each which "
     "she do how their if will up other about out many then them these so some her would make "

@@ -2,22 +2,17 @@
 
 Connect to ws://HOST:PORT/ws?room=NAME; send {"username": "u1", "message": "..."} (with or
 without "type": "message"); every member of the room, sender included, receives
-{"type":"message","room","seq","epoch","username","message","time"}. picows has no
+{"type":"message","room","seq","epoch","username","message","time"} (chat.py). picows has no
 permessage-deflate: it answers a deflate offer with no extension.
 """
 
 import argparse
 import asyncio
-import json
-import secrets
-import urllib.parse
-from datetime import UTC, datetime
 
+from chat import event, room_of
 from picows import WSListener, WSMsgType, ws_create_server
 
 ROOMS: dict[str, set] = {}
-SEQS: dict[str, int] = {}
-EPOCH = secrets.token_hex(6)
 
 
 class Member(WSListener):
@@ -38,30 +33,16 @@ class Member(WSListener):
             return
         if frame.msg_type != WSMsgType.TEXT or not frame.fin:
             return  # the benchmark sends single-frame text messages only
-        obj = json.loads(frame.get_payload_as_utf8_text())
-        user, message = obj.get("username"), obj.get("message")
-        if not isinstance(user, str) or not isinstance(message, str) or len(message) > 4096:
+        out = event(self.room, frame.get_payload_as_bytes())
+        if out is None:
             return
-        room = self.room
-        SEQS[room] = seq = SEQS.get(room, 0) + 1
-        now = datetime.now(UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
-        event = {
-            "type": "message",
-            "room": room,
-            "seq": seq,
-            "epoch": EPOCH,
-            "username": user,
-            "message": message,
-            "time": now,
-        }
-        payload = json.dumps(event, separators=(",", ":")).encode()
+        payload = out.encode()
         for member in self.members:
             member.send(WSMsgType.TEXT, payload)
 
 
 def listener_factory(request):
-    query = urllib.parse.parse_qs(urllib.parse.urlsplit(request.path.decode()).query)
-    return Member(query.get("room", ["lobby"])[0])
+    return Member(room_of(request.path.decode()))
 
 
 async def main(host: str, port: int) -> None:
