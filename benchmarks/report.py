@@ -116,7 +116,8 @@ def fanout_tables(sessions: list[dict[str, Any]], labels: list[str], clients: li
                     if p["rate"] == rate
                 ]
                 if not ps:
-                    if any(s["server"] == label and s["clients"] == c for s in mine):
+                    swept = [s for s in mine if s["server"] == label and s["clients"] == c]
+                    if any(s.get("latency") for s in swept):
                         lines.append(
                             f"| {c:,} | {_rate(rate)} | {label} | saturated below |" + " |" * 8
                         )

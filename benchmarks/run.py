@@ -39,7 +39,7 @@ SCENARIOS = ("fanout", "rooms", "browser", "memory")
 FULL_CLIENTS = (100, 1000, 5000)
 QUICK_CLIENTS = (100, 1000)
 RATES = (10_000, 25_000, 50_000, 100_000, 150_000, 200_000, 400_000)
-QUICK_RATES = (50_000, 150_000)
+QUICK_RATES = (100_000,)
 ROOM_RATES = (500, 1_000, 2_000, 4_000, 8_000, 16_000, 32_000)  # messages in per second
 QUICK_ROOM_RATES = (500, 2_000)
 
@@ -87,7 +87,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     add("--clients", type=int, nargs="+", help="fan-out room sizes (default 100 1000 5000)")
     add("--runs", type=int, help="runs of fanout and browser (default 3; --quick 1)")
-    add("--deliveries", type=int, help="fan-out throughput deliveries (default 2 M; quick 300k)")
+    add("--deliveries", type=int, help="fan-out throughput deliveries (default 2 M; quick 200k)")
     add("--rates", type=float, nargs="*", help="fan-out latency delivery rates /s")
     add("--duration", type=float, default=3.0, help="s per fan-out latency point")
     add("--warmup", type=float, default=0.5, help="s of each latency point not recorded")
@@ -100,7 +100,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--room-duration", type=float, help="rooms: s per rate (default 10; --quick 3)")
     add("--room-refine", type=int, help="rooms: bisection steps after the first miss (2; quick 0)")
     add("--browser-clients", type=int, help="browser: clients (default 1,000; --quick 200)")
-    add("--browser-deliveries", type=int, help="per size (default 500k; --quick 100k)")
+    add("--browser-deliveries", type=int, help="per size (default 500k; --quick 50k)")
     add("--sizes", type=int, nargs="+", default=[100, 1000], help="browser: message sizes")
     add("--memory-connections", type=int, default=10_000)
     add("--procs", type=int, default=2, help="load generator processes")
@@ -109,8 +109,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--timeout", type=float, default=180.0, help="bound on each phase, s")
     add("--python-scanner", action="store_true", help="no C fast path in the load generator")
     add("--lowat", type=int, default=16384, help="SO_RCVLOWAT for throughput (1: off)")
-    add("--interference", type=float, default=25.0, help="repeat a phase above this foreign CPU %%")
-    add("--quiet-wait", type=float, help="s to wait for a quiet machine per phase (60; quick 5)")
+    add(
+        "--interference",
+        type=float,
+        default=25.0,
+        help="repeat a phase (not with --quick) and list it above this foreign CPU %%",
+    )
+    add("--quiet-wait", type=float, help="s to wait for a quiet machine per phase (60; quick 2)")
     add("--output", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     for kind in args.servers:
@@ -119,11 +124,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         except ValueError as exc:
             parser.error(str(exc))
     quick = args.quick
-    args.quiet_wait = args.quiet_wait if args.quiet_wait is not None else (5.0 if quick else 60.0)
+    args.quiet_wait = args.quiet_wait if args.quiet_wait is not None else (2.0 if quick else 60.0)
     args.scenarios = args.scenarios or [s for s in SCENARIOS if not (quick and s == "memory")]
     args.clients = args.clients or list(QUICK_CLIENTS if quick else FULL_CLIENTS)
     args.runs = args.runs or (1 if quick else 3)
-    args.deliveries = args.deliveries or (300_000 if quick else 2_000_000)
+    args.deliveries = args.deliveries or (200_000 if quick else 2_000_000)
     if args.rates is None:
         args.rates = list(QUICK_RATES if quick else RATES)
     if args.no_latency:
@@ -133,7 +138,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.room_duration = args.room_duration or (3.0 if quick else 10.0)
     args.room_refine = (0 if quick else 2) if args.room_refine is None else args.room_refine
     args.browser_clients = args.browser_clients or (200 if quick else 1_000)
-    args.browser_deliveries = args.browser_deliveries or (100_000 if quick else 500_000)
+    args.browser_deliveries = args.browser_deliveries or (50_000 if quick else 500_000)
     return args
 
 
@@ -155,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         procs=args.procs,
         timeout=args.timeout,
         quiet_wait=args.quiet_wait,
-        interference=args.interference,
+        interference=float("inf") if args.quick else args.interference,
         use_native=not args.python_scanner,
         lowat=args.lowat,
         log=log,

@@ -207,7 +207,8 @@ def latency_point(
     point = {
         **{k: v for k, v in result.items() if k not in ("cpu",)},
         "msg_rate": msg_rate,
-        "rate": msg_rate * result["expected"] / max(1, total),  # deliveries/s scheduled
+        # deliveries/s scheduled (whole: run.py's rates are, and rows group by it)
+        "rate": round(msg_rate * result["expected"] / max(1, total)),
         "messages": total,
         "achieved_per_s": result["received"] / elapsed,
         "tail_s": tail,
