@@ -307,7 +307,8 @@ class Client:
                 return -1
             length = int.from_bytes(buf[pos + 2 : pos + 10], "big")
             start = pos + 10
-        if buf[pos + 1] & 0x80:  # servers must not mask (RFC 6455 5.1)
+        masked = buf[pos + 1] & 0x80  # servers must not mask (RFC 6455 5.1)
+        if masked:
             start += 4
         stop = start + length
         if stop > end:
@@ -315,7 +316,9 @@ class Client:
         first = buf[pos]
         opcode = first & 0x0F
         w = self.w
-        if opcode == 1 and first & 0x80:
+        if masked:
+            w.malformed += 1
+        elif opcode == 1 and first & 0x80:
             payload = bytes(buf[start:stop])
             text = self._inflate(payload) if first & 0x40 else payload
             w.compressed += first >> 6 & 1

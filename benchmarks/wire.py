@@ -64,8 +64,10 @@ def _fillers(size: int) -> list[str]:
         pool = []
         for _ in range(1024):
             words: list[str] = []
-            while sum(len(w) + 1 for w in words) < size:
+            length = 0
+            while length < size:
                 words.append(rng.choice(_WORDS))
+                length += len(words[-1]) + 1
             pool.append(" ".join(words))
         _FILLERS[size] = pool
     return _FILLERS[size]
