@@ -44,7 +44,11 @@ SO_RCVLOWAT = getattr(socket, "SO_RCVLOWAT", 18)
 _TIMESPEC = struct.Struct("@qq")
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 _TAIL = b"\x00\x00\xff\xff"
-MIN_FRAME = 32  # no message event is shorter: bytes still due >= frames still due x this
+# No message event of an n-character text is shorter than n + EVENT_OVERHEAD bytes
+# (the JSON keys alone take more), and none compressed is shorter than MIN_COMPRESSED:
+# bytes still due >= frames still due x min_frame, what SO_RCVLOWAT may wait for.
+EVENT_OVERHEAD = 60
+MIN_COMPRESSED = 16
 
 # what a receiver does with each text frame
 JOIN, COUNT, LATENCY, IDLE = range(4)
@@ -77,6 +81,7 @@ class Client:
         self.check = SeqCheck()
         self.last_seq = 0  # the room's highest seq this client saw
         self.lowat = 1
+        self.min_frame = MIN_COMPRESSED
         self.reset()
 
     def reset(self) -> None:
@@ -287,7 +292,7 @@ class Client:
             if not self.done and check.unique >= check.expected:
                 self.done = True
                 w.client_done()
-            elif self.lowat > 1 and (check.expected - check.unique) * MIN_FRAME < self.lowat:
+            elif self.lowat > 1 and (check.expected - check.unique) * self.min_frame < self.lowat:
                 self.set_lowat(1)  # the rest may be less than the mark: read it as it comes
 
     def _frame(self, buf: bytearray, pos: int, end: int, stamp: int, now: int) -> int:

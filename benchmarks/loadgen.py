@@ -49,7 +49,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 import native
-from loadclient import COUNT, IDLE, JOIN, LATENCY, MIN_FRAME, Client
+from loadclient import COUNT, EVENT_OVERHEAD, IDLE, JOIN, LATENCY, MIN_COMPRESSED, Client
 from wire import MESSAGE_SIZE, bench_text, mask_frame
 
 ROOM = "bench"
@@ -183,12 +183,12 @@ class Worker:
             if client.closed or client.check.expected == 0:
                 client.done = True
                 self.done += 1
-            elif (
-                mode == COUNT
-                and not client.sender
-                and client.check.expected * MIN_FRAME > (self.lowat)
-            ):
-                client.set_lowat(self.lowat)
+            elif mode == COUNT and not client.sender:
+                client.min_frame = (
+                    MIN_COMPRESSED if client.deflate is not None else self.size + EVENT_OVERHEAD
+                )
+                if client.check.expected * client.min_frame > self.lowat:
+                    client.set_lowat(self.lowat)
         if self.done >= len(self.clients):
             self.finished.set()
 
