@@ -92,10 +92,17 @@ class Meter:
         snapshot.update(servers.system_cpu())
         return snapshot
 
-    def figures(self, before: dict[Any, float], after: dict[Any, float], seconds: float) -> dict:
+    def figures(
+        self,
+        before: dict[Any, float],
+        after: dict[Any, float],
+        seconds: float,
+        gen_cpu: float | None = None,
+    ) -> dict[str, Any]:
+        """CPU figures over ``seconds``; ``gen_cpu``: the workers' own count for the phase."""
         span = max(1e-9, seconds)
         server = after[self.server_pid] - before[self.server_pid]
-        gen = sum(after[p] - before[p] for p in self.gen.pids)
+        gen = sum(after[p] - before[p] for p in self.gen.pids) if gen_cpu is None else gen_cpu
         ours = sum(after[p] - before[p] for p in self.ours)
         other = (after["busy"] - before["busy"]) - ours
         figures = {
@@ -149,7 +156,8 @@ def throughput(
     after = meter.snapshot()
     seconds = max(1e-9, (result["last_receipt"] - result["first_send"]) / 1e9)
     span = (time.time_ns() - start_at) / 1e9 + 0.2
-    figures = meter.figures(before, after, seconds)
+    # the workers count their own CPU from the first send: setting a phase up is not in it
+    figures = meter.figures(before, after, seconds, result["cpu"])
     # other processes over the whole span, not only the delivery window
     figures["other_cpu_pct"] = meter.figures(before, after, span)["other_cpu_pct"]
     received = result["received"]
@@ -212,7 +220,7 @@ def latency_point(
         "messages": total,
         "achieved_per_s": result["received"] / elapsed,
         "tail_s": tail,
-        **meter.figures(before, after, elapsed),
+        **meter.figures(before, after, elapsed, result["cpu"]),
         **percentiles(samples),
         # the same deliveries timed when the load generator read them (its own delay included)
         "observed": percentiles(observed),
