@@ -37,7 +37,7 @@ from wire import (
 )
 
 if TYPE_CHECKING:
-    from loadgen import Worker
+    from worker import Worker
 
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux; stamps are CLOCK_REALTIME
 SO_RCVLOWAT = getattr(socket, "SO_RCVLOWAT", 18)
