@@ -19,6 +19,7 @@ out-of-order delivery, or an unexpected or malformed frame, is marked failed.
 from __future__ import annotations
 
 import array
+import dataclasses
 import os
 import time
 from collections.abc import Callable
@@ -240,7 +241,7 @@ class Session:
         self.redis = servers.start_redis(bench.loadgen_cpu, log_dir()) if config.redis else None
         options = config.options
         if self.redis is not None:
-            options = servers.Options(options.compression, self.redis.url, options.rate)
+            options = dataclasses.replace(options, hub_url=self.redis.url)
         self.gen: LoadGen | None = None
         try:
             self.server = servers.start(config.kind, bench.server_cpu, log_dir(), options=options)

@@ -129,11 +129,13 @@ class Options:
             websockets: its default ``compression="deflate"``; picows has none).
         hub_url: wschat's ``--hub`` (None: the memory hub).
         rate: wschat's ``--rate``/``--burst`` (0: no limit, the limiter skipped).
+        extra: More ``wschat serve`` flags (experiments; not for the peers).
     """
 
     compression: bool = False
     hub_url: str | None = None
     rate: float = 0.0
+    extra: tuple[str, ...] = ()  # more wschat flags, for experiments
 
 
 @functools.cache
@@ -187,6 +189,7 @@ def command(
     argv += compression_flags(src, options.compression)
     if options.hub_url:
         argv += ["--hub", options.hub_url]
+    argv += options.extra
     # one log line per connection is not what is measured here
     return [*argv, "--max-connections", "12000", "--log-level", "warning"], src
 
