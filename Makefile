@@ -34,7 +34,9 @@ $(BENCH_STAMP): $(STAMP)
 	$(BIN)/python -m pip install -q -e '.[dev,bench]'
 	touch $(BENCH_STAMP)
 
+# selfcheck first: the load generator must count a misdelivering server's faults exactly
 bench: $(BENCH_STAMP)
+	$(BIN)/python benchmarks/selfcheck.py
 	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
 
 conformance: $(STAMP)
