@@ -22,6 +22,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import random
 import time
 from collections.abc import Callable
 
@@ -152,6 +153,9 @@ class ConnectionPump:
             close_timeout=config.close_timeout,
             client_key=upgrade.client_key,
         )
+        # Pings spread over the interval: clients that connected together (after
+        # a restart) are not all pinged in one tick.
+        peer.last_ping -= random.random() * config.ping_interval
         if peer.session is not None and upgrade.admission is not None:
             peer.app_session = self.app.open_session(peer.session, upgrade.admission, time.time())
         del request  # its headers are not needed for the connection's life
