@@ -41,11 +41,21 @@ from wschat.client.events import (
     Reconnected,
     Typing,
 )
-from wschat.client.session import ClientSession, JoinResult, SayResult
+from wschat.client.outgoing import SayResult
+from wschat.client.session import ClientSession, JoinResult
 from wschat.client.wire import Unknown, decode_server_event
 
 ROOT = Path(__file__).resolve().parent.parent
-PURE_CLIENT_MODULES = ("events.py", "wire.py", "session.py", "backoff.py", "errors.py")
+PURE_CLIENT_MODULES = (
+    "events.py",
+    "wire.py",
+    "session.py",
+    "outgoing.py",
+    "backoff.py",
+    "errors.py",
+    "url.py",
+    "render.py",
+)
 TIME = "2026-11-26T16:00:00.123Z"
 E1 = "epoch1"
 

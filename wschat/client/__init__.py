@@ -21,7 +21,7 @@ across connections is :class:`~wschat.client.session.ClientSession`.
 """
 
 from .backoff import Backoff
-from .client import ChatClient, TokenSource, connect
+from .client import ChatClient, connect
 from .errors import (
     ClientError,
     ConnectError,
@@ -45,6 +45,7 @@ from .events import (
     Reconnected,
     Typing,
 )
+from .supervisor import TokenSource
 
 __all__ = [
     "Ack",

@@ -3,13 +3,13 @@
 Theory of operation
 -------------------
 A :class:`ChatClient` owns one task group for its whole life, entered with
-``async with``. In it one supervisor task opens connections one after the
-other (:mod:`.link`: TCP, TLS, handshake, then reader, writer and keepalive)
-and feeds what they read to the sans-IO :class:`~.session.ClientSession`,
-which keeps the rooms, positions and unsettled messages across connections.
-The session's events go to the :class:`~.inbox.Inbox` the user iterates;
-its results wake the callers of :meth:`~ChatClient.say` and
-:meth:`~ChatClient.join`.
+``async with``. In it one :class:`~.supervisor.Supervisor` task opens
+connections one after the other (:mod:`.link`: TCP, TLS, handshake, then a
+reader, a writer and a keepalive task) and feeds what they read to the
+sans-IO :class:`~.session.ClientSession`, which keeps the rooms, positions
+and unsettled messages across connections. The session's events go to the
+:class:`~.inbox.Inbox` the user iterates; its results wake the callers of
+:meth:`~ChatClient.say` and :meth:`~ChatClient.join`.
 
 When a connection ends, the supervisor waits (full-jitter backoff) and opens
 the next one; the session re-joins every room with ``since`` and what was
@@ -21,39 +21,24 @@ There is no global state: everything belongs to one client.
 
 from __future__ import annotations
 
-import logging
 import random as random_module
 import secrets
 import ssl as ssl_module
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
 
 import anyio
 from anyio.abc import TaskGroup
 
 from ..chat import Position
-from ..protocol import TextReceived
-from ..protocol.events import Event as ProtocolEvent
-from .backoff import Backoff, reconnect_after_close, reconnect_after_status, retry_after
-from .errors import (
-    ClientError,
-    ConnectError,
-    ConnectionClosedError,
-    HandshakeRejectedError,
-    JoinError,
-    SayError,
-)
-from .events import Disconnected, Event, Reconnected
-from .inbox import Inbox
-from .link import Link, LinkSettings, open_link
-from .session import ClientSession, JoinResult, SayResult
+from .backoff import Backoff
+from .errors import ConnectError, ConnectionClosedError, JoinError, SayError
+from .events import Event
+from .link import LinkSettings
+from .outgoing import SayResult
+from .session import ClientSession, JoinResult
+from .supervisor import Supervisor, TokenSource, Waiter
 from .url import parse_server_url
-
-logger = logging.getLogger("wschat.client")
-
-TokenSource = str | Callable[[], Awaitable[str]]
-"""A token, or an async function returning a fresh one for each connection."""
 
 # The server pings every 20 s too; proxies drop sockets idle for ~60 s.
 DEFAULT_PING_INTERVAL = 20.0
@@ -166,18 +151,6 @@ def connect(
     )
 
 
-@dataclass(slots=True)
-class _Waiter:
-    """One caller waiting for a join or send result."""
-
-    done: anyio.Event = field(default_factory=anyio.Event)
-    result: JoinResult | SayResult | None = None
-
-    def set(self, result: JoinResult | SayResult) -> None:
-        self.result = result
-        self.done.set()
-
-
 class ChatClient:
     """A connection to a wschat server that outlives restarts; made by :func:`connect`.
 
@@ -203,18 +176,9 @@ class ChatClient:
         self._reconnect = reconnect
         self._max_queue = max_queue
         self._random = random
-        self._link: Link | None = None
-        self._join_waiters: dict[str, _Waiter] = {}
-        self._say_waiters: dict[str, _Waiter] = {}
-        self._closing = False
-        self._error: ClientError | None = None
-        """Why the client stopped, when its user did not close it."""
         # Made on entering: anyio objects need the running event loop.
         self._group: TaskGroup | None = None
-        self._tasks: anyio.CancelScope
-        self._inbox: Inbox
-        self._connected_once: anyio.Event
-        self._stopped: anyio.Event
+        self._core: Supervisor | None = None
 
     # -- public state --------------------------------------------------------------
 
@@ -247,27 +211,31 @@ class ChatClient:
     async def __aenter__(self) -> ChatClient:
         if self._group is not None:
             raise RuntimeError("a ChatClient can be entered once")
-        self._inbox = Inbox(self._max_queue)
-        self._tasks = anyio.CancelScope()
-        self._connected_once = anyio.Event()
-        self._stopped = anyio.Event()
-        for room in self._session.rooms:
-            self._join_waiters[room] = _Waiter()
+        core = self._core = Supervisor(
+            self._settings,
+            self._session,
+            self._token,
+            self._reconnect,
+            self._random,
+            self._max_queue,
+        )
+        joins = {room: Waiter() for room in self._session.rooms}
+        core.waiters.joins.update(joins)
         group = self._group = anyio.create_task_group()
         await group.__aenter__()
         try:
-            group.start_soon(self._supervise)
-            await self._connected_once.wait()  # open_link() is bounded by the open timeout
-            if self._error is not None:
-                raise self._error
+            group.start_soon(core.run)
+            await core.connected_once.wait()  # open_link() is bounded by the open timeout
+            if core.error is not None:
+                raise core.error
             with anyio.move_on_after(self._settings.open_timeout) as waiting:
-                for room, waiter in list(self._join_waiters.items()):
+                for room, waiter in joins.items():
                     await self._await_join(room, waiter)
             if waiting.cancelled_caught:
                 timeout = self._settings.open_timeout
                 raise ConnectError(self.url, f"the joins got no answer within {timeout:g} s")
         except BaseException as exc:
-            self._stop_now()
+            core.stop()
             await self._exit_group(exc)
             raise
         return self
@@ -277,10 +245,9 @@ class ChatClient:
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         traceback: TracebackType | None,
-    ) -> bool | None:
+    ) -> None:
         await self.aclose()
         await self._exit_group(exc)
-        return None
 
     async def _exit_group(self, exc: BaseException | None) -> None:
         """Leave the task group once its tasks are stopped.
@@ -290,8 +257,7 @@ class ChatClient:
         an ExceptionGroup, and the user's own exception must come out unchanged.
         """
         assert self._group is not None
-        cancelled = isinstance(exc, anyio.get_cancelled_exc_class())
-        if cancelled and exc is not None:
+        if isinstance(exc, anyio.get_cancelled_exc_class()):
             await self._group.__aexit__(type(exc), exc, exc.__traceback__)
         else:
             await self._group.__aexit__(None, None, None)
@@ -301,21 +267,17 @@ class ChatClient:
 
         Waits up to the close timeout for the server's half of the close.
         """
-        self._closing = True
-        link = self._link
+        core = self._core
+        if core is None:
+            return
+        core.closing = True
+        link = core.link
         with anyio.CancelScope(shield=True):
             if link is not None and link.closed is None:
                 link.close(1000)
                 with anyio.move_on_after(self._settings.close_timeout):
-                    await self._stopped.wait()
-        self._stop_now()
-
-    def _stop_now(self) -> None:
-        # Only the client's own tasks: the user's code in ``async with`` goes on.
-        self._closing = True
-        if self._group is not None:
-            self._tasks.cancel()
-            self._finish(None)
+                    await core.stopped.wait()
+        core.stop()  # only the client's own tasks: the user's code goes on
 
     # -- commands ------------------------------------------------------------------
 
@@ -335,10 +297,11 @@ class ChatClient:
                 ``bad_message``, ``not_joined``, ``unavailable``, ...).
             ConnectionClosedError: The client stopped before it was settled.
         """
-        self._check_usable()
+        core = self._usable()
         message_id = self._session.say(room or self._default_room, text)
-        waiter = self._say_waiters[message_id] = _Waiter()
-        self._flush()
+        says = core.waiters.says
+        waiter = says[message_id] = Waiter()
+        core.flush()
         try:
             while True:
                 result = await self._wait(waiter)
@@ -346,11 +309,11 @@ class ChatClient:
                 if not result.retry:
                     break
                 await anyio.sleep(UNAVAILABLE_RETRY_DELAY)
-                waiter = self._say_waiters[message_id] = _Waiter()
+                waiter = says[message_id] = Waiter()
                 self._session.resend(message_id)
-                self._flush()
+                core.flush()
         finally:
-            self._say_waiters.pop(message_id, None)
+            says.pop(message_id, None)
             self._session.forget(message_id)
         if result.error is not None:
             raise SayError(result.error.code, result.error.reason, message_id)
@@ -367,19 +330,20 @@ class ChatClient:
             ValueError: Not a valid room name.
             JoinError: The server refused (``forbidden``, ``too_many_rooms``, ...).
         """
-        self._check_usable()
-        waiter = self._join_waiters.get(room)
+        core = self._usable()
+        waiter = core.waiters.joins.get(room)
         if self._session.join(room):
-            waiter = self._join_waiters[room] = _Waiter()
-            self._flush()
+            waiter = core.waiters.joins[room] = Waiter()
+            core.flush()
         if waiter is not None:
             await self._await_join(room, waiter)
 
     def leave(self, room: str) -> None:
         """Leave ``room``: its events stop; its unsettled messages fail with ``not_joined``."""
+        core = self._usable()
         self._session.leave(room)
-        self._dispatch_results()
-        self._flush()
+        core.dispatch()
+        core.flush()
 
     def typing(self, room: str | None = None) -> None:
         """Tell ``room`` (default: the first room) that this user is typing.
@@ -387,8 +351,9 @@ class ChatClient:
         Sent at most every few seconds per room however often it is called,
         and only while connected: call it on every keystroke.
         """
+        core = self._usable()
         if self._session.typing(room or self._default_room, anyio.current_time()):
-            self._flush()
+            core.flush()
 
     # -- iteration -----------------------------------------------------------------
 
@@ -404,164 +369,42 @@ class ChatClient:
                 and could not be reopened (:class:`~.errors.ConnectionClosedError`,
                 :class:`~.errors.HandshakeRejectedError`, ...).
         """
-        if self._group is None:
-            raise RuntimeError("use the client in 'async with wschat.client.connect(...)'")
+        core = self._entered()
         try:
-            return await self._inbox.get()
+            return await core.inbox.get()
         except anyio.EndOfStream:
-            if self._error is not None:
-                raise self._error from None
+            if core.error is not None:
+                raise core.error from None
             raise StopAsyncIteration from None
 
     # -- waiting -------------------------------------------------------------------
 
-    def _check_usable(self) -> None:
-        if self._group is None:
+    def _entered(self) -> Supervisor:
+        if self._core is None:
             raise RuntimeError("use the client in 'async with wschat.client.connect(...)'")
-        if self._error is not None:
-            raise self._error
-        if self._closing:
-            raise ConnectionClosedError(1000, "the client was closed")
+        return self._core
 
-    async def _wait(self, waiter: _Waiter) -> JoinResult | SayResult:
+    def _usable(self) -> Supervisor:
+        core = self._entered()
+        if core.error is not None:
+            raise core.error
+        if core.closing:
+            raise ConnectionClosedError(1000, "the client was closed")
+        return core
+
+    async def _wait(self, waiter: Waiter) -> JoinResult | SayResult:
         await waiter.done.wait()
-        if waiter.result is None:  # woken by _finish()
-            self._check_usable()
+        if waiter.result is None:  # woken because the client stopped
+            self._usable()
         assert waiter.result is not None
         return waiter.result
 
-    async def _await_join(self, room: str, waiter: _Waiter) -> None:
+    async def _await_join(self, room: str, waiter: Waiter) -> None:
+        joins = self._entered().waiters.joins
         try:
             result = await self._wait(waiter)
         finally:
-            if self._join_waiters.get(room) is waiter:
-                del self._join_waiters[room]
+            if joins.get(room) is waiter:
+                del joins[room]
         if result.error is not None:
             raise JoinError(room, result.error.code, result.error.reason)
-
-    def _dispatch_results(self) -> None:
-        for result in self._session.results():
-            if isinstance(result, JoinResult):
-                waiter = self._join_waiters.get(result.room)
-            else:
-                waiter = self._say_waiters.get(result.id)
-            if waiter is not None:
-                waiter.set(result)
-
-    def _finish(self, error: ClientError | None) -> None:
-        """The client stops: end the iterator (with ``error``), wake every waiter."""
-        if self._stopped.is_set():
-            return
-        self._error = error
-        self._closing = True
-        self._stopped.set()
-        self._connected_once.set()
-        self._inbox.close()
-        for waiter in (*self._join_waiters.values(), *self._say_waiters.values()):
-            waiter.done.set()
-
-    # -- the connection loop -------------------------------------------------------
-
-    async def _supervise(self) -> None:
-        try:
-            with self._tasks:
-                await self._connect_forever()
-        except ClientError as exc:
-            self._finish(exc)
-        except Exception as exc:
-            logger.exception("! the client failed")
-            self._finish(ClientError(f"the client failed: {exc!r}"))
-        finally:
-            self._finish(None)
-
-    async def _connect_forever(self) -> None:
-        attempts = 0  # failed in a row, or closed before recovering
-        previous: tuple[int, str] | None = None  # how the last connection ended
-        while not self._stopping():
-            try:
-                token = await self._fresh_token()
-                link = await open_link(self._settings, self._session.url_room, token)
-            except ClientError as exc:
-                attempts += 1
-                delay = self._retry_delay(exc, attempts, first=previous is None)
-                if delay is None:
-                    raise
-                logger.info("! %s; retrying in %.1fs", exc, delay)
-                await anyio.sleep(delay)
-                continue
-            reconnected = Reconnected(attempts, *previous) if previous is not None else None
-            code, reason, recovered = await self._serve(link, reconnected)
-            if self._stopping():
-                return
-            logger.info("x connection closed: %d %s", code, reason)
-            previous = (code, reason)
-            attempts = 1 if recovered else attempts + 1
-            backoff = self._reconnect
-            if (
-                backoff is None
-                or not reconnect_after_close(code, callable(self._token))
-                or backoff.gives_up(attempts)
-            ):
-                raise ConnectionClosedError(code, reason)
-            delay = backoff.delay(attempts, self._random)
-            self._inbox.put([Disconnected(code, reason, delay)])
-            await anyio.sleep(delay)
-
-    def _stopping(self) -> bool:
-        return self._closing
-
-    async def _fresh_token(self) -> str | None:
-        return await self._token() if callable(self._token) else self._token
-
-    def _retry_delay(self, error: ClientError, attempt: int, first: bool) -> float | None:
-        """Seconds before the next attempt after ``error``, or None to give up."""
-        backoff = self._reconnect
-        if first or backoff is None or backoff.gives_up(attempt):
-            return None  # the first connection fails loudly: a wrong URL shows at once
-        delay = backoff.delay(attempt, self._random)
-        if isinstance(error, HandshakeRejectedError):
-            if not reconnect_after_status(error.status):
-                return None
-            wanted = retry_after(error.headers)
-            if wanted is not None:
-                delay = max(delay, min(wanted, backoff.maximum))
-        return delay
-
-    async def _serve(self, link: Link, reconnected: Reconnected | None) -> tuple[int, str, bool]:
-        """Run one connection: (close code, reason, whether every room recovered on it)."""
-        self._link = link
-        self._session.connection_made(link.url_room, reconnected)
-        self._flush()
-        self._connected_once.set()
-        recovered = False
-
-        async def handle(link: Link, events: list[ProtocolEvent]) -> None:
-            nonlocal recovered
-            session = self._session
-            for event in events:
-                if isinstance(event, TextReceived):
-                    session.receive_text(event.text)
-            self._dispatch_results()
-            self._inbox.put(session.events_received())
-            if session.rejoin_failed is not None and link.closed is None:
-                # Recovery needs a room this connection could not re-join: start over.
-                link.end(1013, session.rejoin_failed)
-                link.close(1000, "reconnecting")
-            recovered = recovered or session.recovered
-            self._flush()
-            await self._inbox.wait_for_room()
-
-        try:
-            code, reason = await link.run(handle)
-        finally:
-            self._link = None
-            self._session.connection_lost()
-        return code, reason, recovered
-
-    def _flush(self) -> None:
-        """Hand the session's texts to the connection, if there is one."""
-        texts = self._session.texts_to_send()
-        link = self._link
-        if link is not None:
-            for text in texts:
-                link.send_text(text)

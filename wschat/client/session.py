@@ -30,7 +30,6 @@ only if recovery did not show it published.
 
 from __future__ import annotations
 
-import enum
 import itertools
 from collections import deque
 from collections.abc import Iterable
@@ -48,6 +47,7 @@ from .events import (
     Message,
     Reconnected,
 )
+from .outgoing import Outgoing, SayResult
 from .wire import (
     HistoryReply,
     Unknown,
@@ -92,39 +92,7 @@ class JoinResult:
     error: Error | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class SayResult:
-    """A message was settled (or must be retried).
-
-    Attributes:
-        id: The message id.
-        position: Where it was published, when it was.
-        error: Why it was not, when it was not.
-        retry: True when the server answered ``unavailable`` the first time:
-            the caller may wait a little and call :meth:`ClientSession.resend`.
-    """
-
-    id: str
-    position: Position | None = None
-    error: Error | None = None
-    retry: bool = False
-
-
 Result = JoinResult | SayResult
-
-
-class _SayState(enum.Enum):
-    QUEUED = "queued"  # to send when its room is live on a connection
-    SENT = "sent"  # on the current connection, unanswered
-    WAITING = "waiting"  # refused with ``unavailable``: the caller decides when to resend
-
-
-@dataclass(slots=True)
-class _PendingSay:
-    room: str
-    text: str
-    state: _SayState = _SayState.QUEUED
-    retried: bool = False
 
 
 @dataclass(slots=True)
@@ -163,7 +131,7 @@ class ClientSession:
         self._rooms: dict[str, _Room] = {room: _Room() for room in wanted}
         self._id_prefix = id_prefix
         self._ids = itertools.count(1)
-        self._pending: dict[str, _PendingSay] = {}
+        self._outgoing = Outgoing()
         self._connected = False
         self._awaiting_joins: deque[str] = deque()
         self._typing_sent: dict[str, float] = {}
@@ -205,7 +173,7 @@ class ClientSession:
 
     def pending(self) -> int:
         """Messages sent or queued and not settled yet."""
-        return len(self._pending)
+        return len(self._outgoing)
 
     # -- connection lifecycle ------------------------------------------------------
 
@@ -234,9 +202,7 @@ class ClientSession:
         for state in self._rooms.values():
             state.live = False
             state.buffer.clear()  # recovered from history on the next connection
-        for pending in self._pending.values():
-            if pending.state is _SayState.SENT:
-                pending.state = _SayState.QUEUED
+        self._outgoing.connection_lost()
 
     # -- commands ------------------------------------------------------------------
 
@@ -285,20 +251,19 @@ class ClientSession:
             raise SayError("not_joined", f"join {room!r} before sending to it")
         if message_id is None:
             message_id = f"{self._id_prefix}.{next(self._ids)}"
-        self._pending[message_id] = _PendingSay(room, text)
+        self._outgoing.add(message_id, room, text)
         self._send_queued(room)
         return message_id
 
     def resend(self, message_id: str) -> None:
         """Send a message that was refused with ``unavailable`` again, with the same id."""
-        pending = self._pending.get(message_id)
-        if pending is not None and pending.state is _SayState.WAITING:
-            pending.state = _SayState.QUEUED
-            self._send_queued(pending.room)
+        room = self._outgoing.resend(message_id)
+        if room is not None:
+            self._send_queued(room)
 
     def forget(self, message_id: str) -> None:
         """Stop tracking a message (its sender gave up waiting); it is not sent again."""
-        self._pending.pop(message_id, None)
+        self._outgoing.pop(message_id)
 
     def typing(self, room: str, now: float) -> bool:
         """Tell ``room`` this user is typing, at most every :data:`TYPING_INTERVAL` seconds.
@@ -374,12 +339,12 @@ class ClientSession:
         if last is None or message.position.epoch != last.epoch or message.position.seq > last.seq:
             state.position = message.position
             self._events.append(message)
-        if message.mine and message.id is not None:
-            pending = self._pending.get(message.id)
-            # Only a message sent on a lost connection is settled by its copy: its
-            # ack was lost with it. On the current connection the ack will come.
-            if pending is not None and pending.room == room and pending.state is _SayState.QUEUED:
-                self._settle(message.id, message.position)
+        if (
+            message.mine
+            and message.id is not None
+            and self._outgoing.was_sent_before(message.id, room)
+        ):
+            self._settle(message.id, message.position)
 
     def _recover(self, room: str, state: _Room, message: Message) -> None:
         state.live = False
@@ -415,12 +380,10 @@ class ClientSession:
 
     def _on_error(self, error: Error) -> None:
         if error.id is not None:
-            pending = self._pending.get(error.id)
+            pending = self._outgoing.get(error.id)
             if pending is None:
                 self._events.append(error)
-            elif error.code == "unavailable" and not pending.retried:
-                pending.retried = True
-                pending.state = _SayState.WAITING
+            elif error.code == "unavailable" and self._outgoing.refused_unavailable(error.id):
                 self._results.append(SayResult(error.id, retry=True))
             else:
                 self._fail(error.id, Error(error.code, error.reason, error.id, pending.room))
@@ -448,9 +411,8 @@ class ClientSession:
         state = self._rooms.pop(room)
         if not state.live:
             self._results.append(JoinResult(room, join_error))
-        for message_id, pending in list(self._pending.items()):
-            if pending.room == room:
-                self._fail(message_id, Error("not_joined", f"not in {room!r}", message_id, room))
+        for message_id in self._outgoing.in_room(room):
+            self._fail(message_id, Error("not_joined", f"not in {room!r}", message_id, room))
         self._typing_sent.pop(room, None)
 
     def _send_join(self, room: str, state: _Room) -> None:
@@ -462,13 +424,11 @@ class ClientSession:
         state = self._rooms.get(room)
         if not self._connected or state is None or not state.live:
             return
-        for message_id, pending in self._pending.items():
-            if pending.room == room and pending.state is _SayState.QUEUED:
-                pending.state = _SayState.SENT
-                self._out.append(message_command(room, pending.text, message_id))
+        for message_id, text in self._outgoing.take_queued(room):
+            self._out.append(message_command(room, text, message_id))
 
     def _settle(self, message_id: str, position: Position) -> bool:
-        pending = self._pending.pop(message_id, None)
+        pending = self._outgoing.pop(message_id)
         if pending is None:
             return False
         self._events.append(Ack(pending.room, message_id, position))
@@ -476,6 +436,6 @@ class ClientSession:
         return True
 
     def _fail(self, message_id: str, error: Error) -> None:
-        self._pending.pop(message_id, None)
+        self._outgoing.pop(message_id)
         self._events.append(error)
         self._results.append(SayResult(message_id, error=error))
