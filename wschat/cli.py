@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 import anyio
 
+from .client import commands as client_commands
 from .hub import BackendUnavailable
 from .server import Server, ServerConfig
 
@@ -119,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["debug", "info", "warning", "error"],
         help="logging level [env WSCHAT_LOG_LEVEL]",
     )
+    client_commands.add_commands(commands)  # wschat chat, wschat say
     return parser
 
 
@@ -173,6 +175,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``wschat`` command."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command in client_commands.COMMANDS:
+        return client_commands.run_command(args)
     config = config_from_args(args)
     if config.workers < 1:
         parser.error("--workers must be at least 1")
