@@ -66,11 +66,16 @@ def url(server: Server | int, scheme: str = "ws") -> str:
     return f"{scheme}://127.0.0.1:{port}/ws"
 
 
-async def next_event(chat: ChatClient, kind: type[E], timeout: float = 5.0) -> E:
-    """The next event of type ``kind``, skipping others."""
+async def next_event(
+    chat: ChatClient,
+    kind: type[E],
+    timeout: float = 5.0,
+    where: Callable[[E], bool] = lambda _: True,
+) -> E:
+    """The next event of type ``kind`` (for which ``where`` is true), skipping others."""
     with anyio.fail_after(timeout):
         async for event in chat:
-            if isinstance(event, kind):
+            if isinstance(event, kind) and where(event):
                 return event
     raise AssertionError(f"the client ended before a {kind.__name__}")
 

@@ -24,7 +24,6 @@ import wschat.client
 from wschat.chat import Position
 from wschat.cli import main
 from wschat.client import (
-    Backoff,
     Disconnected,
     Error,
     Gap,
@@ -36,9 +35,9 @@ from wschat.client import (
 from wschat.client.render import render
 
 from .helpers import ROOT, free_port, server_process
+from .test_client import FAST, next_event
 
 TZ_PLUS_2 = timezone(timedelta(hours=2))
-FAST = Backoff(initial=0.05, maximum=0.3)
 
 
 def message(text: str, **fields: object) -> Message:
@@ -212,7 +211,7 @@ async def test_chat_in_a_terminal(anyio_backend: str) -> None:
         servers.enter_context(server_process(port=port))
         async with wschat.client.connect(url, username="alice", reconnect=FAST) as alice:
             await alice.say("earlier")
-            earlier = await next_message(alice, "earlier")
+            earlier = await next_event(alice, Message)
             async with await anyio.open_process(
                 [sys.executable, "-m", "wschat", "chat", url, "--room", "lobby", "--name", "bob"],
                 env={**os.environ, "TZ": "UTC"},
@@ -236,7 +235,8 @@ async def _talk(
     await alice.say("hi bob")
     await out.until(r"\d\d:\d\d:\d\d #lobby <alice> hi bob")
     await bob.stdin.send(b"hello alice\n")
-    assert (await next_message(alice, "hello alice")).username == "bob"
+    said = await next_event(alice, Message, where=lambda m: m.text == "hello alice")
+    assert said.username == "bob" and not said.mine
     await out.until(r"\d\d:\d\d:\d\d #lobby <bob> hello alice")  # its own, as published
     async with wschat.client.connect(f"ws://127.0.0.1:{port}/ws", username="carol"):
         await out.until(r"\* #lobby: carol joined")
@@ -249,22 +249,6 @@ async def _talk(
     await anyio.to_thread.run_sync(servers.enter_context, server_process(port=port))
     await out.until(r"\* reconnected")
     await out.until(r"\* #lobby: some messages were missed.*")
-    await next_of(alice, Reconnected)
+    await next_event(alice, Reconnected)
     await alice.say("after the restart")
     await out.until(r"\d\d:\d\d:\d\d #lobby <alice> after the restart")
-
-
-async def next_message(chat: wschat.client.ChatClient, text: str) -> Message:
-    with anyio.fail_after(10):
-        async for event in chat:
-            if isinstance(event, Message) and event.text == text:
-                return event
-    raise AssertionError("the client ended")
-
-
-async def next_of(chat: wschat.client.ChatClient, kind: type[object]) -> None:
-    with anyio.fail_after(10):
-        async for event in chat:
-            if isinstance(event, kind):
-                return
-    raise AssertionError("the client ended")

@@ -21,13 +21,15 @@ import anyio
 import pytest
 
 import wschat.client
-from wschat.client import Backoff, Disconnected, Gap, Message, Reconnected
+from wschat.chat import Position
+from wschat.client import Disconnected, Gap, History, Message, Reconnected, SayError
+from wschat.server import Server
 
-from .helpers import ROOT, RedisProcess, free_port, server_process
+from .helpers import ROOT, RedisProcess, free_port, running_server, server_process, ws_url
+from .test_client import FAST, anyio_backend  # noqa: F401 (the fixture: three event loops)
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
 
-FAST = Backoff(initial=0.05, maximum=0.3)
 ECHO_BOT = ROOT / "examples" / "echo_bot.py"
 
 
@@ -72,19 +74,8 @@ def cluster() -> Iterator[tuple[Node, Node]]:
             b.stop()
 
 
-@pytest.fixture(
-    params=[
-        pytest.param("asyncio", id="asyncio"),
-        pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop"),
-        pytest.param("trio", id="trio"),
-    ]
-)
-def anyio_backend(request: pytest.FixtureRequest) -> Any:
-    return request.param
-
-
 async def test_a_restart_mid_stream_delivers_every_message_once_and_in_order(
-    cluster: tuple[Node, Node], anyio_backend: Any
+    cluster: tuple[Node, Node],
 ) -> None:
     a, b = cluster
     room = f"restart-{free_port()}"  # a fresh room for each run
@@ -130,7 +121,7 @@ async def test_a_restart_mid_stream_delivers_every_message_once_and_in_order(
 
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
 async def test_the_readme_echo_bot_survives_a_restart(
-    cluster: tuple[Node, Node], anyio_backend: Any
+    cluster: tuple[Node, Node],
 ) -> None:
     a, b = cluster
     with tempfile.TemporaryFile() as log:
@@ -182,3 +173,38 @@ async def _chat_with_the_bot(a: Node, b: Node) -> None:
         while echoes[-1] != "echo: last":
             assert await echo() is not None, f"no more echoes after {echoes}"
     assert echoes == ["echo: one", "echo: two", "echo: three", "echo: four", "echo: last"]
+
+
+def _messages_in(server: Server) -> float:
+    value: float = server.metrics.messages_in._value.get()
+    return value
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # redis-py's asyncio client
+async def test_unavailable_is_retried_once_with_the_same_id() -> None:
+    with RedisProcess() as redis:
+        async with (
+            running_server(hub_url=redis.url) as server,
+            wschat.client.connect(ws_url(server), username="bot", reconnect=FAST) as bot,
+        ):
+            redis.stop()
+            with pytest.raises(SayError) as refused, anyio.fail_after(10):
+                await bot.say("while redis is down")
+            assert refused.value.code == "unavailable"
+            before = _messages_in(server)
+            async with anyio.create_task_group() as group:
+                positions: list[Position] = []
+
+                async def say() -> None:
+                    positions.append(await bot.say("retried"))
+
+                group.start_soon(say)
+                with anyio.fail_after(5):  # the first attempt was refused...
+                    while _messages_in(server) < before + 1:
+                        await anyio.sleep(0.01)
+                await anyio.to_thread.run_sync(redis.start)  # ...the retry is not
+            async with wschat.client.connect(ws_url(server), username="reader") as reader:
+                history = await anext(reader)
+    assert isinstance(history, History)
+    assert [m.text for m in history.messages] == ["retried"]
+    assert positions == [history.messages[0].position]

@@ -49,7 +49,6 @@ from .events import (
 )
 from .outgoing import Outgoing, SayResult
 from .wire import (
-    HistoryReply,
     Unknown,
     decode_server_event,
     join_command,
@@ -309,7 +308,7 @@ class ClientSession:
         event = decode_server_event(text, self.username)
         if isinstance(event, Unknown):
             self.unknown_events += 1
-        elif isinstance(event, HistoryReply):
+        elif isinstance(event, History):
             self._on_history(event)
         elif isinstance(event, Ack):
             if not self._settle(event.id, event.position):
@@ -351,7 +350,7 @@ class ClientSession:
         state.buffer.append(message)
         self._send_join(room, state)
 
-    def _on_history(self, reply: HistoryReply) -> None:
+    def _on_history(self, reply: History) -> None:
         room = reply.room
         if room in self._awaiting_joins:
             self._awaiting_joins.remove(room)
@@ -359,7 +358,7 @@ class ClientSession:
         if state is None:
             return  # left while joining
         if state.position is None:
-            self._events.append(History(room, reply.messages, reply.position, reply.complete))
+            self._events.append(reply)  # a first join: the user gets the history as it is
         else:
             if not reply.complete:
                 self._events.append(Gap(room, state.position, reply.position))

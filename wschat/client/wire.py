@@ -1,9 +1,10 @@
 """The client's half of the JSON wire schema: server events in, commands out.
 
 Pure. Server events are decoded and validated with msgspec into the typed
-events of :mod:`.events`; a text that is not one of them decodes to
-:class:`Unknown` (newer servers may add types: a client skips what it does
-not know rather than fail).
+events of :mod:`.events` (a ``history`` becomes a :class:`~.events.History`,
+which the session then gives out or turns into recovered messages); a text
+that is not one of them decodes to :class:`Unknown` (newer servers may add
+types: a client skips what it does not know rather than fail).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 import msgspec
 
 from ..chat import Position
-from .events import Ack, Error, Joined, Left, Message, Presence, Typing
+from .events import Ack, Error, History, Joined, Left, Message, Presence, Typing
 
 _encoder = msgspec.json.Encoder()
 
@@ -45,22 +46,22 @@ class _Presence(msgspec.Struct, tag="presence", tag_field="type"):
     members: list[str]
 
 
-class _Joined(msgspec.Struct, tag="joined", tag_field="type"):
+class _Member(msgspec.Struct, tag_field="type"):
     room: str
     username: str
     name: str | None = None
 
 
-class _Left(msgspec.Struct, tag="left", tag_field="type"):
-    room: str
-    username: str
-    name: str | None = None
+class _Joined(_Member, tag="joined"):
+    pass
 
 
-class _Typing(msgspec.Struct, tag="typing", tag_field="type"):
-    room: str
-    username: str
-    name: str | None = None
+class _Left(_Member, tag="left"):
+    pass
+
+
+class _Typing(_Member, tag="typing"):
+    pass
 
 
 class _Ack(msgspec.Struct, tag="ack", tag_field="type"):
@@ -82,23 +83,6 @@ _decoder = msgspec.json.Decoder(
 
 
 @dataclass(frozen=True, slots=True)
-class HistoryReply:
-    """The server's ``history`` answer to a join, before the session interprets it.
-
-    Attributes:
-        room: The room joined.
-        messages: The messages sent, oldest first.
-        position: The room's position when history was read.
-        complete: False when messages were lost that history no longer holds.
-    """
-
-    room: str
-    messages: tuple[Message, ...]
-    position: Position
-    complete: bool
-
-
-@dataclass(frozen=True, slots=True)
 class Unknown:
     """A text that is not a server event this client knows.
 
@@ -111,7 +95,7 @@ class Unknown:
     problem: str
 
 
-ServerEvent = Message | HistoryReply | Presence | Joined | Left | Typing | Ack | Error | Unknown
+ServerEvent = Message | History | Presence | Joined | Left | Typing | Ack | Error | Unknown
 
 
 def decode_server_event(text: str, username: str) -> ServerEvent:
@@ -138,7 +122,7 @@ def _typed(wire: Any, username: str) -> ServerEvent:
     if isinstance(wire, _Message):
         return _message(wire, username)
     if isinstance(wire, _History):
-        return HistoryReply(
+        return History(
             wire.room,
             tuple(_message(m, username) for m in wire.messages),
             Position(wire.epoch, wire.seq),
