@@ -360,6 +360,24 @@ async def test_keepalive_drops_a_silent_server() -> None:
         assert (dropped.value.code, dropped.value.reason) == (1011, "keepalive timeout")
 
 
+async def test_keepalive_does_not_drop_a_user_who_is_not_reading() -> None:
+    async with (
+        running_server(ping_interval=0.05) as server,
+        wschat.client.connect(
+            url(server),
+            username="x",
+            reconnect=None,
+            ping_interval=0.05,
+            ping_timeout=0.1,
+            max_queue=1,  # full after the History: reading pauses
+        ) as chat,
+    ):
+        await anyio.sleep(0.5)  # many pings and keepalive timeouts long
+        assert chat.connected
+        assert isinstance(await next_event(chat, History), History)
+        await chat.say("still here")
+
+
 async def test_token_goes_in_the_url_fresh_for_each_connection() -> None:
     requests: list[bytes] = []
     issued = itertools.count(1)

@@ -219,8 +219,7 @@ class ChatClient:
             self._random,
             self._max_queue,
         )
-        joins = {room: Waiter() for room in self._session.rooms}
-        core.waiters.joins.update(joins)
+        joins = {room: core.expect_join(room) for room in self._session.rooms}
         group = self._group = anyio.create_task_group()
         await group.__aenter__()
         try:
@@ -270,11 +269,8 @@ class ChatClient:
         core = self._core
         if core is None:
             return
-        core.closing = True
-        link = core.link
         with anyio.CancelScope(shield=True):
-            if link is not None and link.closed is None:
-                link.close(1000)
+            if core.close():
                 with anyio.move_on_after(self._settings.close_timeout):
                     await core.stopped.wait()
         core.stop()  # only the client's own tasks: the user's code goes on
@@ -299,8 +295,7 @@ class ChatClient:
         """
         core = self._usable()
         message_id = self._session.say(room or self._default_room, text)
-        says = core.waiters.says
-        waiter = says[message_id] = Waiter()
+        waiter = core.expect_say(message_id)
         core.flush()
         try:
             while True:
@@ -309,11 +304,11 @@ class ChatClient:
                 if not result.retry:
                     break
                 await anyio.sleep(UNAVAILABLE_RETRY_DELAY)
-                waiter = says[message_id] = Waiter()
+                waiter = core.expect_say(message_id)
                 self._session.resend(message_id)
                 core.flush()
         finally:
-            says.pop(message_id, None)
+            core.waiters.says.pop(message_id, None)
             self._session.forget(message_id)
         if result.error is not None:
             raise SayError(result.error.code, result.error.reason, message_id)
@@ -333,7 +328,7 @@ class ChatClient:
         core = self._usable()
         waiter = core.waiters.joins.get(room)
         if self._session.join(room):
-            waiter = core.waiters.joins[room] = Waiter()
+            waiter = core.expect_join(room)
             core.flush()
         if waiter is not None:
             await self._await_join(room, waiter)

@@ -4,13 +4,15 @@ Putting never blocks and never loses an event, even when the task that puts
 is cancelled (a dropped connection): the reader puts a whole batch
 synchronously, then waits for room before reading more. That wait is the
 backpressure: a user who does not iterate pauses reading, and the server's
-slow-consumer rule (close 1013, recover from history) takes over.
+slow-consumer rule (close 1013, recover from history) takes over. Except
+while a call waits for an answer (``say``, ``join``): the answer must be
+read, so the queue may grow beyond its bound meanwhile.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import anyio
 
@@ -44,10 +46,17 @@ class Inbox:
         if len(self._items) != before:
             self._notify()
 
-    async def wait_for_room(self) -> None:
-        """Wait while the inbox holds ``max_size`` events or more."""
-        while len(self._items) >= self.max_size and not self._closed:
+    async def wait_for_room(self, unless: Callable[[], bool]) -> None:
+        """Wait while the inbox holds ``max_size`` events or more and ``unless()`` is false.
+
+        Call :meth:`wake` when what ``unless`` says may have changed.
+        """
+        while len(self._items) >= self.max_size and not self._closed and not unless():
             await self._changed.wait()
+
+    def wake(self) -> None:
+        """Make :meth:`wait_for_room` look again."""
+        self._notify()
 
     async def get(self) -> Event:
         """The oldest event; waits for one.

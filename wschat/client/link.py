@@ -166,6 +166,7 @@ class Link:
         self._early_events = early_events
         self._wake = anyio.Event()
         self._activity: anyio.Event | None = None
+        self._receiving_since: float | None = None
         self._scope: anyio.CancelScope | None = None
         self._finished = False
         self._flushed = anyio.Event()
@@ -223,7 +224,9 @@ class Link:
             self._wake.set()
             if self.conn.close_expected():
                 return
+            self._receiving_since = anyio.current_time()
             data = await receive(self.stream)
+            self._receiving_since = None
             if self._activity is not None:
                 self._activity.set()
             self.conn.receive_data(data)
@@ -250,11 +253,15 @@ class Link:
             await anyio.sleep(interval)
             count += 1
             activity = self._activity = anyio.Event()
+            sent_at = anyio.current_time()
             self.conn.send_ping(count.to_bytes(4, "big"))
             self._wake.set()
             with anyio.move_on_after(self.settings.ping_timeout):
                 await activity.wait()
-            if not activity.is_set():
+            waiting = self._receiving_since
+            # Silent means: we were reading the whole time and nothing came. A reader
+            # paused by a user who does not iterate proves nothing about the server.
+            if not activity.is_set() and waiting is not None and waiting <= sent_at:
                 logger.info("%% keepalive timeout: no answer in %.0fs", self.settings.ping_timeout)
                 self.abort(1011, "keepalive timeout")
                 return

@@ -64,7 +64,8 @@ TYPING_INTERVAL = 3.0
 
 # Error codes with which the server refuses a join (an ``error`` without an id
 # while a join is unanswered). Leave and typing refusals use other codes
-# (not_joined, bad_type on servers without typing).
+# (not_joined, bad_type on servers without typing), except rate_limited, which a
+# typing notification can get too; a join is the likelier while one is unanswered.
 _JOIN_ERRORS = frozenset(
     {
         "unavailable",
@@ -74,6 +75,7 @@ _JOIN_ERRORS = frozenset(
         "username_mismatch",
         "bad_since",
         "bad_room",
+        "rate_limited",  # a join counts against the server's --rate like any text
     }
 )
 
@@ -396,8 +398,9 @@ class ClientSession:
         state = self._rooms.get(room)
         if state is None:
             return
-        if error.code == "unavailable" and state.position is not None:
-            # The room was joined before: keep it, and recover it on a new connection.
+        if error.code in ("unavailable", "rate_limited") and state.position is not None:
+            # The room was joined before: keep it, and recover it on a new connection
+            # (after a backoff delay, which also lets a rate limit refill).
             self.rejoin_failed = f"cannot re-join {room!r}: {error.reason}"
             return
         refusal = Error(error.code, error.reason, None, room)

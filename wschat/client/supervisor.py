@@ -71,6 +71,10 @@ class Waiters:
             if waiter is not None:
                 waiter.set(result)
 
+    def __bool__(self) -> bool:
+        """True while any caller waits."""
+        return bool(self.joins or self.says)
+
     def wake_all(self) -> None:
         """Wake every caller without a result: the client stopped."""
         for waiter in (*self.joins.values(), *self.says.values()):
@@ -125,6 +129,28 @@ class Supervisor:
     def dispatch(self) -> None:
         """Wake the callers of the session's new results."""
         self.waiters.dispatch(self.session.results())
+
+    def expect_join(self, room: str) -> Waiter:
+        """A caller will wait for the answer to joining ``room``."""
+        waiter = self.waiters.joins[room] = Waiter()
+        self.inbox.wake()  # the answer must be read, even if the user is not reading
+        return waiter
+
+    def expect_say(self, message_id: str) -> Waiter:
+        """A caller will wait for the answer to message ``message_id``."""
+        waiter = self.waiters.says[message_id] = Waiter()
+        self.inbox.wake()
+        return waiter
+
+    def close(self) -> bool:
+        """Start closing the connection (1000); False when there is none to close."""
+        self.closing = True
+        self.inbox.wake()
+        link = self.link
+        if link is None or link.closed is not None:
+            return False
+        link.close(1000)
+        return True
 
     def stop(self) -> None:
         """Stop now: cancel the loop and end the iterator (no error)."""
@@ -189,6 +215,10 @@ class Supervisor:
             self.inbox.put([Disconnected(code, reason, delay)])
             await anyio.sleep(delay)
 
+    def _must_read(self) -> bool:
+        # An answer someone waits for, or the close echo, may be in what is not read yet.
+        return self.closing or bool(self.waiters)
+
     def _stopping(self) -> bool:
         return self.closing  # a method: mypy would narrow the attribute across awaits
 
@@ -228,7 +258,7 @@ class Supervisor:
                 link.close(1000, "reconnecting")
             recovered = recovered or session.recovered
             self.flush()
-            await self.inbox.wait_for_room()
+            await self.inbox.wait_for_room(unless=self._must_read)
 
         try:
             code, reason = await link.run(handle)
