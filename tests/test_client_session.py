@@ -43,6 +43,7 @@ from wschat.client.events import (
 )
 from wschat.client.outgoing import SayResult
 from wschat.client.session import ClientSession, JoinResult
+from wschat.client.url import parse_server_url
 from wschat.client.wire import Unknown, decode_server_event
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -256,6 +257,8 @@ def test_events_of_a_room_left_are_dropped() -> None:
     assert sent(session) == [{"type": "leave", "room": "dev"}]
     assert feed(session, msg(3, room="dev"), membership_event("left", "dev", "x")) == []
     assert session.rooms == ("lobby",)
+    session.leave("dev")  # not in it any more: nothing to send
+    assert sent(session) == []
 
 
 def test_leaving_every_room_keeps_the_next_connection_out_of_its_url_room() -> None:
@@ -317,6 +320,51 @@ def test_bad_names_are_refused_before_sending() -> None:
         joined_session().join("x" * 65)
 
 
+def test_commands_while_disconnected_wait_for_the_next_connection() -> None:
+    session = joined_session()
+    session.connection_lost()
+    assert not session.connected
+    assert session.join("dev")
+    session.leave("lobby")
+    assert sent(session) == []
+    session.connection_made("lobby")
+    assert sent(session) == [
+        {"type": "leave", "room": "lobby"},  # the URL room, left meanwhile
+        {"type": "join", "room": "dev", "username": "bot"},
+    ]
+
+
+def test_answers_for_a_room_left_meanwhile_are_ignored() -> None:
+    session = joined_session()
+    session.join("dev")
+    session.join("vip")
+    session.leave("dev")
+    session.leave("vip")
+    session.results()
+    assert feed(session, history([msg(1, room="dev")], 1, room="dev")) == []
+    assert feed(session, error_event("forbidden", "no")) == []
+    assert session.results() == []
+
+
+def test_an_unasked_history_is_treated_as_a_recovery() -> None:
+    session = joined_session()
+    events = feed(session, history([msg(2), msg(3)], 3))
+    assert texts(events) == ["m3"]  # m2 was given already
+
+
+def test_a_hole_found_while_flushing_the_buffer_keeps_the_order() -> None:
+    session = joined_session()
+    session.connection_lost()
+    session.connection_made("lobby")
+    sent(session)
+    feed(session, msg(6), membership_event("joined", "lobby", "carol"))
+    # History ends at 4: the buffered m6 skips m5, so the room is recovered again.
+    assert texts(feed(session, history([msg(3), msg(4)], 4))) == ["m3", "m4"]
+    assert sent(session)[0]["since"] == {"epoch": E1, "seq": 4}
+    events = feed(session, history([msg(5), msg(6)], 6))
+    assert texts(events) == ["m5", "m6"] and isinstance(events[-1], Joined)
+
+
 # -- sending ---------------------------------------------------------------------
 
 
@@ -347,6 +395,20 @@ def test_unavailable_is_retried_once_with_the_same_id_then_fails() -> None:
     events = feed(session, error_event("unavailable", "still down", message_id))
     assert events == [Error("unavailable", "still down", message_id, "lobby")]
     assert session.results() == [SayResult(message_id, error=events[0])]
+
+
+def test_answers_nobody_waits_for_pass_through() -> None:
+    session = joined_session()
+    message_id = session.say("lobby", "hello")
+    assert session.pending() == 1
+    session.forget(message_id)  # its sender stopped waiting
+    assert session.pending() == 0
+    session.resend(message_id)  # not waiting for a retry: nothing to send again
+    sent(session)
+    ack = ack_event("lobby", Position(E1, 3), message_id)
+    assert feed(session, ack) == [Ack("lobby", message_id, Position(E1, 3))]
+    assert feed(session, error_event("bad_id", "?", "x.1")) == [Error("bad_id", "?", "x.1")]
+    assert session.results() == []
 
 
 def test_other_refusals_fail_at_once() -> None:
@@ -420,6 +482,34 @@ def test_typing_is_throttled_per_room() -> None:
         {"type": "typing", "room": "dev"},
         {"type": "typing", "room": "lobby"},
     ]
+
+
+# -- URLs ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "host", "port", "secure", "host_header", "target"),
+    [
+        ("ws://127.0.0.1:8080/ws", "127.0.0.1", 8080, False, "127.0.0.1:8080", "/ws?room=r"),
+        ("wss://chat.example.com", "chat.example.com", 443, True, "chat.example.com", "/ws?room=r"),
+        ("http://[::1]:80/", "::1", 80, False, "[::1]", "/ws?room=r"),
+        ("https://h:8443/chat?x=1&room=a&token=b", "h", 8443, True, "h:8443", "/chat?x=1&room=r"),
+    ],
+)
+def test_server_urls(
+    url: str, host: str, port: int, secure: bool, host_header: str, target: str
+) -> None:
+    address = parse_server_url(url)
+    assert (address.host, address.port, address.secure) == (host, port, secure)
+    assert address.host_header == host_header
+    assert address.target("r", None) == target
+    assert address.target("r", "a b").endswith("&token=a+b")
+
+
+@pytest.mark.parametrize("url", ["ftp://h/ws", "ws://:80/ws", "ws://h:99999/ws", "ws://h/#x"])
+def test_bad_server_urls(url: str) -> None:
+    with pytest.raises(ValueError, match="invalid URL"):
+        parse_server_url(url)
 
 
 # -- backoff ---------------------------------------------------------------------

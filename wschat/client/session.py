@@ -20,12 +20,11 @@ duplicates again. So each message reaches the user once and in order. A live
 message that skips a seq, or comes from a new epoch, starts the same recovery
 without reconnecting.
 
-Pending messages. ``say`` gives each message an id. A message is settled by
-its ``ack``, by an ``error`` carrying its id, or by its own copy arriving in
-the room (live or in recovered history: the ack may have been lost with the
-connection). One that is unsettled when a connection is lost is sent again,
-with the same id, once its room has recovered on the next connection, and
-only if recovery did not show it published.
+Pending messages (:mod:`.outgoing`). ``say`` gives each message an id. A
+message is settled by its ``ack`` or by an ``error`` carrying its id. One that
+is unsettled when a connection is lost is settled by its own copy in the
+room's recovered history (its ack was lost with the connection), or else sent
+again, with the same id, once its room has recovered on the next connection.
 """
 
 from __future__ import annotations
@@ -237,7 +236,7 @@ class ClientSession:
         if self._connected:
             self._out.append(leave_command(room))
 
-    def say(self, room: str, text: str, message_id: str | None = None) -> str:
+    def say(self, room: str, text: str) -> str:
         """Queue ``text`` for ``room``; returns its id. A :class:`SayResult` follows.
 
         Raises:
@@ -250,8 +249,7 @@ class ClientSession:
             raise SayError(exc.code, exc.reason) from None
         if room not in self._rooms:
             raise SayError("not_joined", f"join {room!r} before sending to it")
-        if message_id is None:
-            message_id = f"{self._id_prefix}.{next(self._ids)}"
+        message_id = f"{self._id_prefix}.{next(self._ids)}"
         self._outgoing.add(message_id, room, text)
         self._send_queued(room)
         return message_id
