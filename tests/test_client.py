@@ -97,7 +97,9 @@ def texts(events: list[Any]) -> list[str]:
     return [e.text for e in events if isinstance(e, Message)]
 
 
-async def serve(port: int, stop: anyio.Event, *, task_status: TaskStatus[Server]) -> None:
+async def serve(
+    port: int, stop: anyio.Event, stopped: anyio.Event, *, task_status: TaskStatus[Server]
+) -> None:
     """An in-process server on a fixed ``port`` until ``stop`` is set (then it drains)."""
     server = Server(ServerConfig(host="127.0.0.1", port=port, rate=0))
     async with anyio.create_task_group() as group:
@@ -105,6 +107,7 @@ async def serve(port: int, stop: anyio.Event, *, task_status: TaskStatus[Server]
         task_status.started(server)
         await stop.wait()
         server.stop()
+    stopped.set()  # the port is free again
 
 
 # -- chatting ----------------------------------------------------------------------
@@ -260,8 +263,8 @@ async def test_leaving_the_block_closes_with_1000() -> None:
 async def test_restarted_memory_hub_reconnects_and_reports_a_gap() -> None:
     port = free_port()
     async with anyio.create_task_group() as group:
-        first_stop = anyio.Event()
-        await group.start(serve, port, first_stop)
+        first_stop, first_stopped = anyio.Event(), anyio.Event()
+        await group.start(serve, port, first_stop, first_stopped)
         async with (
             wschat.client.connect(url(port), username="bot", reconnect=FAST) as bot,
             wschat.client.connect(url(port), username="alice", reconnect=FAST) as alice,
@@ -271,8 +274,9 @@ async def test_restarted_memory_hub_reconnects_and_reports_a_gap() -> None:
             first_stop.set()  # drains: 1001 to everyone; history is gone with the process
             disconnected = await next_event(bot, Disconnected)
             assert disconnected.code == 1001
+            await first_stopped.wait()
             second_stop = anyio.Event()
-            await group.start(serve, port, second_stop)
+            await group.start(serve, port, second_stop, anyio.Event())
             reconnected = await next_event(bot, Reconnected)
             assert reconnected.code == 1001 and reconnected.attempts >= 1
             gap = await next_event(bot, Gap)
@@ -287,8 +291,8 @@ async def test_restarted_memory_hub_reconnects_and_reports_a_gap() -> None:
 async def test_a_message_sent_while_disconnected_goes_out_after_reconnecting() -> None:
     port = free_port()
     async with anyio.create_task_group() as group:
-        first_stop = anyio.Event()
-        await group.start(serve, port, first_stop)
+        first_stop, first_stopped = anyio.Event(), anyio.Event()
+        await group.start(serve, port, first_stop, first_stopped)
         async with wschat.client.connect(url(port), username="bot", reconnect=FAST) as bot:
             first_stop.set()
             await next_event(bot, Disconnected)
@@ -299,8 +303,9 @@ async def test_a_message_sent_while_disconnected_goes_out_after_reconnecting() -
                 sent.append(await bot.say("queued"))
 
             group.start_soon(say_while_away)
+            await first_stopped.wait()
             second_stop = anyio.Event()
-            await group.start(serve, port, second_stop)
+            await group.start(serve, port, second_stop, anyio.Event())
             mine = await next_event(bot, Message)
             assert mine.mine and mine.text == "queued"
             with anyio.fail_after(5):

@@ -317,7 +317,7 @@ def test_bad_names_are_refused_before_sending() -> None:
     with pytest.raises(ValueError):
         ClientSession("bot", [], "c")
     with pytest.raises(ValueError):
-        joined_session().join("x" * 65)
+        joined_session().join("x" * 129)
 
 
 def test_commands_while_disconnected_wait_for_the_next_connection() -> None:

@@ -19,7 +19,7 @@ import argparse
 import importlib.util
 import os
 import sys
-from typing import TextIO
+from typing import Any, TextIO
 
 import anyio
 
@@ -33,7 +33,7 @@ COMMANDS = ("chat", "say")
 DEFAULT_SAY_TIMEOUT = 10.0
 
 
-def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_commands(commands: argparse._SubParsersAction[Any]) -> None:
     """Add ``chat`` and ``say`` to the ``wschat`` parser's subcommands."""
     chat = commands.add_parser(
         "chat",

@@ -75,7 +75,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
-from ..chat import Position, membership_event, message_event
+from ..chat import Position, membership_event
 from .backend import (
     DEFAULT_HISTORY_SIZE,
     DEFAULT_PRESENCE_TTL,
@@ -84,6 +84,7 @@ from .backend import (
     Deliver,
     Delivery,
     History,
+    message_payload,
 )
 
 logger = logging.getLogger("wschat.hub.redis")
@@ -373,9 +374,7 @@ class _Room:
 
 def _split_message(room: str, message: ChatMessage) -> tuple[bytes, bytes]:
     """The message event JSON up to ``"seq":`` and after the epoch, for Lua to splice."""
-    sample = message_event(
-        room, Position(_EPOCH_MARK, 0), message.username, message.message, message.time, message.id
-    )
+    sample = message_payload(room, Position(_EPOCH_MARK, 0), message)
     marker = b'"seq":0,"epoch":"' + _EPOCH_MARK.encode() + b'"'
     head, found, tail = sample.partition(marker)
     if not found:  # pragma: no cover - message_event's key order changed
