@@ -25,6 +25,7 @@ from wschat.chat import (
 )
 from wschat.client.backoff import (
     Backoff,
+    delay_before_retry,
     reconnect_after_close,
     reconnect_after_status,
     retry_after,
@@ -537,7 +538,21 @@ def test_which_closes_and_refusals_are_worth_a_reconnect() -> None:
     assert all(reconnect_after_close(c, False) for c in (1001, 1006, 1011, 1012, 1013))
     assert not any(reconnect_after_close(c, False) for c in (1000, 1002, 1008, 1009, 4401))
     assert reconnect_after_close(4408, True) and not reconnect_after_close(4408, False)
-    assert reconnect_after_status(503) and not reconnect_after_status(403)
+    assert reconnect_after_status(503) and reconnect_after_status(429)
+    assert not reconnect_after_status(403) and not reconnect_after_status(401)
     assert retry_after((("retry-after", "5"),)) == 5.0
     assert retry_after((("retry-after", "Wed, 21 Oct 2015 07:28:00 GMT"),)) is None
     assert retry_after(()) is None
+
+
+def test_delay_before_retrying_a_connection() -> None:
+    backoff = Backoff(initial=1.0, maximum=10.0, max_attempts=5)
+    half = lambda: 0.5  # noqa: E731
+    assert delay_before_retry(backoff, 1, half) == 0.5  # no answer at all: retry
+    assert delay_before_retry(backoff, 3, half, 503) == 2.0
+    wait = (("retry-after", "5"),)
+    assert delay_before_retry(backoff, 1, half, 503, wait) == 5.0  # the server's wish
+    assert delay_before_retry(backoff, 1, half, 429, (("retry-after", "3600"),)) == 10.0
+    assert delay_before_retry(backoff, 1, half, 403) is None  # refused: it would be again
+    assert delay_before_retry(backoff, 5, half) is None  # attempts used up
+    assert delay_before_retry(None, 1, half) is None  # reconnecting is off

@@ -24,9 +24,10 @@ RECONNECT_CLOSE_CODES = frozenset(
     }
 )
 
-# HTTP statuses of a refused handshake that can pass: a server draining or
-# full (wschat answers 503 with Retry-After), or a proxy between deploys.
-RECONNECT_STATUSES = frozenset({502, 503, 504})
+# HTTP statuses of a refused handshake that can pass: too many connections from
+# this address (wschat: 429), a server draining or full (503), both with
+# Retry-After; or a proxy between deploys (502, 504).
+RECONNECT_STATUSES = frozenset({429, 502, 503, 504})
 
 # The close code wschat plans for "token expired" (issue 10): a fresh token helps.
 TOKEN_EXPIRED = 4408
@@ -103,3 +104,32 @@ def retry_after(headers: tuple[tuple[str, str], ...]) -> float | None:
                 return None
             return seconds if seconds >= 0 else None
     return None
+
+
+def delay_before_retry(
+    backoff: Backoff | None,
+    attempt: int,
+    random: Callable[[], float],
+    status: int | None = None,
+    headers: tuple[tuple[str, str], ...] = (),
+) -> float | None:
+    """Seconds to wait after failed attempt number ``attempt`` to connect, or None to give up.
+
+    Args:
+        backoff: The policy (None: never retry).
+        attempt: Failed attempts in a row, this one included.
+        random: Uniform numbers in [0, 1).
+        status: The HTTP status of a refused handshake; None when no answer came
+            (refused TCP connection, timeout, TLS failure): always worth a retry.
+        headers: The refusal's headers: a ``Retry-After`` is waited for (capped
+            at ``backoff.maximum``).
+    """
+    if backoff is None or backoff.gives_up(attempt):
+        return None
+    if status is not None and not reconnect_after_status(status):
+        return None
+    delay = backoff.delay(attempt, random)
+    wanted = retry_after(headers)
+    if wanted is not None:
+        delay = max(delay, min(wanted, backoff.maximum))
+    return delay

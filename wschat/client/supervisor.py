@@ -27,7 +27,7 @@ import anyio
 
 from ..protocol import TextReceived
 from ..protocol.events import Event as ProtocolEvent
-from .backoff import Backoff, reconnect_after_close, reconnect_after_status, retry_after
+from .backoff import Backoff, delay_before_retry, reconnect_after_close
 from .errors import ClientError, ConnectionClosedError, HandshakeRejectedError
 from .events import Disconnected, Reconnected
 from .inbox import Inbox
@@ -224,17 +224,13 @@ class Supervisor:
 
     def _retry_delay(self, error: ClientError, attempt: int, first: bool) -> float | None:
         """Seconds before the next attempt after ``error``, or None to give up."""
-        backoff = self.reconnect
-        if first or backoff is None or backoff.gives_up(attempt):
+        if first:
             return None
-        delay = backoff.delay(attempt, self.random)
         if isinstance(error, HandshakeRejectedError):
-            if not reconnect_after_status(error.status):
-                return None
-            wanted = retry_after(error.headers)
-            if wanted is not None:
-                delay = max(delay, min(wanted, backoff.maximum))
-        return delay
+            return delay_before_retry(
+                self.reconnect, attempt, self.random, error.status, error.headers
+            )
+        return delay_before_retry(self.reconnect, attempt, self.random)
 
     async def _serve(self, link: Link, reconnected: Reconnected | None) -> tuple[int, str, bool]:
         """Run one connection: (close code, reason, whether every room recovered on it)."""
