@@ -51,8 +51,9 @@ DEFAULT_CLOSE_TIMEOUT = 5.0
 # Events held for a user who is not reading, then reading pauses (websockets
 # holds 16 frames; a chat's events are small and a whole history is one).
 DEFAULT_MAX_QUEUE = 1024
-# The server caps incoming messages at 64 KiB, but a history of 100 messages of
-# 4,096 characters can be ~1.3 MiB as one frame.
+# The server caps incoming messages at 64 KiB, but its answer to a join is one
+# frame: 100 messages (its default history) of 4,096 characters, escaped as JSON,
+# can come near 2.5 MiB.
 DEFAULT_MAX_MESSAGE_SIZE = 4 * 1024 * 1024
 # Before the one retry of a message refused with ``unavailable``: long enough for
 # the hub's Redis client to reconnect after a blip, short enough not to matter.
@@ -97,7 +98,8 @@ def connect(
             a URL without a path gets ``/ws``).
         room: The room to join, or several; the first is the default room of
             :meth:`ChatClient.say`.
-        username: The name to chat under (1-32 printable characters).
+        username: The name to chat under (checked against the server's rules
+            before connecting).
         token: An auth token, sent as ``?token=`` on each connection; or an async
             function that returns a fresh one each time (then a close with 4408,
             token expired, reconnects with a new token).
@@ -113,7 +115,8 @@ def connect(
         open_timeout: Seconds for TCP, TLS and the handshake; also for the
             first joins when entering.
         close_timeout: Seconds to wait for the server's half of a close.
-        max_message_size: Cap on one incoming message, bytes (1009 over it).
+        max_message_size: Cap on one incoming message, bytes (1009 over it);
+            raise it for a server that keeps more than 100 messages of history.
         compression: Offer permessage-deflate.
         max_queue: Events held for a user who is not reading before reading pauses.
         random: Source of uniform numbers in [0, 1) for the backoff jitter
