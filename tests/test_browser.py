@@ -144,9 +144,11 @@ def test_message_html_is_shown_as_text(new_page: OpenPage) -> None:
             assert page.evaluate("typeof window.__xss") == "undefined"
 
         # Control: the same payload parsed as HTML does run, so the check above can fail.
-        # (On a blank page: the chat page's Content-Security-Policy would block it too.)
+        # (On a blank page: wschat's Content-Security-Policy blocks inline handlers on its
+        # own page, which tests/test_http_hardening.py checks.)
         canary = new_page("canary")
-        canary.set_content(f"<body>{payload}</body>")
+        canary.goto("about:blank")
+        canary.evaluate("(html) => document.body.insertAdjacentHTML('beforeend', html)", payload)
         canary.wait_for_function("window.__xss === 1")
 
 

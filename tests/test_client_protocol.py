@@ -596,6 +596,17 @@ class TestSection7Closing:
         conn.receive_eof()
         assert conn.events_received() == []
 
+    def test_reply_to_a_message_before_a_bad_frame_goes_out_before_the_close(self) -> None:
+        conn = open_client()
+        data = server_frames(wse.TextMessage("q")) + raw_frame(0x5, b"", mask=None)
+        events = receive(conn, data)
+        assert [type(e) for e in events] == [TextReceived, ConnectionClosed]
+        assert not conn.close_expected()
+        conn.send_text("a")
+        frames = parse_client_frames(conn.data_to_send())
+        assert [f.opcode.value for f in frames] == [OP_TEXT, OP_CLOSE]
+        assert conn.close_expected()
+
     def test_invalid_close_code_fails_with_1002(self) -> None:
         conn = open_client()
         frame = raw_frame(OP_CLOSE, (999).to_bytes(2, "big"), mask=None)
@@ -678,4 +689,4 @@ class TestConnectionPair:
         assert [type(e).__name__ for e in pair.to_server()] == ["RequestRejected"]
         (rejected,) = pair.to_client()
         assert isinstance(rejected, HandshakeRejected) and rejected.status == 403
-        assert rejected.body == b"origin not allowed: http://evil.example"
+        assert rejected.body == b"origin not allowed: http://evil.example\n"

@@ -229,7 +229,7 @@ def test_join_and_leave_lines_collapse_when_many(new_page: OpenPage, shot: Shot)
 def test_typing_against_a_server_that_does_not_relay_it_shows_nothing(
     new_page: OpenPage,
 ) -> None:
-    with server_process() as (_, port):
+    with server_process("tests.app_without_typing:app") as (_, port):
         alice = new_page("alice")
         frames = sent_frames(alice)
         join(alice, port, "alice")
@@ -237,7 +237,7 @@ def test_typing_against_a_server_that_does_not_relay_it_shows_nothing(
         alice.keyboard.press("Enter")
         expect_texts(alice, ["hello there, bob"])
         alice.locator("#message").press_sequentially("again", delay=20)
-        # The page announced typing once; this server (before issue 10) answered
+        # The page announced typing once; this app has no typing events and answered
         # `bad_type`, so the page stopped announcing it, and said nothing about it.
         assert [f for f in frames if f.get("type") == "typing"] == [
             {"type": "typing", "room": "lobby"}
@@ -245,7 +245,6 @@ def test_typing_against_a_server_that_does_not_relay_it_shows_nothing(
         expect(alice.locator("#messages .error")).to_have_count(0)
 
 
-@pytest.mark.xfail(strict=True, reason="server relays typing with issue 10")
 def test_typing_shown_to_the_other_user_and_cleared(new_page: OpenPage, shot: Shot) -> None:
     with server_process() as (_, port):
         alice, bob = new_page("alice"), new_page("bob", PHONE)

@@ -92,6 +92,7 @@ logger = logging.getLogger("wschat.hub.redis")
 CHANNEL_PREFIX = "wschat:room:"
 _CHANNEL_PREFIX = CHANNEL_PREFIX.encode()
 _EPOCH_MARK = "E"
+_RELAY_MARK = b"R"
 _RECONNECT_MIN = 0.05
 _RECONNECT_MAX = 1.0
 # The reader PINGs after this long without traffic and gives the connection up
@@ -612,6 +613,10 @@ class RedisBackend:
                 if bar == 0:  # presence: no position
                     self._emit(room, Delivery(data[1:], None))
                     continue
+                if data[:1] == _RELAY_MARK:  # an ephemeral event: R{origin}|{json}
+                    origin = data[1:bar].decode()
+                    self._emit(room, Delivery(data[bar + 1 :], None, origin=origin))
+                    continue
                 bar2 = data.index(b"|", bar + 1)
                 seq = int(data[:bar])
                 epoch = data[bar + 1 : bar2].decode()
@@ -691,6 +696,19 @@ class RedisBackend:
         except _FAILURES as exc:
             raise BackendUnavailable(f"Redis did not take the message: {exc}") from exc
         return Position(epoch.decode(), int(seq))
+
+    async def relay(self, room: str, payload: bytes, origin: str) -> None:
+        """PUBLISH an ephemeral event on the room's channel (no seq, no history).
+
+        Raises:
+            BackendUnavailable: Redis did not take it.
+        """
+        if self._closed:
+            raise BackendUnavailable("the Redis backend is closed")
+        try:
+            await self._redis.publish(channel(room), _RELAY_MARK + origin.encode() + b"|" + payload)
+        except _FAILURES as exc:
+            raise BackendUnavailable(f"Redis did not relay the event: {exc}") from exc
 
     async def _read_room(
         self, room: str, since: Position | None

@@ -5,7 +5,7 @@ Nothing here does I/O or reads a clock; see :class:`ServerConnection` and
 """
 
 from .client import DEFAULT_MAX_REJECTION_BODY, ClientConnection
-from .connection import DEFAULT_MAX_REQUEST_HEAD, ServerConnection
+from .connection import DEFAULT_MAX_PENDING_OUTPUT, DEFAULT_MAX_REQUEST_HEAD, ServerConnection
 from .errors import LocalProtocolError, ProtocolError
 from .events import (
     BinaryReceived,
@@ -21,12 +21,13 @@ from .events import (
     WebSocketRequest,
 )
 from .frames import encode_text_frame
-from .handshake import OriginPolicy, Rejection
+from .handshake import HostPolicy, OriginPolicy, Rejection
 from .state import State
 from .websocket import DEFAULT_MAX_MESSAGE_SIZE, WebSocketConnection
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_SIZE",
+    "DEFAULT_MAX_PENDING_OUTPUT",
     "DEFAULT_MAX_REJECTION_BODY",
     "DEFAULT_MAX_REQUEST_HEAD",
     "BinaryReceived",
@@ -36,6 +37,7 @@ __all__ = [
     "HandshakeAccepted",
     "HandshakeRejected",
     "Headers",
+    "HostPolicy",
     "HttpRequest",
     "LocalProtocolError",
     "OriginPolicy",

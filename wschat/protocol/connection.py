@@ -8,12 +8,15 @@ then takes events from :meth:`~ServerConnection.events_received` and bytes from
 :meth:`~ServerConnection.data_to_send`. It never raises on bad peer input:
 an HTTP error becomes a response, a WebSocket error a close frame.
 
-The connection starts in HTTP: h11 parses requests. A request for a WebSocket
+The connection starts in HTTP: h11 parses requests. Every request's ``Host``
+must pass the :class:`~.handshake.HostPolicy` (else 421, DNS-rebinding
+protection). A request for a WebSocket
 path is validated (:mod:`.handshake`) and, if valid, surfaces as a
 :class:`~.events.WebSocketRequest` that the caller accepts or rejects; other
 requests surface as :class:`~.events.HttpRequest` for the caller to answer.
-Keep-alive works for plain HTTP. After ``accept_websocket`` sends the 101, the
-bytes h11 read past the request (often the first frame) are handed to wsproto.
+Keep-alive and pipelining work for plain HTTP, with bounded buffering (see
+:class:`ServerConnection`). After ``accept_websocket`` sends the 101, the bytes
+h11 read past the request (often the first frame) are handed to wsproto.
 
 From there on :class:`~.websocket.WebSocketConnection`, the base shared with
 the client side, runs the WebSocket phase: it answers pings, echoes closes,
@@ -37,6 +40,7 @@ from .events import (
     WebSocketRequest,
 )
 from .handshake import (
+    HostPolicy,
     OriginPolicy,
     accept_token,
     check_websocket_request,
@@ -52,6 +56,12 @@ from .websocket import DEFAULT_MAX_MESSAGE_SIZE, WebSocketConnection
 # - Answered with 431 Request Header Fields Too Large (RFC 6585 5).
 DEFAULT_MAX_REQUEST_HEAD = 16 * 1024
 
+# Pipelined requests are parsed only while at most this many response bytes wait
+# in data_to_send(). Precedents: node.js pauses its parser on pipelined requests
+# once the socket's buffered output reaches writableHighWaterMark (16 KiB);
+# asyncio's transports call pause_writing() at a 64 KiB high-water mark.
+DEFAULT_MAX_PENDING_OUTPUT = 64 * 1024
+
 SERVER_HEADER: Final = ("server", "wschat")
 
 STATUS_TEXT: Final = {
@@ -60,6 +70,7 @@ STATUS_TEXT: Final = {
     403: "Forbidden",
     404: "Not Found",
     405: "Method Not Allowed",
+    421: "Misdirected Request",
     426: "Upgrade Required",
     431: "Request Header Fields Too Large",
     500: "Internal Server Error",
@@ -71,10 +82,31 @@ STATUS_TEXT: Final = {
 class ServerConnection(WebSocketConnection):
     """Sans-IO server side of one TCP connection (HTTP, then maybe WebSocket).
 
+    The HTTP phase: requests come out one at a time. Each
+    :class:`~.events.HttpRequest` must be answered (``send_response``) before
+    the next one is parsed, and a pipelined request waits while more than
+    ``max_pending_output`` response bytes sit in ``data_to_send()``: taking
+    them resumes parsing, which may queue the next events. A client that
+    pipelines thousands of requests and never reads therefore costs at most
+    about ``max_pending_output`` plus one response. The I/O layer's loop:
+
+    1. ``receive_data(data)``;
+    2. answer each event of ``events_received()``, and call it again until it
+       returns none (answering a request may parse the next one);
+    3. send what ``data_to_send()`` returns. Taking the bytes may parse more
+       pipelined requests: if ``events_received()`` now returns events, go
+       back to 2 with them;
+    4. otherwise read again (1), or close TCP when ``close_expected()``.
+
     Args:
         websocket_paths: Paths that accept WebSocket upgrades (e.g. ``{"/ws"}``).
         origin_policy: Which browser origins may open a WebSocket.
         max_request_head: Cap on request line + headers; over it: 431.
+        host_policy: Which ``Host`` values are answered, on every path; others
+            get 421 ``host not allowed: ...``. Default: ``localhost``,
+            ``127.0.0.1`` and ``[::1]`` only (see ``HostPolicy.for_bind``).
+        max_pending_output: Response bytes waiting in ``data_to_send()`` over
+            which pipelined requests are not parsed.
     """
 
     def __init__(
@@ -82,15 +114,20 @@ class ServerConnection(WebSocketConnection):
         websocket_paths: frozenset[str] | set[str] = frozenset({"/ws"}),
         origin_policy: OriginPolicy | None = None,
         max_request_head: int = DEFAULT_MAX_REQUEST_HEAD,
+        host_policy: HostPolicy | None = None,
+        max_pending_output: int = DEFAULT_MAX_PENDING_OUTPUT,
     ) -> None:
         super().__init__(State.HTTP)
         self.websocket_paths = frozenset(websocket_paths)
         self.origin_policy = origin_policy or OriginPolicy()
+        self.host_policy = host_policy or HostPolicy()
         self.max_request_head = max_request_head
+        self.max_pending_output = max_pending_output
         self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=max_request_head)
         self._pending_request: tuple[str, str, Headers] | None = None
         self._awaiting_response = False
         self._answered_with_error = False
+        self._request_method = b""  # of the request being answered
 
     # -- inputs --------------------------------------------------------------
 
@@ -109,13 +146,25 @@ class ServerConnection(WebSocketConnection):
     def receive_eof(self) -> None:
         """The peer closed its side of TCP."""
         if self._state is State.HTTP:
+            # Requests already read are still answered: h11 reports the close
+            # (ConnectionClosed) once they are, and _process_http ends there.
             self._h11.receive_data(b"")
             self._process_http()
-            self._set_state(State.CLOSED)
         elif self._state is State.UPGRADE_PENDING:
             self._set_state(State.CLOSED)
         elif self._state in (State.OPEN, State.CLOSING):
             self._receive_websocket_eof()
+
+    def data_to_send(self) -> list[bytes]:
+        """Bytes to write to the peer since the last call, in order.
+
+        In the HTTP phase, taking them resumes parsing pipelined requests:
+        call ``events_received()`` again afterwards.
+        """
+        out = super().data_to_send()
+        if self._state is State.HTTP:
+            self._process_http()
+        return out
 
     # -- HTTP ----------------------------------------------------------------
 
@@ -157,9 +206,12 @@ class ServerConnection(WebSocketConnection):
             all_headers.append(("connection", "close"))
         reason = STATUS_TEXT.get(status, "").encode()
         self._send_h11(h11.Response(status_code=status, headers=all_headers, reason=reason))
-        if body:
+        # RFC 9110 9.3.2: a HEAD response carries GET's header fields (Content-Length
+        # included) and no content; h11 refuses body bytes for it.
+        if body and self._request_method != b"HEAD":
             self._send_h11(h11.Data(data=body))
         self._send_h11(h11.EndOfMessage())
+        self._request_method = b""
         self._process_http()
 
     def _send_h11(
@@ -180,6 +232,8 @@ class ServerConnection(WebSocketConnection):
             if self._h11.our_state in (h11.MUST_CLOSE, h11.CLOSED):
                 self._set_state(State.CLOSED)
                 return
+            if self._h11.our_state is h11.IDLE and self._pending_output() > self.max_pending_output:
+                return  # bounded pipelining: data_to_send() resumes here
             try:
                 event = self._h11.next_event()
             except h11.RemoteProtocolError as exc:
@@ -198,9 +252,13 @@ class ServerConnection(WebSocketConnection):
                 return
             # h11.Data: a request body nobody asked for; discard it.
 
+    def _pending_output(self) -> int:
+        return sum(len(chunk) for chunk in self._out)
+
     def _on_request(self, request: h11.Request) -> None:
         # h11 enforces the cap only on a head still arriving; a whole head that
         # came in one read is measured here, so the limit does not depend on timing.
+        self._request_method = request.method
         head_size = len(request.target) + sum(len(k) + len(v) + 4 for k, v in request.headers)
         if head_size > self.max_request_head:
             self._awaiting_response = True
@@ -209,6 +267,11 @@ class ServerConnection(WebSocketConnection):
         target = request.target.decode("latin-1")
         path, _, query = target.partition("?")
         headers = decode_headers(request.headers)
+        host = header_value(headers, "host")
+        if not self.host_policy.check(host):
+            # RFC 9110 15.5.20: 421, the server does not answer for this authority.
+            self._reject(421, f"host not allowed: {host or '(empty)'} (see --allow-host)")
+            return
         if path in self.websocket_paths:
             version = request.http_version.decode("latin-1")
             self._pending_request = (path, query, headers)
@@ -217,17 +280,16 @@ class ServerConnection(WebSocketConnection):
             )
             if rejection is not None:
                 self._pending_request = None
-                self._awaiting_response = True
-                self._events.append(RequestRejected(rejection.status, rejection.reason))
-                self.send_response(
-                    rejection.status,
-                    rejection.reason.encode(),
-                    headers=rejection.headers,
-                    close=True,
-                )
+                self._reject(rejection.status, rejection.reason, rejection.headers)
             return
         self._awaiting_response = True
         self._events.append(HttpRequest(request.method.decode("latin-1"), path, query, headers))
+
+    def _reject(self, status: int, reason: str, headers: Headers = ()) -> None:
+        """Answer the current request ourselves and close (RequestRejected)."""
+        self._awaiting_response = True
+        self._events.append(RequestRejected(status, reason))
+        self.send_response(status, f"{reason}\n".encode(), headers=headers, close=True)
 
     def _on_upgrade_request(self) -> None:
         assert self._pending_request is not None
@@ -237,9 +299,7 @@ class ServerConnection(WebSocketConnection):
 
     def _http_error(self, status: int, reason: str) -> None:
         if self._h11.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-            self._events.append(RequestRejected(status, reason))
-            self._awaiting_response = True
-            self.send_response(status, f"{reason}\n".encode(), close=True)
+            self._reject(status, reason)
             self._answered_with_error = True
         self._set_state(State.CLOSED)
 

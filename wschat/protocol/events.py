@@ -54,7 +54,7 @@ class WebSocketRequest:
 
 @dataclass(frozen=True, slots=True)
 class RequestRejected:
-    """The connection answered a bad request itself (400, 403, 405, 426, 431, 501).
+    """The connection answered a bad request itself (400, 403, 405, 421, 426, 431, 501).
 
     Informational (for logs and metrics): the response is already queued and
     the connection will close.

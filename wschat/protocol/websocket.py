@@ -15,6 +15,21 @@ echoes closes, reassembles fragmented messages, refuses binary where it is
 not wanted (1003) and, through :class:`~.limits.MessageSizeLimit` and
 :class:`~.deflate.CappedPerMessageDeflate`, messages over the size cap
 (1009), counted across fragments and after decompression.
+
+Output order when the peer breaks the protocol
+----------------------------------------------
+One read may carry good frames followed by a bad one. The messages before the
+bad frame are delivered, and the caller's replies to them (an echo server's
+``send_text``) must reach the peer before the failing close frame: the
+connection fails *at* the bad frame (RFC 6455 7.1.7), and Autobahn counts a
+close that overtakes the echo of an earlier message as NON-STRICT. So while
+messages wait in :meth:`~WebSocketConnection.events_received`, the close
+frame is held; the first :meth:`~WebSocketConnection.data_to_send` after the
+caller took them appends it after whatever the caller queued in between.
+Until then ``send_text``/``send_binary`` still work, ``state`` is already
+``CLOSED`` and :meth:`~WebSocketConnection.close_expected` stays false.
+The I/O layer's loop is the usual one: ``receive_data``, ``events_received``
+(answer each), ``data_to_send``.
 """
 
 from __future__ import annotations
@@ -57,6 +72,9 @@ class WebSocketConnection:
         self._binary_parts: list[bytes] = []
         self._close_code = CloseReason.NORMAL_CLOSURE.value
         self._close_reason = ""
+        # A failing close frame held until the caller took the messages before it.
+        self._held_close: tuple[int, str] | None = None
+        self._held_events_taken = False
         self.compressed = False
         """True when this WebSocket negotiated permessage-deflate."""
 
@@ -70,28 +88,35 @@ class WebSocketConnection:
     def events_received(self) -> list[Event]:
         """Events produced since the last call, oldest first."""
         events, self._events = self._events, []
+        if self._held_close is not None:
+            self._held_events_taken = True
         return events
 
     def data_to_send(self) -> list[bytes]:
         """Bytes to write to the peer since the last call, in order."""
+        if self._held_close is not None and self._held_events_taken:
+            code, reason = self._held_close
+            self._held_close = None
+            assert self._ws is not None
+            self._out.append(self._ws.send(wse.CloseConnection(code=code, reason=reason)))
         out, self._out = self._out, []
         return out
 
     def close_expected(self) -> bool:
         """True when the I/O layer should close TCP after flushing ``data_to_send``."""
-        return self._state is State.CLOSED
+        return self._state is State.CLOSED and self._held_close is None
 
     # -- sending ---------------------------------------------------------------
 
     def send_text(self, text: str) -> None:
         """Queue a text message (ignored once the close handshake has started)."""
-        if self._state is State.OPEN:
+        if self._can_send_messages():
             assert self._ws is not None
             self._out.append(self._ws.send(wse.TextMessage(data=text)))
 
     def send_binary(self, data: bytes) -> None:
         """Queue a binary message (ignored once the close handshake has started)."""
-        if self._state is State.OPEN:
+        if self._can_send_messages():
             assert self._ws is not None
             self._out.append(self._ws.send(wse.BytesMessage(data=data)))
 
@@ -113,6 +138,10 @@ class WebSocketConnection:
             self._set_state(State.CLOSING)
         elif self._state is not State.CLOSING:
             self._set_state(State.CLOSED)
+
+    def _can_send_messages(self) -> bool:
+        # While a failing close is held, replies to the messages before it still go.
+        return self._state is State.OPEN or self._held_close is not None
 
     # -- receiving -------------------------------------------------------------
 
@@ -199,7 +228,10 @@ class WebSocketConnection:
         """RFC 6455 7.1.7: fail the WebSocket connection (close frame, then TCP)."""
         assert self._ws is not None
         if self._ws.state is ws.ConnectionState.OPEN:
-            self._out.append(self._ws.send(wse.CloseConnection(code=code, reason=reason)))
+            if any(isinstance(e, (TextReceived, BinaryReceived)) for e in self._events):
+                self._held_close, self._held_events_taken = (code, reason), False
+            else:
+                self._out.append(self._ws.send(wse.CloseConnection(code=code, reason=reason)))
         self._closed(code, reason, by_peer=False)
 
     def _closed(self, code: int, reason: str, by_peer: bool) -> None:
