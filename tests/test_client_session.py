@@ -310,6 +310,25 @@ def test_errors_of_other_commands_pass_through() -> None:
     ]
 
 
+def test_with_a_token_the_server_names_the_user() -> None:
+    session = ClientSession(None, ["lobby"], "c1")
+    session.connection_made("lobby")
+    assert sent(session) == [{"type": "join", "room": "lobby"}]  # the token's user
+    hello = '{"type":"authenticated","username":"alice","name":"Alice","expires":1767225600}'
+    assert feed(session, hello.encode()) == []
+    assert (session.username, session.name, session.token_expires) == ("alice", "Alice", 1767225600)
+    assert session.authentications == 1
+    events = feed(session, history([msg(1, user="alice")], 1))
+    assert events[0].messages[0].mine
+    session.authenticate("fresh.jwt")
+    assert sent(session) == [{"type": "auth", "token": "fresh.jwt"}]
+    session.connection_lost()
+    session.authenticate("while away")  # nothing to send it on
+    session.connection_made("lobby")
+    assert session.token_expires is None and session.authentications == 0
+    assert [c["type"] for c in sent(session)] == ["join"]
+
+
 def test_bad_names_are_refused_before_sending() -> None:
     with pytest.raises(ValueError):
         ClientSession("", ["lobby"], "c")

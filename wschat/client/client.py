@@ -64,7 +64,7 @@ def connect(
     url: str,
     *,
     room: str | Sequence[str] = "lobby",
-    username: str,
+    username: str | None = None,
     token: TokenSource | None = None,
     ssl: ssl_module.SSLContext | None = None,
     reconnect: Backoff | None = Backoff(),  # noqa: B008 (frozen: safe to share)
@@ -99,10 +99,12 @@ def connect(
         room: The room to join, or several; the first is the default room of
             :meth:`ChatClient.say`.
         username: The name to chat under (checked against the server's rules
-            before connecting).
-        token: An auth token, sent as ``?token=`` on each connection; or an async
-            function that returns a fresh one each time (then a close with 4408,
-            token expired, reconnects with a new token).
+            before connecting). With a token it may be left out: the server
+            binds the user the token names (given, it must be that user).
+        token: An auth token (a JWT), sent as ``?token=`` on each connection; or
+            an async function returning a fresh one, called for each connection
+            and again shortly before the current token expires (the fresh one
+            is sent on the open connection: no reconnect).
         ssl: The TLS context for ``wss://`` (default: the system's trusted CAs).
         reconnect: The backoff between reconnection attempts, or None to
             never reconnect (a lost connection then ends the iteration with
@@ -123,8 +125,11 @@ def connect(
             (default: a private ``random.Random``).
 
     Raises:
-        ValueError: A bad URL, room name or username (nothing was sent).
+        ValueError: A bad URL, room name or username, or neither a username
+            nor a token (nothing was sent).
     """
+    if username is None and token is None:
+        raise ValueError("give a username, or a token that names the user")
     address = parse_server_url(url)
     if ssl is not None and not address.secure:
         raise ValueError(f"an SSL context was given for {url}: use wss://")
@@ -166,7 +171,7 @@ class ChatClient:
         settings: LinkSettings,
         *,
         rooms: Sequence[str],
-        username: str,
+        username: str | None,
         token: TokenSource | None,
         reconnect: Backoff | None,
         max_queue: int,
@@ -191,9 +196,15 @@ class ChatClient:
         return self._settings.address.url
 
     @property
-    def username(self) -> str:
-        """The username this client chats under."""
+    def username(self) -> str | None:
+        """The username this client chats under (with a token: the one it names,
+        known once connected)."""
         return self._session.username
+
+    @property
+    def name(self) -> str | None:
+        """The display name the server knows this client by (from its token), if any."""
+        return self._session.name
 
     @property
     def rooms(self) -> tuple[str, ...]:

@@ -68,7 +68,7 @@ def add_commands(commands: argparse._SubParsersAction[Any]) -> None:
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("url", help="the server's WebSocket URL, e.g. ws://127.0.0.1:8080/ws")
-    parser.add_argument("--name", required=True, help="your username (1-32 characters)")
+    parser.add_argument("--name", help="your username (optional with --token: the token's user)")
     parser.add_argument(
         "--token",
         default=os.environ.get("WSCHAT_TOKEN"),
@@ -78,6 +78,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 def run_command(args: argparse.Namespace) -> int:
     """Run ``wschat chat`` or ``wschat say``; returns the exit status."""
+    if args.name is None and args.token is None:
+        return _fail(f"give --name NAME (or --token TOKEN); see wschat {args.command} --help", 2)
     options = {"use_uvloop": True} if importlib.util.find_spec("uvloop") else {}
     try:
         if args.command == "chat":
@@ -110,7 +112,7 @@ def run_command(args: argparse.Namespace) -> int:
 
 
 async def say_main(
-    url: str, room: str, name: str, token: str | None, text: str, timeout: float
+    url: str, room: str, name: str | None, token: str | None, text: str, timeout: float
 ) -> int:
     """Send ``text``; 0 once acknowledged, else 1 (or 2 for a bad argument) and one stderr line."""
     try:
@@ -127,7 +129,7 @@ async def say_main(
 
 
 async def chat_main(
-    url: str, rooms: list[str], name: str, token: str | None, stdin: TextIO, out: TextIO
+    url: str, rooms: list[str], name: str | None, token: str | None, stdin: TextIO, out: TextIO
 ) -> int:
     """The terminal chat: events to ``out``, lines from ``stdin`` sent. Returns the exit status."""
     failure: list[ClientError] = []

@@ -23,8 +23,9 @@ from __future__ import annotations
 import logging
 import os
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 import anyio
 from anyio.abc import ByteStream
@@ -192,14 +193,24 @@ class Link:
         if self._scope is not None:
             self._scope.cancel()
 
-    async def run(self, handle: Handler) -> tuple[int, str]:
-        """Run until the connection closes; returns its close code and reason."""
+    async def run(
+        self, handle: Handler, *tasks: Callable[[Link], Coroutine[Any, Any, None]]
+    ) -> tuple[int, str]:
+        """Run until the connection closes; returns its close code and reason.
+
+        Args:
+            handle: Called with each batch of protocol events.
+            tasks: More tasks that live as long as the connection (e.g. a token
+                refresh); each gets the link.
+        """
         try:
             async with anyio.create_task_group() as group:
                 self._scope = group.cancel_scope
                 group.start_soon(self._write_loop)
                 if self.settings.ping_interval is not None:
                     group.start_soon(self._keepalive, self.settings.ping_interval)
+                for task in tasks:
+                    group.start_soon(task, self)
                 await self._read_loop(handle)
                 # Send what is queued (the close echo), then let the server close TCP.
                 self._finished = True

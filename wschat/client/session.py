@@ -48,7 +48,9 @@ from .events import (
 )
 from .outgoing import Outgoing, SayResult
 from .wire import (
+    Authenticated,
     Unknown,
+    auth_command,
     decode_server_event,
     join_command,
     leave_command,
@@ -109,7 +111,8 @@ class ClientSession:
     """The chat state of one client: which rooms, where in each, what is unsettled.
 
     Args:
-        username: The username every join binds.
+        username: The username every join binds; None when a token says who the
+            client is (the server's ``authenticated`` event then names it).
         rooms: Rooms to be in from the first connection on (in order; the first
             is the URL room of each connection).
         id_prefix: Message ids are ``{id_prefix}.{n}``; make it unique per client
@@ -119,12 +122,20 @@ class ClientSession:
         ValueError: A username, room or prefix the server would refuse.
     """
 
-    def __init__(self, username: str, rooms: Iterable[str], id_prefix: str) -> None:
+    def __init__(self, username: str | None, rooms: Iterable[str], id_prefix: str) -> None:
         try:
-            self.username = validate_username(username)
+            self._join_as = validate_username(username) if username is not None else None
             wanted = [validate_room(room) for room in rooms]
         except ChatError as exc:
             raise ValueError(exc.reason) from None
+        self.username = self._join_as
+        """Who this client is: the username given, or the one its token names."""
+        self.name: str | None = None
+        """The display name the server knows this client by, if any (from its token)."""
+        self.token_expires: float | None = None
+        """When the connection's token expires (Unix time), if it does."""
+        self.authentications = 0
+        """How many ``authenticated`` answers came on this connection (one per token)."""
         if not wanted:
             raise ValueError("give at least one room")
         self._first_room = wanted[0]
@@ -186,6 +197,7 @@ class ClientSession:
         """
         self._connected = True
         self.rejoin_failed = None
+        self.token_expires, self.authentications = None, 0
         self._awaiting_joins.clear()
         if reconnected is not None:
             self._events.append(reconnected)
@@ -264,6 +276,11 @@ class ClientSession:
         """Stop tracking a message (its sender gave up waiting); it is not sent again."""
         self._outgoing.pop(message_id)
 
+    def authenticate(self, token: str) -> None:
+        """Send a fresh token on the open connection (before the current one expires)."""
+        if self._connected:
+            self._out.append(auth_command(token))
+
     def typing(self, room: str, now: float) -> bool:
         """Tell ``room`` this user is typing, at most every :data:`TYPING_INTERVAL` seconds.
 
@@ -315,6 +332,9 @@ class ClientSession:
                 self._events.append(event)  # of a message nobody waits for any more
         elif isinstance(event, Error):
             self._on_error(event)
+        elif isinstance(event, Authenticated):
+            self.username, self.name, self.token_expires = event.username, event.name, event.expires
+            self.authentications += 1
         else:
             state = self._rooms.get(event.room)
             if state is None:
@@ -418,7 +438,7 @@ class ClientSession:
     def _send_join(self, room: str, state: _Room) -> None:
         state.live = False
         self._awaiting_joins.append(room)
-        self._out.append(join_command(room, self.username, state.position))
+        self._out.append(join_command(room, self._join_as, state.position))
 
     def _send_queued(self, room: str) -> None:
         state = self._rooms.get(room)

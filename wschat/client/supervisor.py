@@ -20,6 +20,7 @@ refusal shows at once.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -36,6 +37,9 @@ from .outgoing import SayResult
 from .session import ClientSession, JoinResult
 
 logger = logging.getLogger("wschat.client")
+
+# The longest a token is renewed ahead of its expiry.
+TOKEN_REFRESH_LEAD = 60.0
 
 TokenSource = str | Callable[[], Awaitable[str]]
 """A token, or an async function returning a fresh one for each connection."""
@@ -118,6 +122,8 @@ class Supervisor:
         """Set once the first connection is open (or failed: then ``error`` says why)."""
         self.stopped = anyio.Event()
         self._scope = anyio.CancelScope()
+        self._authenticated = anyio.Event()
+        self._authentications = 0
 
     def flush(self) -> None:
         """Hand the session's texts to the connection, if there is one."""
@@ -215,6 +221,26 @@ class Supervisor:
             self.inbox.put([Disconnected(code, reason, delay)])
             await anyio.sleep(delay)
 
+    async def _keep_token_fresh(self, link: Link) -> None:
+        """Send a fresh token before the connection's expires (the server closes 4408 at it)."""
+        assert callable(self.token)
+        seen = 0
+        while True:
+            if self.session.authentications == seen:
+                await self._authenticated.wait()  # the answer to a token, with its expiry
+                continue
+            seen = self.session.authentications
+            expires = self.session.token_expires
+            if expires is None:
+                continue  # a token that does not expire
+            remaining = expires - time.time()
+            # Ahead by a fifth of what is left, at most a minute: a 1-hour token is
+            # renewed a minute early, a 10-second one two seconds early.
+            await anyio.sleep(max(0.0, remaining - min(TOKEN_REFRESH_LEAD, remaining / 5)))
+            self.session.authenticate(await self.token())
+            self.flush()
+            logger.info("= sent a fresh token (the current one expires in %.0fs)", remaining)
+
     def _must_read(self) -> bool:
         # An answer someone waits for, or the close echo, may be in what is not read yet.
         return self.closing or bool(self.waiters)
@@ -235,6 +261,7 @@ class Supervisor:
     async def _serve(self, link: Link, reconnected: Reconnected | None) -> tuple[int, str, bool]:
         """Run one connection: (close code, reason, whether every room recovered on it)."""
         self.link = link
+        self._authentications = 0
         self.session.connection_made(link.url_room, reconnected)
         self.flush()
         self.connected_once.set()
@@ -253,11 +280,16 @@ class Supervisor:
                 link.end(1013, session.rejoin_failed)
                 link.close(1000, "reconnecting")
             recovered = recovered or session.recovered
+            if session.authentications != self._authentications:
+                self._authentications = session.authentications
+                self._authenticated.set()
+                self._authenticated = anyio.Event()
             self.flush()
             await self.inbox.wait_for_room(unless=self._must_read)
 
+        refresh = (self._keep_token_fresh,) if callable(self.token) else ()
         try:
-            code, reason = await link.run(handle)
+            code, reason = await link.run(handle, *refresh)
         finally:
             self.link = None
             self.session.connection_lost()

@@ -77,9 +77,31 @@ class _Error(msgspec.Struct, tag="error", tag_field="type"):
     id: str | None = None
 
 
+class _Authenticated(msgspec.Struct, tag="authenticated", tag_field="type"):
+    username: str
+    name: str | None = None
+    expires: float | None = None
+
+
 _decoder = msgspec.json.Decoder(
-    _Message | _History | _Presence | _Joined | _Left | _Typing | _Ack | _Error
+    _Message | _History | _Presence | _Joined | _Left | _Typing | _Ack | _Error | _Authenticated
 )
+
+
+@dataclass(frozen=True, slots=True)
+class Authenticated:
+    """The server accepted this connection's token: who the client is, and until when.
+
+    Attributes:
+        username: The user id the token names (the server binds it).
+        name: The display name, if the token has one.
+        expires: When the token expires (Unix time), if it does: send a fresh one
+            before then or the server closes with 4408.
+    """
+
+    username: str
+    name: str | None
+    expires: float | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,10 +117,12 @@ class Unknown:
     problem: str
 
 
-ServerEvent = Message | History | Presence | Joined | Left | Typing | Ack | Error | Unknown
+ServerEvent = (
+    Message | History | Presence | Joined | Left | Typing | Ack | Error | Authenticated | Unknown
+)
 
 
-def decode_server_event(text: str, username: str) -> ServerEvent:
+def decode_server_event(text: str, username: str | None) -> ServerEvent:
     """Decode one text frame from the server.
 
     Args:
@@ -118,7 +142,7 @@ def decode_server_event(text: str, username: str) -> ServerEvent:
         return Unknown(text, str(exc))
 
 
-def _typed(wire: Any, username: str) -> ServerEvent:
+def _typed(wire: Any, username: str | None) -> ServerEvent:
     if isinstance(wire, _Message):
         return _message(wire, username)
     if isinstance(wire, _History):
@@ -138,11 +162,13 @@ def _typed(wire: Any, username: str) -> ServerEvent:
         return Typing(wire.room, wire.username, wire.name)
     if isinstance(wire, _Ack):
         return Ack(wire.room, wire.id, Position(wire.epoch, wire.seq))
+    if isinstance(wire, _Authenticated):
+        return Authenticated(wire.username, wire.name, wire.expires)
     assert isinstance(wire, _Error)
     return Error(wire.code, wire.reason, wire.id)
 
 
-def _message(wire: _Message, username: str) -> Message:
+def _message(wire: _Message, username: str | None) -> Message:
     return Message(
         room=wire.room,
         username=wire.username,
@@ -159,9 +185,11 @@ def _message(wire: _Message, username: str) -> Message:
 # -- client to server -----------------------------------------------------------
 
 
-def join_command(room: str, username: str, since: Position | None) -> str:
-    """``{"type": "join", ...}``, with ``since`` when recovering."""
-    command: dict[str, Any] = {"type": "join", "room": room, "username": username}
+def join_command(room: str, username: str | None, since: Position | None) -> str:
+    """``{"type": "join", ...}``, with ``since`` when recovering (no username: the token's)."""
+    command: dict[str, Any] = {"type": "join", "room": room}
+    if username is not None:
+        command["username"] = username
     if since is not None:
         command["since"] = {"epoch": since.epoch, "seq": since.seq}
     return _encode(command)
@@ -175,6 +203,11 @@ def leave_command(room: str) -> str:
 def message_command(room: str, text: str, message_id: str) -> str:
     """``{"type": "message", ...}`` carrying the id the server acknowledges."""
     return _encode({"type": "message", "room": room, "message": text, "id": message_id})
+
+
+def auth_command(token: str) -> str:
+    """``{"type": "auth", "token": ...}``: a fresh token for the open connection."""
+    return _encode({"type": "auth", "token": token})
 
 
 def typing_command(room: str) -> str:
