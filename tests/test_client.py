@@ -101,7 +101,8 @@ async def serve(
     port: int, stop: anyio.Event, stopped: anyio.Event, *, task_status: TaskStatus[Server]
 ) -> None:
     """An in-process server on a fixed ``port`` until ``stop`` is set (then it drains)."""
-    server = Server(ServerConfig(host="127.0.0.1", port=port, rate=0))
+    limits = {"rate": 0, "address_rate": 0, "connect_rate": 0, "user_rate": 0}
+    server = Server(ServerConfig(host="127.0.0.1", port=port, **limits))
     async with anyio.create_task_group() as group:
         await group.start(server.serve)
         task_status.started(server)
