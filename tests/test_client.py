@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import itertools
-import ssl
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -18,7 +17,6 @@ from typing import Any, TypeVar
 
 import anyio
 import pytest
-import trustme
 from anyio.abc import SocketStream, TaskStatus
 
 import wschat.client
@@ -42,7 +40,7 @@ from wschat.client import (
 )
 from wschat.server import Server, ServerConfig
 
-from .helpers import free_port, running_server
+from .helpers import free_port, running_server, tls_files
 
 pytestmark = pytest.mark.anyio
 
@@ -417,14 +415,8 @@ async def test_token_goes_in_the_url_fresh_for_each_connection() -> None:
 
 
 async def test_wss_with_an_ssl_context(tmp_path: Path) -> None:
-    authority = trustme.CA()
-    cert = authority.issue_cert("127.0.0.1")
-    certfile, keyfile = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cert.private_key_and_cert_chain_pem.write_to_path(str(certfile))
-    cert.private_key_pem.write_to_path(str(keyfile))
-    trusted = ssl.create_default_context()
-    authority.configure_trust(trusted)
-    async with running_server(certfile=str(certfile), keyfile=str(keyfile)) as server:
+    options, trusted = tls_files(tmp_path)
+    async with running_server(**options) as server:
         async with wschat.client.connect(url(server, "wss"), username="x", ssl=trusted) as chat:
             position = await chat.say("over TLS")
             assert (await next_event(chat, Message)).position == position
