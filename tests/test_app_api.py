@@ -286,7 +286,9 @@ class TestExecute:
         await backend.presence_join("dev", "c3", "bo")
         status, listing = await call(app, "GET", "/api/rooms")
         assert status == 200
-        assert listing == {"rooms": [{"room": "dev", "members": 1}, {"room": "lobby", "members": 1}]}
+        assert listing == {
+            "rooms": [{"room": "dev", "members": 1}, {"room": "lobby", "members": 1}]
+        }
 
     async def test_backend_down_is_503(self) -> None:
         app = App(settings=AppConfig(api_key=KEY), hub=Hub(RedisBackend("redis://127.0.0.1:1/0")))

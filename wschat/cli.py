@@ -24,6 +24,7 @@ import anyio
 from . import __version__, flags
 from .app import CLI_OPTIONS as APP_OPTIONS
 from .app import App, AppConfig, AppLoadError, AppRecipe, ConfigError
+from .client import commands as client_commands
 from .flags import count, count_or_zero, non_negative, port, positive, text
 from .server import Server, ServerConfig
 from .server.descriptors import connection_cap, raise_open_file_limit
@@ -123,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=flags.HelpFormatter,
     )
     add_serve_arguments(serve)
+    client_commands.add_commands(commands)  # wschat chat, wschat say
     return parser
 
 
@@ -347,6 +349,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``wschat`` command."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command in client_commands.COMMANDS:
+        return client_commands.run_command(args)
     try:
         recipe = AppRecipe(
             args.app,
