@@ -393,6 +393,9 @@ class ServerConnection(WebSocketConnection):
         # h11's "closed" flag cannot be set here: EOF while the upgrade was
         # pending already closed the connection (receive_eof).
         trailing, _ = self._h11.trailing_data
+        # The HTTP phase is over: h11's state and buffers are not kept for the
+        # connection's life (a server holds thousands of these).
+        del self._h11
         self._open_websocket(
             ConnectionType.SERVER, deflate, max_message_size, accept_binary, trailing
         )
