@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -18,7 +18,15 @@ import anyio
 from anyio.abc import TaskGroup
 
 from ..chat import Position, membership_event, message_event
-from .backend import DEFAULT_HISTORY_SIZE, ChatMessage, Deliver, Delivery, History
+from .backend import (
+    DEFAULT_DEDUP_SIZE,
+    DEFAULT_DEDUP_TTL,
+    DEFAULT_HISTORY_SIZE,
+    ChatMessage,
+    Deliver,
+    Delivery,
+    History,
+)
 
 
 @dataclass(slots=True)
@@ -29,6 +37,8 @@ class _Room:
     history: deque[tuple[int, bytes, float]] = field(default_factory=deque)
     connections: dict[str, str] = field(default_factory=dict)  # conn_id -> username
     users: Counter[str] = field(default_factory=Counter)
+    # (username, message id) -> (seq, monotonic time published), oldest first
+    ids: OrderedDict[tuple[str, str], tuple[int, float]] = field(default_factory=OrderedDict)
 
 
 class MemoryBackend:
@@ -38,6 +48,8 @@ class MemoryBackend:
         history_size: Messages kept per room.
         history_ttl: Seconds a message stays in history (None: no expiry).
         clock: Monotonic clock, injectable for tests.
+        dedup_ttl: Seconds a message id is remembered (idempotent publish).
+        dedup_size: Message ids remembered per room.
     """
 
     def __init__(
@@ -45,9 +57,13 @@ class MemoryBackend:
         history_size: int = DEFAULT_HISTORY_SIZE,
         history_ttl: float | None = None,
         clock: Callable[[], float] = time.monotonic,
+        dedup_ttl: float = DEFAULT_DEDUP_TTL,
+        dedup_size: int = DEFAULT_DEDUP_SIZE,
     ) -> None:
         self.history_size = history_size
         self.history_ttl = history_ttl
+        self.dedup_ttl = dedup_ttl
+        self.dedup_size = dedup_size
         self._clock = clock
         self._rooms: dict[str, _Room] = {}
         self._subscribed: set[str] = set()
@@ -99,14 +115,29 @@ class MemoryBackend:
             self._deliver(room, delivery)
 
     async def publish(self, room: str, message: ChatMessage) -> Position:
-        """Assign the next seq, keep the message in history and deliver it."""
+        """Assign the next seq, keep the message in history and deliver it.
+
+        A retry of a message id (same sender) within ``dedup_ttl`` returns the
+        original position and publishes nothing.
+        """
         state = self._room(room)
+        now = self._clock()
+        ids = state.ids
+        while ids and next(iter(ids.values()))[1] <= now - self.dedup_ttl:
+            ids.popitem(last=False)
+        if message.id is not None:
+            seen = ids.get((message.username, message.id))
+            if seen is not None:
+                return Position(state.epoch, seen[0])
+            ids[(message.username, message.id)] = (state.seq + 1, now)
+            while len(ids) > self.dedup_size:
+                ids.popitem(last=False)
         state.seq += 1
         position = Position(state.epoch, state.seq)
         payload = message_event(
             room, position, message.username, message.message, message.time, message.id
         )
-        state.history.append((state.seq, payload, self._clock()))
+        state.history.append((state.seq, payload, now))
         while len(state.history) > self.history_size:
             state.history.popleft()
         self._expire(state)
