@@ -181,9 +181,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             "--workers > 1 needs a shared hub backend (e.g. --hub redis://127.0.0.1:6379/0): "
             "with memory:// each worker would be a separate chat"
         )
-    if urlsplit(config.hub_url).scheme not in ("memory", "redis", "rediss"):
+    if urlsplit(config.hub_url).scheme not in ("memory", "redis", "rediss", "redis-cluster"):
         parser.error(
-            f"unknown hub backend {config.hub_url!r}: use memory:// or redis://host:port/db"
+            f"unknown hub backend {config.hub_url!r}: use memory://, redis://host:port/db"
+            " or redis-cluster://host:port[,host:port...]"
         )
     if bool(config.certfile) != bool(config.keyfile):
         parser.error("--certfile and --keyfile go together")
