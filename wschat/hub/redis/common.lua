@@ -27,6 +27,8 @@ end
 
 -- Drop history entries stored before horizon (ms): they are a prefix.
 local function expire_history(stream, horizon)
+  local first = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)
+  if #first == 0 or tonumber(first[1][2][4]) >= horizon then return end
   while true do
     local batch = redis.call('XRANGE', stream, '-', '+', 'COUNT', 64)
     if #batch == 0 then return end

@@ -179,9 +179,9 @@ class Presence:
             self._wake = anyio.Event()
             if anyio.current_time() >= next_beat:
                 next_beat = anyio.current_time() + self.interval
-                await self._visit(set(self.local) | set(self._subscribed()))
+                await self.visit(set(self.local) | set(self._subscribed()))
             resync, self._resync = self._resync, set()
-            await self._visit(resync)
+            await self.visit(resync)
             await self._heal_dirty()
             for room in resync:
                 try:
@@ -191,7 +191,7 @@ class Presence:
                     continue
                 self._emit(room, Delivery(presence_event(room, names), None))
 
-    async def _visit(self, rooms: Iterable[str]) -> None:
+    async def visit(self, rooms: Iterable[str]) -> None:
         """Heartbeat ``rooms``: renew leases, keep positions alive, sweep dead nodes."""
         limits = self._limits
         down: set[str] = set()
