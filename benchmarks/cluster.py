@@ -22,8 +22,10 @@ over the nodes, one sender per room). Phases, per scenario:
   receipt - first send).
 
 CPU per phase: the wschat nodes' (from /proc) and Redis's (``INFO cpu``, summed
-over the masters), per published message and per delivery. Then the presence
-heartbeat's cost: Redis CPU per room visit. The machine may be shared: each
+over the masters), per published message and per delivery. Then, on Redis and
+the Cluster: Redis CPU per published message with 1, 4 and 16 nodes subscribed
+to the room (the fan-out part of a publish), and the presence heartbeat's cost
+(Redis CPU per room visit). The machine may be shared: each
 figure is the median of the runs (min-max beside it), and the CPU that other
 processes used during each phase is recorded.
 
@@ -53,6 +55,7 @@ sys.path[:0] = [str(HERE), str(HERE.parent)]
 import redis  # noqa: E402
 import servers  # noqa: E402
 from cluster_clients import Client, Clients, connect_all, settle, warm_up  # noqa: E402
+from loadgen import MESSAGE_SIZE  # noqa: E402
 from run import percentiles  # noqa: E402
 
 from tests.helpers import RedisProcess, wait_for_port  # noqa: E402
@@ -267,6 +270,40 @@ async def beat_cost(url: str, ports: list[int], rooms: int) -> float:
     return 1e6 * spent / (3 * rooms)
 
 
+async def fanout_cost(url: str, ports: list[int], subscribers: int, messages: int) -> float:
+    """Redis CPU microseconds per published message with ``subscribers`` nodes subscribed."""
+    import anyio
+
+    from wschat.hub import ChatMessage
+    from wschat.hub.redis import RedisBackend
+
+    received = [0]
+
+    def count(room: str, delivery: Any) -> None:
+        received[0] += 1
+
+    backends = [RedisBackend(url) for _ in range(subscribers + 1)]
+    async with anyio.create_task_group() as group:
+        for backend in backends:
+            await backend.start(count, group)
+        for backend in backends[1:]:
+            await backend.subscribe("fan")
+        before = redis_cpu(ports)
+        text = "x" * MESSAGE_SIZE
+        for n in range(messages):
+            await backends[0].publish(
+                "fan", ChatMessage("u", text, "2026-01-01T00:00:00Z", f"m{n}")
+            )
+        with anyio.fail_after(30):
+            while received[0] < messages * subscribers:
+                await anyio.sleep(0.01)
+        spent = redis_cpu(ports) - before
+        for backend in backends:
+            await backend.aclose()
+        group.cancel_scope.cancel()
+    return 1e6 * spent / messages
+
+
 async def one_run(run: int, args: argparse.Namespace) -> list[dict[str, Any]]:
     records = []
     kinds = list(DEPLOYMENTS[run % 3 :] + DEPLOYMENTS[: run % 3])
@@ -288,6 +325,18 @@ async def one_run(run: int, args: argparse.Namespace) -> list[dict[str, Any]]:
                 )
                 records.append(record)
             if kind != "memory":
+                records += [
+                    {
+                        "run": run,
+                        "deployment": kind,
+                        "scenario": "fanout",
+                        "subscribers": subscribers,
+                        "redis_us_per_publish": await fanout_cost(
+                            setup["url"], setup["redis"], subscribers, 2000
+                        ),
+                    }
+                    for subscribers in (1, 4, 16)
+                ]
                 records.append(
                     {
                         "run": run,
@@ -331,6 +380,19 @@ def table(records: list[dict[str, Any]]) -> str:
                 f"| {median_range([r['kib_per_connection'] for r in group])} |"
             )
     for kind in ("redis", "cluster"):
+        for subscribers in (1, 4, 16):
+            fan = [
+                r["redis_us_per_publish"]
+                for r in records
+                if r["deployment"] == kind
+                and r["scenario"] == "fanout"
+                and r["subscribers"] == subscribers
+            ]
+            if fan:
+                rows.append(
+                    f"\nRedis µs per publish (with an id) to {subscribers} subscribed nodes "
+                    f"({kind}): {median_range(fan)}"
+                )
         beats = [
             r["redis_us_per_room_beat"]
             for r in records
