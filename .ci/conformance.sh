@@ -10,7 +10,7 @@ PY=${PYTHON:-$HERE/.venv/bin/python}
 [ -x "${WSTEST_HOME:-/opt/wstest}/bin/wstest" ] || bash "$TOOLS/setup.sh"
 PORT=$("$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 LOG=$(mktemp /tmp/wschat-conformance.XXXXXX.log)
-"$PY" -m wschat serve --host 127.0.0.1 --port "$PORT" --echo --rate 0 --log-level warning >"$LOG" 2>&1 &
+"$PY" -m wschat serve --host 127.0.0.1 --port "$PORT" --echo --rate 0 --address-rate 0 --connect-rate 0 --log-level warning >"$LOG" 2>&1 &
 SERVER=$!
 trap 'kill $SERVER 2>/dev/null || true; wait $SERVER 2>/dev/null || true' EXIT
 for _ in $(seq 100); do

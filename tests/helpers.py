@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
+import trustme
+from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from wschat.server import Server, ServerConfig
 
@@ -39,21 +43,84 @@ def require(condition: bool, what: str) -> None:
         pytest.skip(f"{what} is missing")
 
 
+# The event loops the loopback suites run the server on (`pytest.mark.every_loop`).
+SERVER_LOOPS = ("asyncio", "uvloop", "trio")
+# Set by conftest's anyio_backend fixture for each test: where running_server runs.
+server_loop = "asyncio"
+
+
+class ServerHandle:
+    """A running in-process server, on the test's own loop or on trio in a thread of its own.
+
+    Attributes read through (``port``, ``hub``, ``connections``, ``metrics``…)
+    are the server's; reading them from the test is safe. Anything that must
+    run on the server's loop goes through :meth:`call`; :meth:`stop` does.
+    """
+
+    def __init__(self, server: Server, portal: BlockingPortal | None = None) -> None:
+        self.server = server
+        self.portal = portal
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.server, name)
+
+    @property
+    def loop(self) -> str:
+        """The loop the server runs on: asyncio, uvloop or trio."""
+        return "trio" if self.portal is not None else server_loop
+
+    async def call(self, function: Callable[..., Any], *args: Any) -> Any:
+        """Run ``function(*args)`` (sync or async) on the server's loop; return its result."""
+        if self.portal is None:
+            result = function(*args)
+            return await result if inspect.isawaitable(result) else result
+        portal = self.portal
+        if inspect.iscoroutinefunction(function):
+            return await anyio.to_thread.run_sync(lambda: portal.call(function, *args))
+        return await anyio.to_thread.run_sync(lambda: portal.call(lambda: function(*args)))
+
+    def stop(self) -> None:
+        """Begin the server's graceful shutdown."""
+        if self.portal is None:
+            self.server.stop()
+        else:
+            self.portal.call(self.server.stop)
+
+
 @asynccontextmanager
-async def running_server(**overrides: Any) -> AsyncIterator[Server]:
-    """An in-process wschat server on a free loopback port, stopped (drained) on exit."""
-    overrides.setdefault("rate", 0)
+async def running_server(
+    factory: Callable[[ServerConfig], Server] = Server, **overrides: Any
+) -> AsyncIterator[ServerHandle]:
+    """An in-process wschat server on a free loopback port, stopped (drained) on exit.
+
+    It runs on the loop the test is parametrised with (see ``every_loop``):
+    the test's own for asyncio and uvloop, a thread of its own for trio (the
+    `websockets` client the tests use needs asyncio). ``factory`` makes the
+    server from its config (a subclass, for fault injection).
+    """
+    for limit in ("rate", "address_rate", "connect_rate"):
+        overrides.setdefault(limit, 0)
     config = ServerConfig(host="127.0.0.1", port=0, **overrides)
-    server = Server(config)
-    async with anyio.create_task_group() as group:
-        await group.start(server.serve)
+    if server_loop != "trio":
+        server = factory(config)
+        async with anyio.create_task_group() as group:
+            await group.start(server.serve)
+            try:
+                yield ServerHandle(server)
+            finally:
+                server.stop()
+        return
+    with start_blocking_portal("trio") as portal:
+        server = portal.call(factory, config)
+        future, _ = await anyio.to_thread.run_sync(portal.start_task, server.serve)
         try:
-            yield server
+            yield ServerHandle(server, portal)
         finally:
-            server.stop()
+            await anyio.to_thread.run_sync(portal.call, server.shutdown)
+            await anyio.to_thread.run_sync(future.result)
 
 
-def ws_url(server: Server, path: str = "/ws") -> str:
+def ws_url(server: Server | ServerHandle, path: str = "/ws") -> str:
     """The ws:// URL of ``path`` on an in-process server."""
     return f"ws://127.0.0.1:{server.port}{path}"
 
@@ -156,3 +223,15 @@ def redis_server() -> Iterator[str]:
     """A private ``redis-server`` on a free port (no persistence); yields its URL."""
     with RedisProcess() as redis:
         yield redis.url
+
+
+def tls_files(directory: Path) -> tuple[dict[str, str], ssl.SSLContext]:
+    """A certificate for 127.0.0.1 from a throwaway CA: server options and a client context."""
+    authority = trustme.CA()
+    cert = authority.issue_cert("127.0.0.1", "localhost")
+    certfile, keyfile = directory / "cert.pem", directory / "key.pem"
+    cert.private_key_and_cert_chain_pem.write_to_path(str(certfile))
+    cert.private_key_pem.write_to_path(str(keyfile))
+    client_context = ssl.create_default_context()
+    authority.configure_trust(client_context)
+    return {"certfile": str(certfile), "keyfile": str(keyfile)}, client_context

@@ -20,7 +20,9 @@ from wschat.hub.redis import RedisBackend
 
 from .helpers import RedisProcess, running_server, ws_url
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.every_loop]
+# redis-py is asyncio-only: the Redis backend runs on asyncio and uvloop.
+ASYNCIO_ONLY = pytest.mark.every_loop(loops=("asyncio", "uvloop"))
 
 
 async def next_event(ws: ClientConnection, kind: str, timeout: float = 10.0) -> dict[str, Any]:
@@ -39,6 +41,7 @@ async def join(ws: ClientConnection, username: str, room: str = "lobby") -> dict
 
 
 @pytest.mark.redis
+@ASYNCIO_ONLY
 async def test_failed_rejoin_keeps_the_member_in_the_room_and_leaves_no_ghost() -> None:
     with RedisProcess() as redis:
         async with running_server(hub_url=redis.url) as server:
@@ -49,18 +52,19 @@ async def test_failed_rejoin_keeps_the_member_in_the_room_and_leaves_no_ghost() 
             await carol.send(json.dumps({"type": "join", "room": "lobby", "username": "carol"}))
             assert (await next_event(carol, "error"))["code"] == "unavailable"
             # The failed re-join left carol where she was: in the room, not stranded.
-            assert len(server.hub.members("lobby")) == 2
+            assert len(await server.call(server.hub.members, "lobby")) == 2
             redis.start()  # empty: the room's history is gone, so members must resync
             for ws in (alice, carol):
                 with pytest.raises(ConnectionClosed) as info:
                     await next_event(ws, "never", timeout=20)
                 assert info.value.rcvd is not None and info.value.rcvd.code == 1012
             with anyio.fail_after(10):
-                while server.connections or await server.hub.backend.presence("lobby"):
+                while server.connections or await server.call(server.hub.backend.presence, "lobby"):
                     await anyio.sleep(0.05)  # nobody left behind in presence
 
 
 @pytest.mark.redis
+@ASYNCIO_ONLY
 async def test_live_messages_lost_by_the_node_make_members_resync() -> None:
     with RedisProcess() as redis:
         async with running_server(hub_url=redis.url, history_size=2) as server:

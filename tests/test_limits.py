@@ -20,12 +20,10 @@ import trustme
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from wschat.server import Server
-
-from .helpers import running_server, ws_url
+from .helpers import ServerHandle, running_server, ws_url
 from .test_server import raw_http, recv_json, recv_type, rst, upgrade_request, wait_members
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.every_loop]
 
 
 def client_frame(opcode: int, payload: bytes, fin: bool = True) -> bytes:
@@ -50,8 +48,25 @@ class RawClient:
         self.buffer = b""
 
     @classmethod
-    async def open(cls, port: int, path: str = "/ws") -> RawClient:
-        stream = await anyio.connect_tcp("127.0.0.1", port)
+    async def open(
+        cls,
+        port: int,
+        path: str = "/ws",
+        ssl_context: ssl.SSLContext | None = None,
+        rcvbuf: int | None = None,
+    ) -> RawClient:
+        """Connect and upgrade (over TLS with ``ssl_context``); a small ``rcvbuf``
+        makes the kernel push back as soon as the client stops reading."""
+        stream: Any = await anyio.connect_tcp(
+            "127.0.0.1",
+            port,
+            tls=ssl_context is not None,
+            ssl_context=ssl_context,
+            tls_standard_compatible=False,
+        )
+        if rcvbuf is not None:
+            with raw_socket(stream) as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         client = cls(stream)
         await stream.send(upgrade_request(path))
         while b"\r\n\r\n" not in client.buffer:
@@ -63,26 +78,47 @@ class RawClient:
     async def send(self, data: bytes) -> None:
         await self.stream.send(data)
 
-    async def next_frame(self) -> tuple[int, bytes]:
+    async def reset(self) -> None:
+        """Drop the connection with a TCP reset (a phone losing signal, a scanner)."""
+        with raw_socket(self.stream) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        await self.stream.aclose()
+
+    def fin(self) -> None:
+        """Send FIN without a close frame (TCP half-close under TLS too)."""
+        with raw_socket(self.stream) as sock:
+            sock.shutdown(socket.SHUT_WR)
+
+    def pop_frame(self) -> tuple[int, bytes] | None:
+        """(opcode, payload) of the next complete server frame in the buffer, if any."""
+        if len(self.buffer) < 2:
+            return None
+        length = self.buffer[1] & 0x7F
+        offset = 2
+        if length == 126:
+            if len(self.buffer) < 4:
+                return None
+            length, offset = struct.unpack("!H", self.buffer[2:4])[0], 4
+        elif length == 127:
+            if len(self.buffer) < 10:
+                return None
+            length, offset = struct.unpack("!Q", self.buffer[2:10])[0], 10
+        if len(self.buffer) < offset + length:
+            return None
+        opcode = self.buffer[0] & 0x0F
+        payload = self.buffer[offset : offset + length]
+        self.buffer = self.buffer[offset + length :]
+        return opcode, payload
+
+    async def next_frame(self, max_bytes: int = 65536) -> tuple[int, bytes]:
         """(opcode, payload) of the next server frame; (-1, b"") at EOF."""
-        while True:
-            if len(self.buffer) >= 2:
-                length = self.buffer[1] & 0x7F
-                offset = 2
-                if length == 126:
-                    length, offset = struct.unpack("!H", self.buffer[2:4])[0], 4
-                elif length == 127:
-                    length, offset = struct.unpack("!Q", self.buffer[2:10])[0], 10
-                if len(self.buffer) >= offset + length:
-                    opcode = self.buffer[0] & 0x0F
-                    payload = self.buffer[offset : offset + length]
-                    self.buffer = self.buffer[offset + length :]
-                    return opcode, payload
+        while (frame := self.pop_frame()) is None:
             try:
-                chunk = await self.stream.receive()
-            except (anyio.EndOfStream, anyio.BrokenResourceError):
+                chunk = await self.stream.receive(max_bytes)
+            except (anyio.EndOfStream, anyio.BrokenResourceError, ssl.SSLError):
                 return -1, b""
             self.buffer += chunk
+        return frame
 
     async def close_code(self, timeout: float = 5.0) -> int:
         """Read until the server's close frame; return its code."""
@@ -95,11 +131,26 @@ class RawClient:
                     return 1006
 
 
-async def assert_room_works(server: Server, room: str = "lobby", count: int = 3) -> None:
+def raw_socket(stream: Any) -> socket.socket:
+    """The stream's socket as a real ``socket.socket`` (uvloop hands out a pseudo-socket
+    without ``shutdown``); a duplicate descriptor: options and shutdown apply to both."""
+    sock = stream.extra(anyio.abc.SocketAttribute.raw_socket)
+    return socket.socket(fileno=os.dup(sock.fileno()))
+
+
+async def assert_room_works(
+    server: ServerHandle,
+    room: str = "lobby",
+    count: int = 3,
+    ssl_context: ssl.SSLContext | None = None,
+) -> None:
     """A well-behaved pair still chats: every message arrives, in order."""
+    url = ws_url(server) + f"?room={room}"
+    if ssl_context is not None:
+        url = "wss" + url[2:]
     async with (
-        connect(ws_url(server) + f"?room={room}") as a,
-        connect(ws_url(server) + f"?room={room}") as b,
+        connect(url, ssl=ssl_context) as a,
+        connect(url, ssl=ssl_context) as b,
     ):
         for n in range(count):
             await a.send(json.dumps({"username": "good", "message": f"ok{n}"}))
@@ -248,11 +299,58 @@ class TestRateLimit:
             assert got == [f"f{n}" for n in range(5)]  # only the burst went through
 
 
+class TestLimitsPerAddress:
+    async def test_reconnecting_does_not_escape_the_message_limit(self) -> None:
+        # The limit is per client address, across its connections; a client
+        # behind the (trusted) proxy on 127.0.0.1 counts as the address it names.
+        async with running_server(address_rate=0.01, address_burst=4) as server:
+            elsewhere = {"X-Forwarded-For": "198.51.100.7"}
+            async with connect(ws_url(server), additional_headers=elsewhere) as other:
+                errors: list[dict[str, Any]] = []
+                for n in range(4):
+                    async with connect(ws_url(server)) as flooder:
+                        for k in range(3):
+                            message = {"username": "f", "message": f"f{n}.{k}", "id": f"{n}.{k}"}
+                            await flooder.send(json.dumps(message))
+                            event = await recv_json(flooder)
+                            while event.get("id") != message["id"] or event["type"] == "message":
+                                event = await recv_json(flooder)  # the answer: ack or error
+                            if event["type"] == "error":
+                                errors.append(event)
+                assert len(errors) == 12 - 4
+                assert {e["code"] for e in errors} == {"rate_limited"}
+                assert all("your address" in e["reason"] and e["id"] for e in errors)
+                got = [(await recv_json(other))["message"] for _ in range(4)]
+                assert got == ["f0.0", "f0.1", "f0.2", "f1.0"]
+                await other.send(json.dumps({"username": "o", "message": "not limited"}))
+                assert (await recv_json(other))["message"] == "not limited"
+            metrics = server.metrics.render()
+            assert b"wschat_address_rate_limited_messages_total 8.0" in metrics
+
+    async def test_too_many_new_connections_from_one_address_get_429(self) -> None:
+        async with running_server(connect_rate=0.5, connect_burst=3) as server:
+            opened = [await connect(ws_url(server)) for _ in range(3)]
+            with pytest.raises(InvalidStatus) as info:
+                await connect(ws_url(server))
+            response = info.value.response
+            assert response.status_code == 429
+            assert b"too many connections from your address" in response.body
+            assert int(response.headers["retry-after"]) >= 1
+            headers = {"X-Forwarded-For": "203.0.113.9"}
+            async with connect(ws_url(server), additional_headers=headers) as ws:
+                await ws.send(json.dumps({"username": "n", "message": "another address"}))
+                assert (await recv_json(ws))["message"] == "another address"
+            for ws in opened:
+                await ws.close()
+
+
 class TestSlowConsumer:
     async def test_non_reader_closed_with_1013_others_get_everything(self) -> None:
         messages = 400
         text = "z" * 1000
-        async with running_server(outbox_limit=64 * 1024, write_timeout=2) as server:
+        async with running_server(
+            outbox_limit=64 * 1024, write_timeout=2, close_timeout=1
+        ) as server:
             stream = await anyio.connect_tcp("127.0.0.1", server.port)
             sock = stream.extra(anyio.abc.SocketAttribute.raw_socket)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -280,13 +378,18 @@ class TestSlowConsumer:
             await stream.aclose()
 
 
+def count_tasks() -> int:
+    """Tasks on the calling event loop (the server's, through ``ServerHandle.call``)."""
+    return len(anyio.get_running_tasks())
+
+
 class TestChurn:
     async def test_connect_disconnect_cycles_leave_nothing_behind(self) -> None:
         async with running_server() as server:
             await assert_room_works(server)
             await wait_members(server, 0)
             await anyio.sleep(0.2)
-            tasks_before = len(asyncio.all_tasks())
+            tasks_before = await server.call(count_tasks)
             fds_before = len(os.listdir("/proc/self/fd"))
             for cycle in range(150):
                 ws = await connect(ws_url(server) + f"?room=r{cycle % 7}")
@@ -302,8 +405,8 @@ class TestChurn:
             await wait_members(server, 0)
             await anyio.sleep(0.3)
             assert server.hub.statistics()["rooms"] == 0
-            assert await server.hub.backend.presence("lobby") == []
-            assert len(asyncio.all_tasks()) <= tasks_before
+            assert await server.call(server.hub.backend.presence, "lobby") == []
+            assert await server.call(count_tasks) <= tasks_before
             assert len(os.listdir("/proc/self/fd")) <= fds_before + 2
 
 
@@ -359,7 +462,7 @@ class TestWriteTimeout:
     async def test_blocked_send_closes_the_connection_room_unharmed(self) -> None:
         text = "w" * 4000
         messages = 1500  # ~6 MB: more than loopback socket buffers hold
-        async with running_server(outbox_limit=0, write_timeout=0.5) as server:
+        async with running_server(outbox_limit=0, write_timeout=1.5) as server:
             stream = await anyio.connect_tcp("127.0.0.1", server.port)
             sock = stream.extra(anyio.abc.SocketAttribute.raw_socket)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)

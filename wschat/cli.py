@@ -1,4 +1,10 @@
-"""``wschat serve ...``: flags, ``WSCHAT_*`` environment variables, signals, workers."""
+"""``wschat serve ...``: flags, ``WSCHAT_*`` environment variables, signals, workers.
+
+Every operator mistake ends in one line on stderr and a non-zero exit: a bad
+flag or ``WSCHAT_*`` value (exit 2, before anything starts), and what serving
+reveals, such as a port in use or an unreachable hub (exit 1; see
+:mod:`wschat.startup`). Never a traceback.
+"""
 
 from __future__ import annotations
 
@@ -6,93 +12,122 @@ import argparse
 import contextlib
 import importlib.util
 import logging
-import multiprocessing
-import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import fields
 from typing import Any
 from urllib.parse import urlsplit
 
 import anyio
 
-from .hub import BackendUnavailable
+from . import __version__, flags
+from .flags import count, count_or_zero, non_negative, port, positive, text
 from .server import Server, ServerConfig
+from .server.descriptors import connection_cap, raise_open_file_limit
+from .startup import StartupError, check_before_serving, describe_startup_failure
 
 logger = logging.getLogger("wschat")
 
 _DEFAULTS = ServerConfig()
 
-# (flag, config field, type, help). Each flag's environment variable is WSCHAT_<FIELD>.
-_OPTIONS: list[tuple[str, str, Any, str]] = [
-    ("--host", "host", str, "address to listen on"),
-    ("--port", "port", int, "TCP port"),
-    ("--hub", "hub_url", str, "hub backend: memory:// or redis://host:port/db"),
-    ("--max-message-size", "max_message_size", int, "chat message cap in bytes (1009 over it)"),
-    ("--max-request-head", "max_request_head", int, "request line + headers cap in bytes (431)"),
-    ("--handshake-timeout", "handshake_timeout", float, "seconds to send a complete request"),
-    ("--max-connections", "max_connections", int, "open WebSockets at most (then 503)"),
-    ("--ping-interval", "ping_interval", float, "seconds between keepalive pings"),
-    ("--pong-wait", "pong_wait", float, "seconds of client silence before closing with 1011"),
-    ("--write-timeout", "write_timeout", float, "seconds a blocked send may take"),
-    ("--close-timeout", "close_timeout", float, "seconds to wait for the peer's close frame"),
-    ("--outbox-limit", "outbox_limit", int, "bytes queued per client before closing with 1013"),
-    ("--rate", "rate", float, "messages per second per connection (0: unlimited)"),
-    ("--burst", "burst", int, "messages a connection may send at once"),
-    ("--drain-timeout", "drain_timeout", float, "seconds to wait for clients on shutdown"),
-    ("--history-size", "history_size", int, "messages kept per room"),
+# How often a worker copies the Hub's counters into the shared metrics files.
+_METRICS_SYNC_INTERVAL = 1.0
+
+
+# (flag, config field, parse, help). Each flag's environment variable is WSCHAT_<FIELD>.
+_OPTIONS: list[tuple[str, str, Callable[[str], Any], str]] = [
+    ("--host", "host", text, "address to listen on"),
+    ("--port", "port", port, "TCP port (0: any free port)"),
+    ("--hub", "hub_url", text, "hub backend: memory:// or redis://host:port/db"),
+    ("--max-message-size", "max_message_size", count, "chat message cap in bytes (1009 over it)"),
+    ("--max-request-head", "max_request_head", count, "request line + headers cap in bytes (431)"),
+    ("--handshake-timeout", "handshake_timeout", positive, "seconds to send a complete request"),
+    ("--max-connections", "max_connections", count, "open connections at most (then 503)"),
+    ("--ping-interval", "ping_interval", positive, "seconds between keepalive pings"),
+    ("--pong-wait", "pong_wait", positive, "seconds of client silence before closing with 1011"),
+    ("--write-timeout", "write_timeout", positive, "seconds a blocked send may take"),
+    ("--close-timeout", "close_timeout", positive, "seconds to wait for the peer's close frame"),
+    ("--outbox-limit", "outbox_limit", count, "bytes queued per client before closing with 1013"),
+    ("--rate", "rate", non_negative, "messages per second per connection (0: unlimited)"),
+    ("--burst", "burst", count, "messages a connection may send at once"),
+    (
+        "--address-rate",
+        "address_rate",
+        non_negative,
+        "messages per second per client address, all its connections together (0: unlimited)",
+    ),
+    ("--address-burst", "address_burst", count, "messages a client address may send at once"),
+    (
+        "--connect-rate",
+        "connect_rate",
+        non_negative,
+        "new WebSocket connections per second per client address (0: unlimited; then 429)",
+    ),
+    ("--connect-burst", "connect_burst", count, "connections a client address may open at once"),
+    (
+        "--address-table-size",
+        "address_table_size",
+        count,
+        "client addresses each per-address limit tracks (least recently used forgotten)",
+    ),
+    ("--drain-timeout", "drain_timeout", non_negative, "seconds to wait for clients on exit"),
+    ("--history-size", "history_size", count_or_zero, "messages kept per room"),
     (
         "--history-ttl",
         "history_ttl",
-        float,
+        positive,
         "seconds a message stays in history (default: no expiry)",
+    ),
+    (
+        "--max-idle-rooms",
+        "max_idle_rooms",
+        count_or_zero,
+        "rooms nobody is in whose history the memory hub keeps (least recently used forgotten)",
     ),
     (
         "--presence-ttl",
         "presence_ttl",
-        float,
+        positive,
         "seconds before a dead node's members leave presence (redis hub)",
     ),
-    ("--certfile", "certfile", str, "TLS certificate (PEM): serve https:// and wss://"),
-    ("--keyfile", "keyfile", str, "TLS private key (PEM)"),
-    ("--workers", "workers", int, "processes sharing the port (needs a shared hub, e.g. redis)"),
+    ("--certfile", "certfile", text, "TLS certificate (PEM): serve https:// and wss://"),
+    ("--keyfile", "keyfile", text, "TLS private key (PEM, unencrypted)"),
+    ("--workers", "workers", count, "processes sharing the port (needs a shared hub, e.g. redis)"),
 ]
-
-
-def _env(name: str) -> str | None:
-    return os.environ.get(f"WSCHAT_{name.upper()}")
-
-
-def _truthy(value: str | None) -> bool:
-    return value is not None and value.strip().lower() in ("1", "true", "yes", "on")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``wschat`` argument parser (defaults come from ``WSCHAT_*`` when set)."""
-    parser = argparse.ArgumentParser(
+    parser = flags.Parser(
         prog="wschat",
         description="wschat: a real-time chat server. Open http://HOST:PORT/ in two tabs.",
         epilog="Every flag has an environment equivalent: --max-message-size is "
         "WSCHAT_MAX_MESSAGE_SIZE, --hub is WSCHAT_HUB_URL. Flags win over the environment.",
     )
+    parser.add_argument("--version", action="version", version=f"wschat {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser(
         "serve",
         help="serve the chat page and the WebSocket endpoint /ws",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=flags.HelpFormatter,
     )
-    for flag, field, kind, text in _OPTIONS:
-        env = _env(field)
-        default = kind(env) if env is not None else getattr(_DEFAULTS, field)
+    serve.add_argument(
+        "app",
+        nargs="?",
+        default=flags.env("app"),
+        help="the app to serve, module:attribute (e.g. myproject.chat:app; default: the "
+        "built-in chat) [env WSCHAT_APP]",
+    )
+    for flag, field, parse, description in _OPTIONS:
         serve.add_argument(
             flag,
             dest=field,
-            type=kind,
-            default=default,
-            help=f"{text} [env WSCHAT_{field.upper()}]",
+            type=flags.for_argparse(parse),
+            default=flags.env_default(field, parse, getattr(_DEFAULTS, field)),
+            help=f"{description} [env WSCHAT_{field.upper()}]",
         )
-    origins = _env("allowed_origins")
+    origins = flags.env("allowed_origins")
     serve.add_argument(
         "--allow-origin",
         dest="allowed_origins",
@@ -102,116 +137,184 @@ def build_parser() -> argparse.ArgumentParser:
         "repeatable; '*' allows any [env WSCHAT_ALLOWED_ORIGINS, comma-separated]",
     )
     serve.add_argument(
+        "--trusted-proxy",
+        dest="trusted_proxies",
+        action="append",
+        type=flags.for_argparse(flags.network),
+        default=flags.env_default("trusted_proxies", flags.networks, None),
+        help="an address or network (e.g. 10.0.0.0/8) of a reverse proxy whose "
+        "X-Forwarded-For names the client, for the per-address limits; repeatable "
+        f"(default: {', '.join(_DEFAULTS.trusted_proxies)}) "
+        "[env WSCHAT_TRUSTED_PROXIES, comma-separated]",
+    )
+    serve.add_argument(
         "--echo",
         action="store_true",
-        default=_truthy(_env("echo")),
+        default=flags.env_default("echo", flags.boolean, False),
         help="also serve /echo, a WebSocket echo endpoint for conformance tests [env WSCHAT_ECHO]",
     )
     serve.add_argument(
         "--no-compression",
         action="store_true",
-        default=_truthy(_env("no_compression")),
+        default=flags.env_default("no_compression", flags.boolean, False),
         help="do not negotiate permessage-deflate [env WSCHAT_NO_COMPRESSION]",
     )
     serve.add_argument(
         "--log-level",
-        default=_env("log_level") or "info",
-        choices=["debug", "info", "warning", "error"],
-        help="logging level [env WSCHAT_LOG_LEVEL]",
+        type=flags.for_argparse(flags.log_level),
+        default=flags.env_default("log_level", flags.log_level, "info"),
+        help=f"logging level: {', '.join(flags.LOG_LEVELS)} [env WSCHAT_LOG_LEVEL]",
     )
     return parser
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
-    """A :class:`ServerConfig` from parsed arguments."""
+    """A :class:`ServerConfig` from parsed arguments.
+
+    Raises:
+        ValueError: A ``WSCHAT_*`` value is invalid; the message names it.
+    """
+    for value in vars(args).values():
+        if isinstance(value, flags.BadEnvironment):
+            raise ValueError(value.message)
     names = {f.name for f in fields(ServerConfig)}
     values = {k: v for k, v in vars(args).items() if k in names}
     values["allowed_origins"] = tuple(args.allowed_origins)
     values["compression"] = not args.no_compression
+    if args.trusted_proxies is None:
+        values["trusted_proxies"] = _DEFAULTS.trusted_proxies
+    else:
+        values["trusted_proxies"] = tuple(args.trusted_proxies)
     return ServerConfig(**values)
 
 
-async def run_server(config: ServerConfig) -> None:
-    """Serve until SIGINT or SIGTERM, then drain gracefully."""
+async def run_server(config: ServerConfig, on_ready: Callable[[], None] | None = None) -> None:
+    """Serve until SIGINT or SIGTERM, then drain gracefully.
+
+    Args:
+        config: The settings.
+        on_ready: Called once the server listens (and its hub is connected).
+
+    Raises:
+        StartupError: The server could not start (port in use, hub unreachable...).
+    """
     server = Server(config)
-    async with anyio.create_task_group() as group:
-        await group.start(server.serve)
-        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with anyio.create_task_group() as group:
+
+            async def serve(*, task_status: anyio.abc.TaskStatus[int]) -> None:
+                await server.serve(task_status=task_status)
+                group.cancel_scope.cancel()  # drained: stop listening for signals
+
+            try:
+                await group.start(serve)
+            except Exception as exc:
+                line = describe_startup_failure(exc, config)
+                if line is None:
+                    raise
+                raise StartupError(line) from None
+            if on_ready is not None:
+                on_ready()
+            if server.metrics.shared:
+                group.start_soon(_sync_metrics_forever, server)
+            # Keep the receiver open through the drain: a second signal (a terminal
+            # sends SIGINT to every worker, and the parent forwards it) must not
+            # interrupt it.
+            draining = False
             async for signum in signals:
-                logger.info("= %s: draining", signal.Signals(signum).name)
-                server.stop()
-                break
+                if not draining:
+                    logger.info("= %s: draining", signal.Signals(signum).name)
+                    server.stop()
+                    draining = True
 
 
-def _run(config: ServerConfig) -> None:
+async def _sync_metrics_forever(server: Server) -> None:
+    while True:
+        server.metrics.sync()
+        await anyio.sleep(_METRICS_SYNC_INTERVAL)
+
+
+def run(config: ServerConfig, on_ready: Callable[[], None] | None = None) -> None:
+    """Serve ``config`` on asyncio (uvloop when installed) until a signal.
+
+    Raises:
+        StartupError: The server could not start.
+    """
     backend_options = {"use_uvloop": True} if importlib.util.find_spec("uvloop") else {}
     try:
-        anyio.run(run_server, config, backend="asyncio", backend_options=backend_options)
-    except* BackendUnavailable as group:
-        cause: BaseException = group
-        while isinstance(cause, BaseExceptionGroup):
-            cause = cause.exceptions[0]
-        raise SystemExit(
-            f"wschat: cannot reach the hub backend {config.hub_url}: {cause}"
-        ) from None
+        anyio.run(run_server, config, on_ready, backend="asyncio", backend_options=backend_options)
+    except* StartupError as group:
+        failure: BaseException = group
+        while isinstance(failure, BaseExceptionGroup):
+            failure = failure.exceptions[0]
+        raise failure from None
 
 
-def _worker(config: ServerConfig, log_level: str) -> None:
-    _setup_logging(log_level)
-    _run(config)
-
-
-def _setup_logging(level: str) -> None:
+def setup_logging(level: str, worker: int | None = None) -> None:
+    """Log to stderr; a worker of ``--workers N`` puts its number in every line."""
+    tag = f" worker={worker}" if worker is not None else ""
     logging.basicConfig(
         level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        format=f"%(asctime)s %(levelname)s{tag} %(name)s %(message)s",
         stream=sys.stderr,
     )
+
+
+def prepare(config: ServerConfig) -> None:
+    """What every process does before serving: raise the descriptor limit, log the cap."""
+    limit = raise_open_file_limit()
+    cap = connection_cap(config.max_connections, limit)
+    if cap < config.max_connections:
+        logger.warning(
+            "! open-file limit %d: at most %d connections, not --max-connections %d",
+            limit,
+            cap,
+            config.max_connections,
+        )
+
+
+def fail(message: str, status: int = 1) -> int:
+    """Print ``wschat: message`` on stderr; return ``status`` for the exit code."""
+    print(f"wschat: {message}", file=sys.stderr, flush=True)
+    return status
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``wschat`` command."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    config = config_from_args(args)
-    if config.workers < 1:
-        parser.error("--workers must be at least 1")
+    try:
+        config = config_from_args(args)
+    except ValueError as exc:
+        return fail(str(exc), 2)
     if config.workers > 1 and config.hub_url.startswith("memory:"):
-        parser.error(
+        return fail(
             "--workers > 1 needs a shared hub backend (e.g. --hub redis://127.0.0.1:6379/0): "
-            "with memory:// each worker would be a separate chat"
+            "with memory:// each worker would be a separate chat",
+            2,
         )
     if urlsplit(config.hub_url).scheme not in ("memory", "redis", "rediss", "redis-cluster"):
-        parser.error(
+        return fail(
             f"unknown hub backend {config.hub_url!r}: use memory://, redis://host:port/db"
-            " or redis-cluster://host:port[,host:port...]"
+            " or redis-cluster://host:port[,host:port...]",
+            2,
         )
     if bool(config.certfile) != bool(config.keyfile):
-        parser.error("--certfile and --keyfile go together")
-    _setup_logging(args.log_level)
-    if config.workers == 1:
+        return fail("--certfile and --keyfile go together", 2)
+    try:
+        check_before_serving(config)
+    except StartupError as exc:
+        return fail(str(exc))
+    if config.workers > 1:
+        from .workers import run_workers  # it imports this module
+
+        status: int = run_workers(config, args.log_level)
+        return status
+    setup_logging(args.log_level)
+    prepare(config)
+    try:
         with contextlib.suppress(KeyboardInterrupt):
-            _run(config)
-        return 0
-    return _run_workers(config, args.log_level)
-
-
-def _run_workers(config: ServerConfig, log_level: str) -> int:
-    context = multiprocessing.get_context("spawn")
-    workers = [
-        context.Process(target=_worker, args=(config, log_level), name=f"wschat-worker-{i}")
-        for i in range(config.workers)
-    ]
-    for worker in workers:
-        worker.start()
-
-    def forward(signum: int, _frame: object) -> None:
-        for worker in workers:
-            if worker.is_alive() and worker.pid is not None:
-                os.kill(worker.pid, signum)
-
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    for worker in workers:
-        worker.join()
-    return max((w.exitcode or 0) for w in workers)
+            run(config)
+    except StartupError as exc:
+        return fail(str(exc))
+    return 0

@@ -7,6 +7,9 @@ Client to server (text frames, JSON objects)::
     {"type": "leave", "room": "lobby"}
     {"username": "alice", "message": "hi"}          # the seed's format: a message
 
+The app layer adds ``auth`` and the ephemeral types it registers (``typing``):
+see :mod:`wschat.chat.frames`.
+
 A ``message`` may carry an ``id`` chosen by the client: the server then answers
 the sender with an ``ack`` (or an ``error`` carrying the same ``id``), and a
 retry with the same ``id`` is not published twice.
@@ -28,7 +31,14 @@ from .errors import ChatError
 MAX_USERNAME_LENGTH = 32
 # DESIGN.md: 4 KiB of chat text (gorilla chat: 512 B per message).
 MAX_MESSAGE_LENGTH = 4096
-ROOM_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+# Room names: letters, digits, "_", "-", and ":" after the first character, so that
+# namespaces ("team:dev", matched by "team:*" patterns) and direct rooms
+# ("dm:alice:bob") can be spelled. 128 characters hold a direct room of two 62-character
+# user ids (a UUID is 36). Precedents: Django Channels groups are < 100 characters,
+# Centrifugo's channel_max_length is 255. None of these characters is special in Redis
+# keys, hash tags ("{room}" stops at "}") or pub/sub glob patterns.
+MAX_ROOM_LENGTH = 128
+ROOM_NAME = re.compile(rf"[A-Za-z0-9_-][A-Za-z0-9_:-]{{0,{MAX_ROOM_LENGTH - 1}}}")
 # Long enough for a UUID or a ULID, short enough to keep per room (idempotent publish).
 MESSAGE_ID = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 DEFAULT_ROOM = "lobby"
@@ -91,13 +101,29 @@ def parse_command(text: str) -> Command:
     Raises:
         ChatError: The frame is not a valid command; ``code`` says why.
     """
+    obj = _decode_object(text)
+    command = _command(obj, _kind(obj))
+    if command is None:
+        raise ChatError("bad_type", f"unknown type {_kind(obj)!r}: expected join, message or leave")
+    return command
+
+
+def _decode_object(text: str) -> dict[str, Any]:
     try:
         obj = _json_decoder.decode(text)
     except (msgspec.DecodeError, RecursionError) as exc:
         raise ChatError("bad_json", f"not valid JSON: {exc}") from None
     if not isinstance(obj, dict):
         raise ChatError("bad_json", "expected a JSON object")
-    kind = obj.get("type", "message" if "message" in obj else None)
+    return obj
+
+
+def _kind(obj: dict[str, Any]) -> Any:
+    return obj.get("type", "message" if "message" in obj else None)
+
+
+def _command(obj: dict[str, Any], kind: Any) -> Command | None:
+    """The chat command ``obj`` is, or None when its type is not a chat command."""
     if kind == "message":
         message_id = _optional_id(obj)
         try:
@@ -119,13 +145,17 @@ def parse_command(text: str) -> Command:
         )
     if kind == "leave":
         return Leave(room=validate_room(obj.get("room")))
-    raise ChatError("bad_type", f"unknown type {kind!r}: expected join, message or leave")
+    return None
 
 
 def validate_room(value: Any) -> str:
     """Return ``value`` if it is a valid room name, else raise ChatError('bad_room')."""
     if not isinstance(value, str) or not ROOM_NAME.fullmatch(value):
-        raise ChatError("bad_room", "room must be 1-64 characters of A-Z, a-z, 0-9, _ or -")
+        raise ChatError(
+            "bad_room",
+            f"room must be 1-{MAX_ROOM_LENGTH} characters of A-Z, a-z, 0-9, _, - or : "
+            "(not : first)",
+        )
     return value
 
 
@@ -219,10 +249,15 @@ def message_event(
     message: str,
     time: str,
     message_id: str | None = None,
+    *,
+    name: str | None = None,
+    server: bool = False,
 ) -> bytes:
     """The ``message`` event every member of ``room`` receives, encoded once.
 
-    ``message_id`` (the sender's ``id``) is included when given, last.
+    ``message_id`` (the sender's ``id``) is included when given; ``name`` (an
+    authenticated sender's display name) when given; ``"server": true`` for a
+    message published by the server itself (HTTP API, ``App.publish``).
     """
     event: dict[str, Any] = {
         "type": "message",
@@ -233,8 +268,12 @@ def message_event(
         "message": message,
         "time": time,
     }
+    if name is not None:
+        event["name"] = name
     if message_id is not None:
         event["id"] = message_id
+    if server:
+        event["server"] = True
     return encode(event)
 
 

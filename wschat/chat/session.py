@@ -44,7 +44,14 @@ class ChatSession:
         Raises:
             ChatError: The frame is invalid or not allowed now.
         """
-        command = parse_command(text)
+        return self.apply(parse_command(text))
+
+    def apply(self, command: Command) -> Command:
+        """Check an already-parsed command against this connection's state (see :meth:`handle`).
+
+        Raises:
+            ChatError: The command is not allowed now.
+        """
         if not isinstance(command, Say) or command.typed:
             self.legacy = False
         if isinstance(command, Say):

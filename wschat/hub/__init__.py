@@ -16,7 +16,7 @@ from .backend import (
     History,
 )
 from .hub import Hub, Member, PreparedMessage
-from .memory import MemoryBackend
+from .memory import DEFAULT_MAX_IDLE_ROOMS, MemoryBackend
 
 
 def open_backend(
@@ -24,18 +24,23 @@ def open_backend(
     history_size: int = DEFAULT_HISTORY_SIZE,
     history_ttl: float | None = None,
     presence_ttl: float = DEFAULT_PRESENCE_TTL,
+    max_idle_rooms: int = DEFAULT_MAX_IDLE_ROOMS,
 ) -> Backend:
     """Make the backend a URL names.
 
     ``memory://``, ``redis://host:port/db`` (or ``rediss://``), or
     ``redis-cluster://host:port[,host:port...]``.
 
+    ``max_idle_rooms`` bounds the memory backend's rooms nobody is in.
+
     Raises:
         ValueError: The URL names no known backend, or is malformed.
     """
     scheme = urlsplit(url).scheme
     if scheme == "memory":
-        return MemoryBackend(history_size=history_size, history_ttl=history_ttl)
+        return MemoryBackend(
+            history_size=history_size, history_ttl=history_ttl, max_idle_rooms=max_idle_rooms
+        )
     if scheme in ("redis", "rediss", "redis-cluster"):
         from .redis import RedisBackend
 

@@ -17,7 +17,7 @@ from typing import Protocol
 
 from anyio.abc import TaskGroup
 
-from ..chat import Position
+from ..chat import Position, message_event
 
 # Centrifugo recovers up to 300 publications and most chat UIs show the last
 # screenful; 100 keeps a reconnect cheap while covering a short outage.
@@ -44,12 +44,30 @@ class ChatMessage:
         message: The text.
         time: Server time, RFC 3339 UTC (stamped by the Hub).
         id: The sender's id for the message, if it gave one.
+        name: The sender's display name, for an authenticated sender.
+        server: True for a message the server published (HTTP API, ``App.publish``).
     """
 
     username: str
     message: str
     time: str
     id: str | None = None
+    name: str | None = None
+    server: bool = False
+
+
+def message_payload(room: str, position: Position, message: ChatMessage) -> bytes:
+    """``message`` at ``position`` as the encoded ``message`` event backends store and deliver."""
+    return message_event(
+        room,
+        position,
+        message.username,
+        message.message,
+        message.time,
+        message.id,
+        name=message.name,
+        server=message.server,
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -252,16 +252,27 @@ class Hub:
     # -- messages --------------------------------------------------------------
 
     async def say(
-        self, room: str, username: str, message: str, message_id: str | None = None
+        self,
+        room: str,
+        username: str,
+        message: str,
+        message_id: str | None = None,
+        *,
+        name: str | None = None,
+        server: bool = False,
     ) -> Position:
         """Publish ``message`` from ``username`` to ``room``, stamped with the server time.
 
-        ``message_id`` is the sender's id for the message, carried in the event.
+        ``message_id`` is the sender's id for the message, carried in the event;
+        ``name`` the sender's display name; ``server`` marks a message the server
+        itself published.
 
         Raises:
             BackendUnavailable: The message was not published.
         """
-        stamped = ChatMessage(username, message, format_time(self._clock()), message_id)
+        stamped = ChatMessage(
+            username, message, format_time(self._clock()), message_id, name, server
+        )
         return await self.backend.publish(room, stamped)
 
     def _deliver(self, room: str, delivery: Delivery) -> None:

@@ -4,6 +4,15 @@ Rooms, history and presence live in this process's memory. Delivery is a
 direct call into the Hub, so a publish fans out before it returns. A restart
 loses history, so every room gets a new random epoch, which tells reconnecting
 clients that what they missed cannot be recovered.
+
+State stays bounded however many rooms are used. A room someone is in (this
+node is subscribed to it, or a connection is present in it) is kept whole. Of
+the rooms nobody is in, at most ``max_idle_rooms`` are kept (epoch, seq and
+history): past that, rooms with nothing in history are forgotten first, then
+the least recently used. With a history TTL, the sweep that expires history
+also forgets every room nobody is in that has no history left. A forgotten
+room that is used again starts afresh with a new epoch, so a client asking to
+recover from the old one gets ``complete: false``.
 """
 
 from __future__ import annotations
@@ -17,7 +26,7 @@ from dataclasses import dataclass, field
 import anyio
 from anyio.abc import TaskGroup
 
-from ..chat import Position, membership_event, message_event
+from ..chat import Position, membership_event
 from .backend import (
     DEFAULT_DEDUP_SIZE,
     DEFAULT_DEDUP_TTL,
@@ -26,7 +35,15 @@ from .backend import (
     Deliver,
     Delivery,
     History,
+    message_payload,
 )
+
+# Rooms nobody is in that are kept. Each holds up to history_size
+# messages (100 by default, ~300 B each for a short message; 4 KiB text at
+# most), so 1,000 such rooms are ~30 MiB typical, ~400 MiB at worst, while
+# covering the rooms people come back to. Deployments with more rooms that must
+# keep history when empty raise it or use the Redis backend.
+DEFAULT_MAX_IDLE_ROOMS = 1000
 
 
 @dataclass(slots=True)
@@ -47,6 +64,9 @@ class MemoryBackend:
     Args:
         history_size: Messages kept per room.
         history_ttl: Seconds a message stays in history (None: no expiry).
+        max_idle_rooms: Rooms nobody is in that are kept, at most (those with
+            no history left forgotten first, then the least recently used); 0
+            forgets a room as soon as nobody is in it.
         clock: Monotonic clock, injectable for tests.
         dedup_ttl: Seconds a message id is remembered (idempotent publish).
         dedup_size: Message ids remembered per room.
@@ -56,16 +76,22 @@ class MemoryBackend:
         self,
         history_size: int = DEFAULT_HISTORY_SIZE,
         history_ttl: float | None = None,
+        max_idle_rooms: int = DEFAULT_MAX_IDLE_ROOMS,
         clock: Callable[[], float] = time.monotonic,
         dedup_ttl: float = DEFAULT_DEDUP_TTL,
         dedup_size: int = DEFAULT_DEDUP_SIZE,
     ) -> None:
         self.history_size = history_size
         self.history_ttl = history_ttl
+        self.max_idle_rooms = max_idle_rooms
         self.dedup_ttl = dedup_ttl
         self.dedup_size = dedup_size
         self._clock = clock
         self._rooms: dict[str, _Room] = {}
+        # Rooms nobody is in, least recently used first (values unused): those
+        # with history, and those without (forgotten first).
+        self._idle: OrderedDict[str, None] = OrderedDict()
+        self._idle_empty: OrderedDict[str, None] = OrderedDict()
         self._subscribed: set[str] = set()
         self._deliver: Deliver | None = None
 
@@ -81,11 +107,40 @@ class MemoryBackend:
             self.sweep()
 
     def sweep(self) -> None:
-        """Expire old history; forget rooms of which nothing is left."""
-        for room, state in list(self._rooms.items()):
+        """Expire old history; forget the rooms nobody is in that have none left."""
+        for state in self._rooms.values():
             self._expire(state)
-            if not state.history and not state.connections and room not in self._subscribed:
-                del self._rooms[room]
+        for room in [room for room in self._idle if not self._rooms[room].history]:
+            del self._idle[room]
+            del self._rooms[room]
+        for room in self._idle_empty:
+            del self._rooms[room]
+        self._idle_empty.clear()
+
+    def statistics(self) -> dict[str, int]:
+        """``rooms``: rooms held; ``idle_rooms``: those of them nobody is in."""
+        return {"rooms": len(self._rooms), "idle_rooms": len(self._idle) + len(self._idle_empty)}
+
+    def _settle(self, room: str) -> None:
+        """File ``room`` as in use or idle after something changed in it; keep the cap."""
+        state = self._rooms.get(room)
+        if state is None:
+            return
+        if state.connections or room in self._subscribed:
+            self._idle.pop(room, None)
+            self._idle_empty.pop(room, None)
+            return
+        self._expire(state)
+        into, out_of = self._idle, self._idle_empty
+        if not state.history:
+            into, out_of = out_of, into
+        out_of.pop(room, None)
+        into[room] = None
+        into.move_to_end(room)
+        while len(self._idle) + len(self._idle_empty) > self.max_idle_rooms:
+            victims = self._idle_empty or self._idle
+            forgotten, _ = victims.popitem(last=False)
+            del self._rooms[forgotten]
 
     async def aclose(self) -> None:
         """Nothing to release; stops deliveries."""
@@ -94,15 +149,12 @@ class MemoryBackend:
     async def subscribe(self, room: str) -> None:
         """Deliver ``room``'s events from now on."""
         self._subscribed.add(room)
+        self._settle(room)
 
     async def unsubscribe(self, room: str) -> None:
-        """Stop delivering ``room``'s events; drop the room if nothing of it remains."""
+        """Stop delivering ``room``'s events; the room may now be forgotten (see above)."""
         self._subscribed.discard(room)
-        state = self._rooms.get(room)
-        if state is not None:
-            self._expire(state)
-            if not state.connections and not state.history:
-                del self._rooms[room]  # nothing of it is left to recover
+        self._settle(room)
 
     def _room(self, room: str) -> _Room:
         state = self._rooms.get(room)
@@ -134,30 +186,22 @@ class MemoryBackend:
                 ids.popitem(last=False)
         state.seq += 1
         position = Position(state.epoch, state.seq)
-        payload = message_event(
-            room, position, message.username, message.message, message.time, message.id
-        )
+        payload = message_payload(room, position, message)
         state.history.append((state.seq, payload, now))
         while len(state.history) > self.history_size:
             state.history.popleft()
         self._expire(state)
         self._emit(room, Delivery(payload, state.seq))
+        self._settle(room)
         return position
 
     async def history(self, room: str, since: Position | None) -> History:
         """Messages after ``since``; ``complete`` is False when some are gone."""
         state = self._room(room)
         self._expire(state)
-        position = Position(state.epoch, state.seq)
-        retained = state.history
-        if since is None:
-            return History([payload for _, payload, _ in retained], position, True)
-        if since.epoch != state.epoch or since.seq > state.seq:
-            return History([payload for _, payload, _ in retained], position, False)
-        missed = [payload for seq, payload, _ in retained if seq > since.seq]
-        oldest_needed = since.seq + 1
-        complete = oldest_needed > state.seq or (bool(retained) and retained[0][0] <= oldest_needed)
-        return History(missed, position, complete)
+        answer = _read_history(state, since)
+        self._settle(room)  # reading a room nobody is in counts as using it
+        return answer
 
     def _expire(self, state: _Room) -> None:
         if self.history_ttl is None:
@@ -172,6 +216,7 @@ class MemoryBackend:
         if conn_id in state.connections:
             return
         state.connections[conn_id] = username
+        self._settle(room)
         state.users[username] += 1
         if state.users[username] == 1:
             self._emit(room, Delivery(membership_event("joined", room, username), None))
@@ -186,8 +231,22 @@ class MemoryBackend:
         if state.users[username] == 0:
             del state.users[username]
             self._emit(room, Delivery(membership_event("left", room, username), None))
+        self._settle(room)
 
     async def presence(self, room: str) -> list[str]:
         """Usernames present in ``room``."""
         state = self._rooms.get(room)
         return sorted(state.users) if state is not None else []
+
+
+def _read_history(state: _Room, since: Position | None) -> History:
+    position = Position(state.epoch, state.seq)
+    retained = state.history
+    if since is None:
+        return History([payload for _, payload, _ in retained], position, True)
+    if since.epoch != state.epoch or since.seq > state.seq:
+        return History([payload for _, payload, _ in retained], position, False)
+    missed = [payload for seq, payload, _ in retained if seq > since.seq]
+    oldest_needed = since.seq + 1
+    complete = oldest_needed > state.seq or (bool(retained) and retained[0][0] <= oldest_needed)
+    return History(missed, position, complete)

@@ -1,9 +1,17 @@
-"""The anyio transport: listener, per-connection tasks, timers, graceful shutdown."""
+"""The anyio transport: listener, connection pump, writers, timers, graceful shutdown."""
 
-from .client import ClientConnection
 from .config import ServerConfig
-from .outbox import Outbox
+from .peer import Peer
 from .ratelimit import TokenBucket
 from .server import Server
+from .writer import TaskWriter, TransportWriter, Writer
 
-__all__ = ["ClientConnection", "Outbox", "Server", "ServerConfig", "TokenBucket"]
+__all__ = [
+    "Peer",
+    "Server",
+    "ServerConfig",
+    "TaskWriter",
+    "TokenBucket",
+    "TransportWriter",
+    "Writer",
+]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..hub.memory import DEFAULT_MAX_IDLE_ROOMS
 from ..protocol import DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_MAX_REQUEST_HEAD
 
 
@@ -30,9 +31,21 @@ class ServerConfig:
         outbox_limit: Bytes queued for one client before it is closed with 1013.
         rate: Messages per second per connection (0: no limit).
         burst: Messages a connection may send at once above ``rate``.
+        address_rate: Messages per second per client address, across all its
+            connections (0: no limit).
+        address_burst: Messages a client address may send at once.
+        connect_rate: New WebSocket connections per second per client address
+            (0: no limit).
+        connect_burst: Connections a client address may open at once.
+        address_table_size: Client addresses tracked by each per-address limit
+            (least recently used forgotten first).
+        trusted_proxies: Networks whose ``X-Forwarded-For`` names the client
+            (its rightmost address not itself trusted).
         drain_timeout: Seconds to wait for clients to close on shutdown.
         history_size: Messages kept per room.
         history_ttl: Seconds a message stays in history (None: forever).
+        max_idle_rooms: Rooms nobody is in that the memory backend keeps, with
+            their history (least recently used forgotten first).
         presence_ttl: Seconds after which a dead node's members leave presence (Redis).
         certfile: TLS certificate (PEM); serve https/wss when set.
         keyfile: TLS private key (PEM).
@@ -64,10 +77,27 @@ class ServerConfig:
     outbox_limit: int = 1024 * 1024
     rate: float = 10.0
     burst: int = 20
+    # Many people can share one address (an office or campus NAT, a mobile
+    # carrier's CGNAT), so the per-address limits are far above one connection's:
+    # 50 messages/s is 500 people each sending one every 10 s; a reconnecting
+    # flooder (~480/s measured) is held to it.
+    address_rate: float = 50.0
+    address_burst: int = 100
+    # One page load is one connection. After a restart everyone behind a NAT
+    # reconnects at once: 50 at once, then 10/s, has 500 of them back within
+    # 45 s (refused ones get 429 with Retry-After, and browsers back off).
+    connect_rate: float = 10.0
+    connect_burst: int = 50
+    # Above --max-connections: every address with an open connection keeps its
+    # bucket (~250 B each, ~4 MiB per table when full).
+    address_table_size: int = 16_384
+    # uvicorn's --forwarded-allow-ips default: a proxy on this host is trusted.
+    trusted_proxies: tuple[str, ...] = ("127.0.0.1", "::1")
     # Centrifugo's shutdown.timeout is 30 s; a chat client reconnects within seconds.
     drain_timeout: float = 10.0
     history_size: int = 100
     history_ttl: float | None = None
+    max_idle_rooms: int = DEFAULT_MAX_IDLE_ROOMS
     # Centrifugo's presence_ttl is 60 s; 30 s removes a dead node's members sooner.
     presence_ttl: float = 30.0
     certfile: str | None = None

@@ -6,7 +6,7 @@ Publish. One Lua script (``publish.lua``) atomically gets (or creates) the
 room's epoch, checks the sender's message id against the room's recent ids,
 increments the seq, splices seq and epoch into the event JSON the node
 pre-encoded around them (so the bytes are exactly
-:func:`wschat.chat.message_event`'s), appends it to the history stream under
+:func:`wschat.hub.backend.message_payload`'s), appends it to the history stream under
 the id ``{seq}-0`` (trimmed to ``history_size`` entries and to ``history_ttl``
 by the time Redis stored each) and publishes ``{seq}|{epoch}|{json}`` on the
 room's channel. Presence events travel on the same channel as ``|{json}``, so
@@ -52,8 +52,8 @@ from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException, RedisError
 
-from ...chat import Position, message_event
-from ..backend import BackendUnavailable, ChatMessage, Delivery, History
+from ...chat import Position
+from ..backend import BackendUnavailable, ChatMessage, Delivery, History, message_payload
 from . import keys, scripts
 from .topology import COMMAND_TIMEOUT, Topology
 
@@ -89,9 +89,7 @@ class _Room:
 
 def split_message(room: str, message: ChatMessage) -> tuple[bytes, bytes]:
     """The message event JSON up to ``"seq":`` and after the epoch, for Lua to splice."""
-    sample = message_event(
-        room, Position(_EPOCH_MARK, 0), message.username, message.message, message.time, message.id
-    )
+    sample = message_payload(room, Position(_EPOCH_MARK, 0), message)
     marker = b'"seq":0,"epoch":"' + _EPOCH_MARK.encode() + b'"'
     head, found, tail = sample.partition(marker)
     if not found:  # pragma: no cover - message_event's key order changed

@@ -1,0 +1,1 @@
+"""Runnable examples of apps on wschat (examples/README.md); tests/test_examples.py runs them."""

@@ -1,0 +1,1 @@
+"""Example: bot (see examples/README.md)."""

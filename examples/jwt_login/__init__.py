@@ -1,0 +1,1 @@
+"""Example: jwt_login (see examples/README.md)."""

@@ -1,0 +1,1 @@
+"""Example: moderation (see examples/README.md)."""

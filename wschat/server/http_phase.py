@@ -1,0 +1,206 @@
+"""The HTTP phase of a connection: TLS, plain requests, and the upgrade decision.
+
+Pipelined requests are answered a few at a time: the protocol stops parsing
+while unsent answers pile up, so the loop answers what it is given, sends
+(each slice bounded by the write timeout: no progress, no connection) and asks
+again. An accepted upgrade's 101 is not sent here: it is the first thing the
+WebSocket's writer sends, once the client is in its room.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
+from urllib.parse import parse_qs
+
+import anyio
+from anyio.abc import ByteStream
+from anyio.streams.tls import TLSStream
+
+from ..chat import DEFAULT_ROOM, ChatError, validate_room
+from ..protocol import HttpRequest, RequestRejected, ServerConnection, WebSocketRequest
+from .config import ServerConfig
+from .constants import CHAT_PATH, DISCONNECTED, ECHO_PATH, RECEIVE_SIZE
+from .http import CONTENT_TYPE_TEXT
+from .metrics import Metrics
+from .ratelimit import KeyedRateLimiter, address_key, client_address, parse_networks
+from .routes import Routes
+from .writer import send_with_timeout
+
+logger = logging.getLogger("wschat.server")
+
+TLS_FAILURES: tuple[type[BaseException], ...] = (TimeoutError, *DISCONNECTED)
+
+
+@dataclass(frozen=True, slots=True)
+class Upgrade:
+    """An accepted WebSocket upgrade.
+
+    Attributes:
+        request: The upgrade request.
+        client_key: The client's address as the per-address limits key it
+            (through trusted proxies; IPv6 by its /64).
+    """
+
+    request: WebSocketRequest
+    client_key: str
+
+
+class HttpPhase:
+    """Serves a connection until it is a WebSocket (or closed).
+
+    Args:
+        config: The server settings.
+        metrics: The server's metrics.
+        routes: Answers plain HTTP requests.
+        open_websockets: How many WebSockets are open (for ``--max-connections``).
+        draining: Tells whether the server is shutting down.
+    """
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        metrics: Metrics,
+        routes: Routes,
+        open_websockets: Callable[[], int],
+        draining: Callable[[], bool],
+    ) -> None:
+        self.config = config
+        self.metrics = metrics
+        self.routes = routes
+        self.tls: ssl.SSLContext | None = None
+        """The TLS context, when serving https/wss (set at start-up)."""
+        self._open_websockets = open_websockets
+        self._draining = draining
+        self._proxies = parse_networks(config.trusted_proxies)
+        self._connects = KeyedRateLimiter(
+            config.connect_rate, config.connect_burst, config.address_table_size
+        )
+
+    async def start_tls(self, stream: ByteStream, address: str) -> ByteStream | None:
+        """The TLS handshake, when serving TLS; None when it failed (logged as one line)."""
+        if self.tls is None:
+            return stream
+        try:
+            with anyio.fail_after(self.config.handshake_timeout):
+                return await TLSStream.wrap(
+                    stream, server_side=True, ssl_context=self.tls, standard_compatible=False
+                )
+        except TLS_FAILURES as exc:
+            # A plain-TCP probe or a scanner: worth one line, not a traceback.
+            self.metrics.handshakes_rejected.labels("tls").inc()
+            logger.info("x %s TLS handshake failed: %s", address, describe(exc))
+            return None
+
+    async def serve(
+        self, stream: ByteStream, conn: ServerConnection, address: str, peer_ip: str
+    ) -> Upgrade | None:
+        """Answer plain HTTP requests; return the accepted WebSocket upgrade, if any."""
+        config = self.config
+        deadline = anyio.current_time() + config.handshake_timeout
+        while True:
+            with anyio.move_on_after(deadline - anyio.current_time()) as scope:
+                data = await receive(stream)
+            if scope.cancelled_caught:
+                self.metrics.handshakes_rejected.labels("timeout").inc()
+                logger.info(
+                    "x %s no complete request within %gs", address, config.handshake_timeout
+                )
+                return None
+            conn.receive_data(data)
+            # The protocol stops parsing pipelined requests while unsent answers
+            # pile up: answer what it gives, send, and ask again.
+            while events := conn.events_received():
+                for event in events:
+                    if isinstance(event, HttpRequest):
+                        response = self.routes.answer(event)
+                        conn.send_response(
+                            response.status, response.body, response.content_type, response.headers
+                        )
+                        deadline = anyio.current_time() + config.handshake_timeout
+                    elif isinstance(event, WebSocketRequest):
+                        key = self._client_key(event, peer_ip)
+                        if self._answer_upgrade(conn, event, address, key):
+                            return Upgrade(event, key)  # the 101 goes out through the writer
+                    elif isinstance(event, RequestRejected):
+                        self.metrics.handshakes_rejected.labels(str(event.status)).inc()
+                        logger.info("x %s refused: %d %s", address, event.status, event.reason)
+                await self._send(stream, conn)
+            if conn.close_expected():
+                return None
+
+    async def _send(self, stream: ByteStream, conn: ServerConnection) -> None:
+        data = b"".join(conn.data_to_send())
+        if data:
+            await send_with_timeout(stream, data, self.config.write_timeout)
+
+    def _client_key(self, request: WebSocketRequest, peer_ip: str) -> str:
+        forwarded = ", ".join(v for k, v in request.headers if k == "x-forwarded-for")
+        return address_key(client_address(peer_ip, forwarded or None, self._proxies))
+
+    def _answer_upgrade(
+        self, conn: ServerConnection, request: WebSocketRequest, address: str, client_key: str
+    ) -> bool:
+        """Accept or refuse a valid upgrade on server grounds (room, capacity, draining,
+        the client address's connection rate).
+
+        Nothing awaits between this check and the peer's registration, so the
+        capacity check cannot race.
+        """
+        rejection: tuple[int, str, str, tuple[tuple[str, str], ...]] | None = None
+        now = anyio.current_time()
+        if self._draining():
+            rejection = (503, "server is shutting down", "draining", (("retry-after", "5"),))
+        elif self._open_websockets() >= self.config.max_connections:
+            rejection = (503, "too many connections", "capacity", (("retry-after", "5"),))
+        elif not self._connects.take(client_key, now):
+            retry = str(max(1, math.ceil(self._connects.retry_after(client_key, now))))
+            reason = "too many connections from your address"
+            rejection = (429, reason, "address_rate", (("retry-after", retry),))
+        elif request.path == CHAT_PATH:
+            try:
+                url_room(request.query)
+            except ChatError as exc:
+                rejection = (400, exc.reason, "bad_room", ())
+        if rejection is not None:
+            status, reason, label, headers = rejection
+            self.metrics.handshakes_rejected.labels(label).inc()
+            logger.info("x %s refused: %d %s", address, status, reason)
+            conn.send_response(status, f"{reason}\n".encode(), CONTENT_TYPE_TEXT, headers)
+            return False
+        echo = request.path == ECHO_PATH
+        config = self.config
+        conn.accept_websocket(
+            max_message_size=config.echo_max_message_size if echo else config.max_message_size,
+            accept_binary=echo,
+            compression=config.compression,
+        )
+        return True
+
+
+def url_room(query: str) -> str:
+    """The room of ``/ws?room=NAME``; raises ChatError for an empty or repeated one."""
+    values = parse_qs(query, keep_blank_values=True).get("room")
+    if not values:
+        return DEFAULT_ROOM
+    if len(values) > 1:
+        raise ChatError("bad_room", "give room once")
+    return validate_room(values[0])
+
+
+def describe(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, anyio.BrokenResourceError) and exc.__cause__ is not None:
+        exc = exc.__cause__
+    return str(exc) or type(exc).__name__
+
+
+async def receive(stream: ByteStream) -> bytes:
+    try:
+        return await stream.receive(RECEIVE_SIZE)
+    except DISCONNECTED:
+        return b""

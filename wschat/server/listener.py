@@ -1,0 +1,104 @@
+"""The listener: accept loops that survive running out of descriptors, under a socket cap.
+
+Every accepted socket, HTTP phase included, counts against ``cap``. At the
+cap the loops stop accepting until a socket closes: new clients wait in the
+kernel's accept queue instead of the process running out of file descriptors
+(Go's ``netutil.LimitListener``). If ``accept`` fails anyway for lack of
+descriptors or memory (EMFILE, ENFILE, ENOBUFS, ENOMEM: other processes, the
+hub's own sockets) the loop backs off, 5 ms doubling to 1 s, and keeps
+serving, as Go's ``net/http`` does; errors that concern only the connection
+being accepted (ECONNABORTED, EPROTO) are skipped.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+from collections.abc import Awaitable, Callable
+
+import anyio
+from anyio.abc import ByteStream, SocketListener, TaskGroup
+
+logger = logging.getLogger("wschat.server")
+
+EXHAUSTED = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+ABORTED = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.ECONNRESET})
+BACKOFF_MIN = 0.005
+BACKOFF_MAX = 1.0
+
+
+class Listener:
+    """Accepts connections on every socket of a listener, at most ``cap`` open at once.
+
+    Args:
+        listeners: The bound listening sockets.
+        handle: Serves one accepted socket to its end (must not raise).
+        cap: Most sockets open at once.
+    """
+
+    def __init__(
+        self,
+        listeners: list[SocketListener],
+        handle: Callable[[ByteStream], Awaitable[None]],
+        cap: int,
+    ) -> None:
+        self._listeners = listeners
+        self._handle = handle
+        self.cap = cap
+        self.open_sockets = 0
+        """Accepted sockets not yet closed."""
+        self.accept_failures = 0
+        self._slot_freed: anyio.Event | None = None
+        self._paused = False  # logged once per episode at the cap
+
+    async def serve(self, group: TaskGroup) -> None:
+        """Accept on every listening socket, serving connections in ``group``; until cancelled."""
+        try:
+            async with anyio.create_task_group() as loops:
+                for listener in self._listeners:
+                    loops.start_soon(self._accept_loop, listener, group)
+        finally:
+            with anyio.CancelScope(shield=True):
+                for listener in self._listeners:
+                    await listener.aclose()
+
+    async def _accept_loop(self, listener: SocketListener, group: TaskGroup) -> None:
+        backoff = 0.0
+        while True:
+            while self.open_sockets >= self.cap:
+                if not self._paused:
+                    self._paused = True
+                    logger.warning("! %d sockets open (the cap): accepting paused", self.cap)
+                if self._slot_freed is None:
+                    self._slot_freed = anyio.Event()
+                await self._slot_freed.wait()
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                if exc.errno in ABORTED:
+                    continue
+                if exc.errno not in EXHAUSTED:
+                    raise
+                self.accept_failures += 1
+                if not backoff:
+                    logger.warning("! accept failed (%s): backing off", exc.strerror or exc)
+                backoff = min(backoff * 2 or BACKOFF_MIN, BACKOFF_MAX)
+                await anyio.sleep(backoff)
+                continue
+            if backoff:
+                logger.info("= accepting again")
+                backoff = 0.0
+            self.open_sockets += 1
+            group.start_soon(self._serve, stream)
+
+    async def _serve(self, stream: ByteStream) -> None:
+        try:
+            await self._handle(stream)
+        finally:
+            self.open_sockets -= 1
+            if self._paused and self.open_sockets < self.cap * 0.9:
+                self._paused = False
+                logger.info("= %d sockets open: below the cap again", self.open_sockets)
+            if self._slot_freed is not None:
+                self._slot_freed.set()
+                self._slot_freed = None

@@ -1,0 +1,183 @@
+"""One accepted WebSocket as the Hub and the server see it."""
+
+from __future__ import annotations
+
+import logging
+
+import anyio
+
+from ..chat import ChatSession
+from ..hub import PreparedMessage
+from ..protocol import ServerConnection, State, encode_text_frame
+from .metrics import Metrics
+from .ratelimit import TokenBucket
+from .writer import Writer
+
+logger = logging.getLogger("wschat.server")
+
+
+class Peer:
+    """A WebSocket client: protocol state, its writer, chat session, keepalive timers.
+
+    Implements the Hub's ``Member`` protocol. Nothing here blocks or raises
+    into its caller: :meth:`send` puts into the :class:`~.writer.Writer`, and a
+    client whose backlog would pass the byte limit is closed with 1013 (slow
+    consumer) while the room goes on without it.
+
+    Args:
+        conn_id: Unique across nodes.
+        address: The client's address, for logs.
+        path: The WebSocket path (``/ws`` or ``/echo``).
+        conn: The sans-IO connection, already upgraded.
+        writer: Carries this client's bytes.
+        session: Chat state (None on ``/echo``).
+        bucket: Per-connection message rate limit.
+        strikes: Rate-limited messages tolerated before closing with 1008.
+        metrics: The server's metrics.
+        close_timeout: Seconds the client has to finish a closing handshake.
+        client_key: The client's address as the per-address limits key it.
+    """
+
+    __slots__ = (
+        "_metrics",
+        "address",
+        "bucket",
+        "client_key",
+        "close_code",
+        "close_reason",
+        "close_timeout",
+        "closing_deadline",
+        "conn",
+        "conn_id",
+        "deflate",
+        "last_ping",
+        "last_seen",
+        "open",
+        "path",
+        "read_scope",
+        "session",
+        "strikes",
+        "writer",
+    )
+
+    def __init__(
+        self,
+        conn_id: str,
+        address: str,
+        path: str,
+        conn: ServerConnection,
+        writer: Writer,
+        session: ChatSession | None,
+        bucket: TokenBucket,
+        strikes: TokenBucket,
+        metrics: Metrics,
+        close_timeout: float,
+        client_key: str = "",
+    ) -> None:
+        self.conn_id = conn_id
+        self.client_key = client_key
+        self.address = address
+        self.path = path
+        self.conn = conn
+        self.writer = writer
+        self.session = session
+        self.bucket = bucket
+        self.strikes = strikes
+        self._metrics = metrics
+        self.close_timeout = close_timeout
+        self.deflate = conn.compressed
+        self.open = True
+        self.close_code: int | None = None
+        """The close code this server sent, if it started the close."""
+        self.close_reason = ""
+        self.last_seen = self.last_ping = anyio.current_time()
+        self.closing_deadline: float | None = None
+        self.read_scope: anyio.CancelScope | None = None
+        writer.on_abort = self._stop_reading
+
+    # -- Member protocol -------------------------------------------------------
+
+    @property
+    def username(self) -> str | None:
+        """The username bound to this connection, if any."""
+        return self.session.username if self.session is not None else None
+
+    @property
+    def legacy(self) -> bool:
+        """True while the client speaks only the seed's format."""
+        return self.session.legacy if self.session is not None else True
+
+    def send(self, message: PreparedMessage) -> None:
+        """Queue a broadcast; close as a slow consumer when the backlog is full."""
+        if not self.open:
+            return
+        if self.deflate:
+            # permessage-deflate keeps per-connection compressor state: encode here.
+            self.conn.send_text(message.text)
+            frame = b"".join(self.conn.data_to_send())
+        else:
+            frame = message.frame
+        try:
+            if self.writer.put(frame):
+                return
+            self._slow_consumer()
+        except Exception as exc:
+            # The transport failed under us: this client only, never the fan-out.
+            self.abort(f"send failed: {exc!r}")
+
+    def missed(self, room: str) -> None:
+        """Close with 1012 so the client reconnects and recovers ``room`` from history."""
+        self.close(1012, f"missed messages of {room}: reconnect to recover")
+
+    # -- server side -----------------------------------------------------------
+
+    def send_event(self, payload: bytes) -> None:
+        """Send one encoded server event to this client only (an error, an ack)."""
+        if self.open and not self.writer.put(encode_text_frame(payload)):
+            self._slow_consumer()
+
+    def flush(self) -> None:
+        """Move the protocol's pending output (pong, close, echo) into the writer."""
+        data = self.conn.data_to_send()
+        if not data:
+            return
+        joined = data[0] if len(data) == 1 else b"".join(data)
+        if self.conn.state in (State.CLOSING, State.CLOSED):
+            self.writer.put_final(joined)  # the close frame (and what precedes it)
+        elif not self.writer.put(joined):
+            self._slow_consumer()
+
+    def close(self, code: int, reason: str) -> None:
+        """Start the closing handshake; the client has ``close_timeout`` to answer."""
+        if not self.open:
+            return
+        self.open = False
+        self.close_code, self.close_reason = code, reason
+        if self.conn.state is State.OPEN:
+            self.conn.send_close(code, reason)
+            self.flush()
+        self.closing_deadline = anyio.current_time() + self.close_timeout
+        if self.read_scope is not None:
+            self.read_scope.deadline = self.closing_deadline
+
+    def abort(self, why: str) -> None:
+        """Drop TCP now (a stalled or failed write); the read loop ends too."""
+        if self.writer.aborted:
+            return
+        logger.info("! conn %s %s", self.conn_id, why)
+        self.open = False
+        try:
+            self.writer.abort()
+        except Exception as exc:
+            logger.info("! conn %s abort failed: %r", self.conn_id, exc)
+            self._stop_reading()
+
+    def _slow_consumer(self) -> None:
+        self._metrics.slow_consumer_closes.inc()
+        self.writer.discard()  # it will recover what it missed from history
+        self.close(1013, f"slow consumer: more than {self.writer.limit} bytes queued")
+
+    def _stop_reading(self) -> None:
+        self.open = False
+        if self.read_scope is not None:
+            self.read_scope.cancel()

@@ -1,0 +1,79 @@
+"""Keepalive and write timeouts for every connection, from one task.
+
+One task that looks at every connection a few times a second costs far less
+than a pinger and a timer per connection (gorilla's chat runs a ticker per
+connection). It sees only :class:`~.peer.Peer` objects.
+
+- Keepalive: a ping every ``ping_interval``; a client silent (not even a pong)
+  for ``pong_wait`` is closed with 1011.
+- Write timeout: a client whose backlog made no progress (the kernel took no
+  bytes) for ``write_timeout`` is dropped (gorilla's writeWait). A slow but
+  steady reader is left to the byte limit.
+
+A check that fails costs only its own connection.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Collection
+
+import anyio
+
+from .peer import Peer
+
+logger = logging.getLogger("wschat.server")
+
+
+class Watchdog:
+    """Checks every open connection's keepalive and write progress.
+
+    Args:
+        peers: The live connections (read on every tick).
+        ping_interval: Seconds between pings.
+        pong_wait: Seconds of client silence before closing with 1011.
+        write_timeout: Seconds without write progress before dropping a client.
+    """
+
+    def __init__(
+        self,
+        peers: Callable[[], Collection[Peer]],
+        ping_interval: float,
+        pong_wait: float,
+        write_timeout: float,
+    ) -> None:
+        self._peers = peers
+        self.ping_interval = ping_interval
+        self.pong_wait = pong_wait
+        self.write_timeout = write_timeout
+        self.tick = min(1.0, ping_interval, pong_wait, write_timeout) / 2
+
+    async def run(self) -> None:
+        """Check every connection each tick; runs until cancelled."""
+        while True:
+            await anyio.sleep(self.tick)
+            self.check_all(anyio.current_time())
+
+    def check_all(self, now: float) -> None:
+        """One pass over every connection."""
+        for peer in list(self._peers()):
+            try:
+                self.check(peer, now)
+            except Exception as exc:
+                peer.abort(f"watchdog check failed: {exc!r}")
+
+    def check(self, peer: Peer, now: float) -> None:
+        """Keepalive and write progress of one connection."""
+        if peer.open:
+            if now - peer.last_seen >= self.pong_wait:
+                logger.info("%% conn %s keepalive timeout", peer.conn_id)
+                peer.close(1011, "keepalive timeout: no pong")
+            elif now - peer.last_ping >= self.ping_interval:
+                peer.conn.send_ping(int(time.time() * 1000).to_bytes(8, "big"))
+                peer.flush()
+                peer.last_ping = now
+        if peer.writer.stalled_for(now) >= self.write_timeout:
+            # The kernel took nothing for the whole write timeout: the client is
+            # gone or not reading.
+            peer.abort(f"write timeout: no progress for {self.write_timeout:g}s")

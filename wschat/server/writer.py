@@ -1,0 +1,357 @@
+"""The write path: one policy, two ways to carry the bytes.
+
+Theory of operation
+-------------------
+Every WebSocket has exactly one :class:`Writer`. Whatever the server sends a
+client (broadcasts, history, errors and acks, pongs, echoes, the close frame)
+is put into it, and the same rules hold whichever subclass carries the bytes:
+
+- **The byte limit covers the whole backlog**: what is queued here plus what
+  the transport or the writer task holds and the kernel has not taken yet.
+  :meth:`Writer.put` refuses (returns False, queues nothing) when the backlog
+  would pass the limit, and the caller closes the client as a slow consumer.
+  One item larger than the limit still goes into an empty backlog, so a big
+  history never makes a room unjoinable. The close frame goes in through
+  :meth:`Writer.put_final`, past the limit, once.
+- **The write timeout means no progress**: :meth:`Writer.stalled_for` is how
+  long the backlog has been non-empty while the kernel took nothing. The
+  watchdog drops a client stalled for the write timeout; a slow but steady
+  reader is only ever dropped by the byte limit.
+
+:class:`TransportWriter` (plain TCP on asyncio or uvloop) hands the backlog
+straight to the event loop's transport once per batch, from the server-wide
+:class:`~.flusher.Flusher`: no task switch per recipient. :class:`TaskWriter`
+(TLS streams, trio) runs a task that sends through the anyio stream in slices
+of :data:`WRITE_SLICE` bytes, each a unit of progress.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Protocol, cast
+
+import anyio
+from anyio.abc import ByteStream
+
+from .constants import DISCONNECTED
+from .flusher import Flusher
+
+logger = logging.getLogger("wschat.server")
+
+# The task writer's unit of progress: a client is "stalled" only when not even
+# this much went to the kernel within the write timeout (16 KiB is one TLS record).
+WRITE_SLICE = 16 * 1024
+
+
+class WriteTransport(Protocol):
+    """What :class:`TransportWriter` needs of an asyncio (or uvloop) transport."""
+
+    def write(self, data: bytes) -> None: ...
+    def get_write_buffer_size(self) -> int: ...
+    def is_closing(self) -> bool: ...
+    def abort(self) -> None: ...
+
+
+WRITE_TRANSPORT_METHODS = ("write", "get_write_buffer_size", "is_closing", "abort")
+
+
+class Writer:
+    """Bytes on their way to one client, under one byte limit.
+
+    Args:
+        limit: Most bytes the backlog may hold (0: unlimited).
+    """
+
+    __slots__ = (
+        "_chunks",
+        "_final",
+        "_progress_at",
+        "_size",
+        "aborted",
+        "held",
+        "limit",
+        "on_abort",
+    )
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._chunks: list[bytes] = []
+        self._size = 0
+        self._final = False
+        self.aborted = False
+        self._progress_at = anyio.current_time()
+        self.on_abort: Callable[[], None] | None = None
+        """Called once when the writer aborts (the connection stops reading too)."""
+        self.held = True
+        """While held, bytes queue up but are not sent (see :meth:`release`)."""
+
+    # -- what the subclasses provide ---------------------------------------------
+
+    def unsent(self) -> int:
+        """Bytes handed on (to the transport or the writer task) but not yet to the kernel."""
+        raise NotImplementedError
+
+    def _queued(self) -> None:
+        """Called after bytes were queued into an empty queue (and when released)."""
+        raise NotImplementedError
+
+    def release(self) -> None:
+        """Start sending. A new connection's writer is held until its 101 and its
+        room's first events are queued in the order the client must read them."""
+        self.held = False
+        if self._size:
+            self._queued()
+
+    def abort(self) -> None:
+        """Drop the connection now; queued bytes are lost. Tells ``on_abort`` first."""
+        if self.aborted:
+            return
+        self.aborted = True
+        self.discard()
+        if self.on_abort is not None:
+            self.on_abort()
+        self._abort()
+
+    def _abort(self) -> None:
+        raise NotImplementedError
+
+    async def drain(self, deadline: float) -> bool:
+        """Send everything queued; True once the kernel took it all before ``deadline``."""
+        raise NotImplementedError
+
+    # -- the policy ----------------------------------------------------------------
+
+    @property
+    def queued(self) -> int:
+        """Bytes queued here, not yet handed on."""
+        return self._size
+
+    def backlog(self) -> int:
+        """Everything this client has not received yet, in bytes."""
+        return self._size + self.unsent()
+
+    def put(self, data: bytes) -> bool:
+        """Queue ``data``; False (nothing queued) when it would take the backlog over the limit.
+
+        After the close frame only what fits in the limit is taken (and True
+        returned either way): the connection is closing.
+        """
+        if self.aborted or not data:
+            return True
+        if self.limit:
+            backlog = self._size + self.unsent()
+            if backlog and backlog + len(data) > self.limit:
+                return self._final
+        self._chunks.append(data)
+        self._size += len(data)
+        if self._size == len(data) and not self.held:
+            self._queued()
+        return True
+
+    def put_final(self, data: bytes) -> None:
+        """Queue the close frame (with whatever protocol output precedes it), past the limit."""
+        if self._final:
+            self.put(data)
+            return
+        self._final = True
+        if self.aborted or not data:
+            return
+        self._chunks.append(data)
+        self._size += len(data)
+        if self._size == len(data) and not self.held:
+            self._queued()
+
+    def discard(self) -> None:
+        """Drop what is queued and not yet handed on (a slow consumer recovers from history)."""
+        self._chunks = []
+        self._size = 0
+
+    def take(self) -> bytes:
+        """Everything queued, joined (``b""`` when empty)."""
+        if not self._chunks:
+            return b""
+        chunks, self._chunks = self._chunks, []
+        self._size = 0
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    def stalled_for(self, now: float) -> float:
+        """Seconds the backlog has waited without the kernel taking a byte (0: not stalled)."""
+        if not self.backlog():
+            self._progress_at = now
+            return 0.0
+        return now - self._progress_at
+
+    def _progressed(self) -> None:
+        self._progress_at = anyio.current_time()
+
+
+class TransportWriter(Writer):
+    """Writes straight into an asyncio/uvloop transport, once per batch, from the flusher.
+
+    Args:
+        limit: The byte limit.
+        transport: The connection's transport.
+        flusher: The server's flusher, which calls :meth:`write_now` once per batch.
+    """
+
+    __slots__ = ("_base", "_flusher", "_sent", "_transport", "_written", "dirty")
+
+    def __init__(self, limit: int, transport: WriteTransport, flusher: Flusher) -> None:
+        super().__init__(limit)
+        self._transport = transport
+        self._flusher = flusher
+        self._base = 0
+        self._written = 0
+        self._sent = 0
+        self.dirty = False
+
+    def unsent(self) -> int:
+        if self._size:
+            # Between the first put of a batch and its flush nothing is written,
+            # so the transport's buffer is the one read when the batch began.
+            return self._base
+        return self._transport.get_write_buffer_size()
+
+    def _queued(self) -> None:
+        self._base = self._transport.get_write_buffer_size()
+        if not self.dirty:
+            self.dirty = True
+            self._flusher.mark(self)
+
+    def write_now(self) -> int:
+        """Hand the queue to the transport; the bytes written (the flusher calls this)."""
+        self.dirty = False
+        data = self.take()
+        if not data or self.aborted or self._transport.is_closing():
+            return 0
+        self._transport.write(data)
+        self._written += len(data)
+        return len(data)
+
+    def stalled_for(self, now: float) -> float:
+        sent = self._written - self._transport.get_write_buffer_size()
+        if sent != self._sent:
+            self._sent = sent
+            self._progress_at = now
+        return super().stalled_for(now)
+
+    def _abort(self) -> None:
+        self._transport.abort()
+
+    async def drain(self, deadline: float) -> bool:
+        self.write_now()
+        pause = 0.005
+        while not self.aborted and self._transport.get_write_buffer_size():
+            if self._transport.is_closing() or anyio.current_time() >= deadline:
+                return False
+            await anyio.sleep(pause)
+            pause = min(pause * 2, 0.1)
+        return not self.aborted
+
+
+class TaskWriter(Writer):
+    """Sends through the anyio stream from a task of the connection's own (TLS, trio).
+
+    Args:
+        limit: The byte limit.
+        stream: The connection's stream; :meth:`run` is its only writer.
+    """
+
+    __slots__ = ("_done", "_in_flight", "_scope", "_stream", "_wakeup", "failed")
+
+    def __init__(self, limit: int, stream: ByteStream) -> None:
+        super().__init__(limit)
+        self._stream = stream
+        self._in_flight = 0
+        self._wakeup = anyio.Event()
+        self._done = anyio.Event()
+        self._scope = anyio.CancelScope()
+        self.failed = False
+        """True when a send failed: the connection is gone."""
+
+    def unsent(self) -> int:
+        return self._in_flight
+
+    def _queued(self) -> None:
+        self._wakeup.set()
+
+    def _abort(self) -> None:
+        self._scope.cancel()
+        self._wakeup.set()
+
+    async def run(self) -> None:
+        """Send whatever is queued until aborted or the stream fails; never raises for I/O."""
+        with self._scope:
+            try:
+                while True:
+                    data = self.take()
+                    if not data:
+                        if self._final and self.backlog() == 0:
+                            return  # the close frame is out
+                        self._wakeup = anyio.Event()
+                        await self._wakeup.wait()
+                        continue
+                    await self._send(data)
+            except DISCONNECTED:
+                self.failed = True
+                self.abort()
+            except Exception as exc:
+                # The stream failed in a way it should not: still this client's loss only.
+                logger.info("! write failed, dropping the connection: %r", exc)
+                self.failed = True
+                self.abort()
+            finally:
+                self._in_flight = 0
+                self._done.set()
+
+    async def _send(self, data: bytes) -> None:
+        self._in_flight = len(data)
+        if len(data) <= WRITE_SLICE:
+            await self._stream.send(data)
+            self._in_flight = 0
+            self._progressed()
+            return
+        view = memoryview(data)
+        for start in range(0, len(data), WRITE_SLICE):
+            chunk = bytes(view[start : start + WRITE_SLICE])
+            await self._stream.send(chunk)
+            self._in_flight -= len(chunk)
+            self._progressed()
+
+    async def drain(self, deadline: float) -> bool:
+        self._final = True  # nothing but the close frame may follow
+        self._wakeup.set()
+        with anyio.move_on_after(max(deadline - anyio.current_time(), 0)):
+            await self._done.wait()
+        return self._done.is_set() and not (self.failed or self.aborted) and not self.backlog()
+
+
+async def send_with_timeout(stream: ByteStream, data: bytes, timeout: float) -> None:
+    """Send ``data`` in slices, each of which must reach the kernel within ``timeout``.
+
+    For the HTTP phase (page, assets, the 101): the same "no progress" rule as
+    a WebSocket's writer.
+
+    Raises:
+        TimeoutError: A slice made no progress in time.
+    """
+    view = memoryview(data)
+    for start in range(0, len(data), WRITE_SLICE):
+        with anyio.fail_after(timeout):
+            await stream.send(bytes(view[start : start + WRITE_SLICE]))
+
+
+def direct_transport(stream: ByteStream) -> WriteTransport | None:
+    """The asyncio transport under a plain TCP stream, for direct writes.
+
+    anyio does not expose it publicly; its asyncio SocketStream keeps it as
+    ``_transport``. Writing there keeps order with anyio's own writes (it uses the
+    same transport) and skips a task switch per write. uvloop's transports do not
+    derive from ``asyncio.WriteTransport``, so the check is by behaviour. TLS
+    streams and trio get None and use a writer task.
+    """
+    transport = getattr(stream, "_transport", None)
+    if all(hasattr(transport, name) for name in WRITE_TRANSPORT_METHODS):
+        return cast(WriteTransport, transport)
+    return None
