@@ -136,6 +136,8 @@ async def test_every_client_gets_every_room_in_one_order_on_every_node(
         assert all(other[room] == first for other in received)  # same order everywhere
 
 
+# Node leases on the Cluster: test_backends.py::test_dead_node_members_removed[cluster].
+@pytest.mark.parametrize("deployment", ["redis"], indirect=True)
 async def test_killed_node_leaves_presence_and_its_clients_recover_elsewhere(
     deployment: Deployment,
 ) -> None:

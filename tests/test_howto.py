@@ -111,11 +111,11 @@ async def node_connections(port: int) -> float:
     return float(match[1])
 
 
-async def next_message(ws: object) -> dict[str, object]:
+async def next_event(ws: object, kind: str) -> dict[str, object]:
     with anyio.fail_after(10):
         while True:
             event: dict[str, object] = json.loads(await ws.recv())  # type: ignore[attr-defined]
-            if event.get("type") == "message":
+            if event.get("type") == kind:
                 return event
 
 
@@ -173,7 +173,8 @@ async def test_the_three_node_howto_works_as_written() -> None:
             assert [await node_connections(port) for port in node_ports] == [1, 1, 1]
             for ws, name in ((alice, "alice"), (bob, "bob"), (carol, "carol")):
                 await ws.send(json.dumps({"type": "join", "room": "lobby", "username": name}))
+                await next_event(ws, "history")  # joined
             await alice.send(json.dumps({"type": "message", "message": "across nodes"}))
             for ws in (bob, carol):
-                event = await next_message(ws)
+                event = await next_event(ws, "message")
                 assert (event["username"], event["message"]) == ("alice", "across nodes")
