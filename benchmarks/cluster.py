@@ -103,7 +103,9 @@ def wschat_node(url: str, log_dir: Path) -> Iterator[tuple[int, subprocess.Popen
     env = dict(os.environ, PYTHONPATH=str(src))
     log_dir.mkdir(parents=True, exist_ok=True)
     with open(log_dir / f"node-{port}.log", "wb") as out:
-        proc = subprocess.Popen([*argv, "--hub", url], cwd=src, env=env, stdout=out, stderr=out)
+        # one load generator, one address: the per-address limits are off
+        extra = ["--hub", url, "--address-rate", "0", "--connect-rate", "0"]
+        proc = subprocess.Popen([*argv, *extra], cwd=src, env=env, stdout=out, stderr=out)
     server = servers.ServerProcess("wschat", "127.0.0.1", port, proc, log_dir)
     try:
         wait_for_port(port, timeout=30)
