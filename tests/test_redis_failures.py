@@ -143,12 +143,20 @@ async def test_restart_mid_chat(deployment: Deployment, started: Started) -> Non
     await eventually(lambda: _present(b, "lobby", ["alice"]))
 
 
-async def test_dropped_pubsub_gap_filled(deployment: Deployment, started: Started) -> None:
-    a, rec_a = await started.new()
-    b, _ = await started.new()
+async def reader_and_writer(
+    started: Started, **options: object
+) -> tuple[RedisBackend, Recorder, RedisBackend]:
+    """Node a subscribed to the lobby, node b publishing; a got b's first message."""
+    a, rec_a = await started.new(**options)
+    b, _ = await started.new(**options)
     await a.subscribe("lobby")
     await b.publish("lobby", say("1"))
     await rec_a.wait(lambda: rec_a.seqs("lobby") == [1])
+    return a, rec_a, b
+
+
+async def test_dropped_pubsub_gap_filled(deployment: Deployment, started: Started) -> None:
+    a, rec_a, b = await reader_and_writer(started)
     with pubsub_outage(deployment):
         for text in ("2", "3", "4"):
             await b.publish("lobby", say(text))
@@ -165,11 +173,7 @@ async def test_a_gap_with_nothing_left_to_fill_is_never_silent(
     # Fix 1: the stream is empty (history size 0) or its messages expired while
     # the node was away: the node must say so (a gap marker), not resume over a hole.
     options = {"history_size": 0} if history == "size 0" else {"history_ttl": 0.2}
-    a, rec_a = await started.new(**options)
-    b, _ = await started.new(**options)
-    await a.subscribe("lobby")
-    await b.publish("lobby", say("1"))
-    await rec_a.wait(lambda: rec_a.seqs("lobby") == [1])
+    _, rec_a, b = await reader_and_writer(started, **options)
     with pubsub_outage(deployment):
         for text in ("2", "3", "4"):
             await b.publish("lobby", say(text))
