@@ -75,7 +75,9 @@ class ServerHandle:
             result = function(*args)
             return await result if inspect.isawaitable(result) else result
         portal = self.portal
-        if inspect.iscoroutinefunction(function):
+        if inspect.iscoroutinefunction(function) or inspect.iscoroutinefunction(
+            getattr(function, "func", None)
+        ):
             return await anyio.to_thread.run_sync(lambda: portal.call(function, *args))
         return await anyio.to_thread.run_sync(lambda: portal.call(lambda: function(*args)))
 
@@ -98,7 +100,7 @@ async def running_server(
     `websockets` client the tests use needs asyncio). ``factory`` makes the
     server from its config (a subclass, for fault injection).
     """
-    for limit in ("rate", "address_rate", "connect_rate"):
+    for limit in ("rate", "address_rate", "connect_rate", "user_rate"):
         overrides.setdefault(limit, 0)
     config = ServerConfig(host="127.0.0.1", port=0, **overrides)
     if server_loop != "trio":

@@ -9,6 +9,7 @@ hand (:func:`raw_frame`), because no correct implementation would produce them.
 
 from __future__ import annotations
 
+import itertools
 import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -48,7 +49,7 @@ def handshake_request(
     *,
     method: str = "GET",
     http_version: str = "1.1",
-    host: str | None = "example.com",
+    host: str | None = "localhost:8080",
     upgrade: str | None = "websocket",
     connection: str | None = "Upgrade",
     key: str | None = SAMPLE_KEY,
@@ -77,7 +78,7 @@ def http_request(
     path: str = "/",
     *,
     method: str = "GET",
-    host: str = "example.com",
+    host: str = "localhost:8080",
     headers: Iterable[tuple[str, str]] = (),
     body: bytes = b"",
 ) -> bytes:
@@ -111,12 +112,15 @@ class ParsedResponses:
     must_close: bool = False
 
 
-def parse_http_responses(data: bytes | Sequence[bytes]) -> ParsedResponses:
+def parse_http_responses(
+    data: bytes | Sequence[bytes], methods: Sequence[str] = ()
+) -> ParsedResponses:
     """Parse the server's HTTP output with h11's client side.
 
     Each response is matched to a dummy request that offers an upgrade, so h11
     accepts either a 101 (after which the remaining bytes are WebSocket frames,
-    returned as ``trailing``) or an ordinary response.
+    returned as ``trailing``) or an ordinary response. ``methods`` names the
+    requests' methods in order (default GET): a response to HEAD has no body.
     """
     if not isinstance(data, bytes):
         data = b"".join(data)
@@ -125,10 +129,10 @@ def parse_http_responses(data: bytes | Sequence[bytes]) -> ParsedResponses:
         return result  # (h11 would take b"" for EOF)
     client = h11.Connection(h11.CLIENT)
     client.receive_data(data)
-    while True:
+    for index in itertools.count():
         client.send(
             h11.Request(
-                method="GET",
+                method=methods[index] if index < len(methods) else "GET",
                 target="/",
                 headers=[
                     ("host", "example.com"),
@@ -159,6 +163,7 @@ def parse_http_responses(data: bytes | Sequence[bytes]) -> ParsedResponses:
             result.must_close = True
             return result
         client.start_next_cycle()
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _response(event: h11.Response | h11.InformationalResponse) -> HttpResponse:

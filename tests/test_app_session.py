@@ -42,8 +42,15 @@ from wschat.app import (
 )
 from wschat.chat import ChatSession, Position
 from wschat.server import ServerConfig
+from wschat.server.http import SECURITY_HEADERS, Response
 
 pytestmark = pytest.mark.anyio
+
+
+def own_headers(response: Response) -> tuple[tuple[str, str], ...]:
+    """A response's headers without the security headers every answer carries."""
+    return tuple(h for h in response.headers if h not in SECURITY_HEADERS)
+
 
 SECRET = "test-secret-test-secret-test-secret!"
 NOW = time.time()
@@ -57,6 +64,10 @@ def token(sub: str = "alice", lifetime: float = 300, **extra: Any) -> str:
 
 def make_app(auth: str | None = None, **hooks: Any) -> App:
     return App(ServerConfig(handshake_timeout=10), AppConfig(auth=auth, jwt_secret=SECRET), **hooks)  # type: ignore[arg-type]
+
+
+# The query of a client that will authenticate with its first message.
+FIRST_MESSAGE = "auth=message"
 
 
 def upgrade(query: str = "", *headers: tuple[str, str]) -> UpgradeRequest:
@@ -117,10 +128,11 @@ class TestAdmit:
             await make_app().admit(upgrade("token=forged"), "lobby")
         response = upgrade_refusal(info.value)
         assert response.status == 401 and response.body.startswith(b"not a JWT")
-        # RFC 7235 3.1: a 401 carries the challenge.
-        assert response.headers == (("www-authenticate", 'Bearer realm="wschat"'),)
+        # RFC 7235 3.1: a 401 carries the challenge (besides the security headers
+        # every wschat answer carries).
+        assert own_headers(response) == (("www-authenticate", 'Bearer realm="wschat"'),)
         forbidden = upgrade_refusal(Rejection.forbidden("not your room"))
-        assert (forbidden.status, forbidden.body, forbidden.headers) == (
+        assert (forbidden.status, forbidden.body, own_headers(forbidden)) == (
             403,
             b"not your room\n",
             (),
@@ -131,8 +143,14 @@ class TestAdmit:
             await make_app().admit(upgrade(f"token={token(lifetime=-120)}"), "lobby")
         assert (info.value.status, info.value.code) == (401, "token_expired")
 
-    async def test_no_token_under_required_waits_for_the_first_message(self) -> None:
-        admission = await make_app().admit(upgrade(), "lobby")
+    async def test_no_token_under_required_is_401(self) -> None:
+        with pytest.raises(Rejection) as info:
+            await make_app().admit(upgrade(), "lobby")
+        assert (info.value.status, info.value.code) == (401, "unauthorized")
+        assert "?auth=message" in info.value.reason
+
+    async def test_no_token_but_auth_message_waits_for_the_first_message(self) -> None:
+        admission = await make_app().admit(upgrade(FIRST_MESSAGE), "lobby")
         assert admission == Admission(None, pending=True)
 
     async def test_no_token_under_optional_is_anonymous(self) -> None:
@@ -169,7 +187,7 @@ class TestAdmit:
 
 class TestFirstMessageAuth:
     async def test_auth_then_chat(self) -> None:
-        session = await connect(make_app())
+        session = await connect(make_app(), FIRST_MESSAGE)
         assert session.pending_until == NOW + 10
         outcome = await session.handle(frame(type="auth", token=token(name="Alice")), NOW + 1)
         assert isinstance(outcome, Authenticated)
@@ -190,22 +208,22 @@ class TestFirstMessageAuth:
         ],
     )
     async def test_anything_else_first_closes_4401(self, text: str) -> None:
-        outcome = await (await connect(make_app())).handle(text, NOW)
+        outcome = await (await connect(make_app(), FIRST_MESSAGE)).handle(text, NOW)
         assert isinstance(outcome, Close) and outcome.code == CLOSE_UNAUTHORIZED
         assert "authenticate first" in outcome.reason
 
     async def test_a_bad_token_closes_4401_with_the_reason(self) -> None:
-        session = await connect(make_app())
+        session = await connect(make_app(), FIRST_MESSAGE)
         outcome = await session.handle(frame(type="auth", token=token(lifetime=-120)), NOW)
         assert outcome == Close(CLOSE_UNAUTHORIZED, "token expired (its exp is past)")
 
     async def test_url_room_not_allowed_closes_4403(self) -> None:
-        session = await connect(make_app(), room="secret")
+        session = await connect(make_app(), FIRST_MESSAGE, room="secret")
         outcome = await session.handle(frame(type="auth", token=token(rooms=["lobby"])), NOW)
         assert isinstance(outcome, Close) and outcome.code == CLOSE_FORBIDDEN
 
     async def test_no_auth_within_the_handshake_timeout(self) -> None:
-        session = await connect(make_app())
+        session = await connect(make_app(), FIRST_MESSAGE)
         assert session.deadline() == NOW + 10
         assert session.overdue(NOW + 9.9) is None
         closing = session.overdue(NOW + 10)
@@ -502,7 +520,7 @@ def test_any_frames_give_one_outcome_each_and_never_raise(
 ) -> None:
     async def run() -> None:
         app = make_app(mode)
-        query = f"token={token('alice')}" if with_token and mode != "off" else ""
+        query = f"token={token('alice')}" if with_token and mode != "off" else FIRST_MESSAGE
         session = await connect(app, query)
         for i, text in enumerate(frames):
             username = session.chat.username

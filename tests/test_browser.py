@@ -1,140 +1,42 @@
-"""The chat page in a real headless Chromium, driven by Playwright's sync API.
+"""The chat page in a real headless Chromium: chatting, restarts, outages, XSS, epochs.
 
 Each test starts its own ``python -m wschat serve`` subprocess (memory hub) and opens
-one browser context per user, so users share nothing but the server. This module
-uses only Playwright's sync API: it runs its own event loop, so no anyio tests here.
+one browser context per user, so users share nothing but the server. The page's
+issue-12 features (layout, rooms, conversation, reasons, names) are in test_page.py;
+fixtures and helpers in tests/browser_helpers.py.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import os
 import re
 import time
-from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.helpers import free_port, require, server_process
+from tests import browser_helpers
+from tests.browser_helpers import (
+    RECONNECT_TIMEOUT_MS,
+    SETTLED,
+    OpenPage,
+    expect,
+    expect_members,
+    expect_message_once,
+    expect_status,
+    expect_texts,
+    join,
+    send,
+)
+from tests.helpers import free_port, server_process
 
-HAVE_PLAYWRIGHT = importlib.util.find_spec("playwright") is not None
-if HAVE_PLAYWRIGHT:
-    from playwright.sync_api import expect, sync_playwright
 if TYPE_CHECKING:
-    from playwright.sync_api import Browser, Page, WebSocketRoute
+    from playwright.sync_api import Page, WebSocketRoute
 
 pytestmark = pytest.mark.browser
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--headless",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1, EXCLUDE localhost",
-]
-# How long a page may take to reconnect: the page's backoff is random(0, min(10 s,
-# 0.5 s * 2^attempt)), so a few failed attempts can push one retry to several seconds.
-RECONNECT_TIMEOUT_MS = 15_000
-STEP_TIMEOUT_MS = 5_000
-SETTLED = re.compile(r"^(connecting|disconnected)$")
-
-
-# -- fixtures -------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    require(HAVE_PLAYWRIGHT, "the playwright Python package")
-    require(os.access(CHROMIUM, os.X_OK), CHROMIUM)
-
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield launched
-        finally:
-            launched.close()
-
-
-OpenPage = Callable[[str], "Page"]
-
-
-@pytest.fixture
-def new_page(browser: Browser) -> Iterator[OpenPage]:
-    """Factory: a fresh page in its own browser context (closed after the test)."""
-    contexts = []
-
-    def make(name: str) -> Page:
-        context = browser.new_context()
-        contexts.append(context)
-        context.set_default_timeout(STEP_TIMEOUT_MS)
-        page = context.new_page()
-        # Page errors would mean a broken app.js: fail loudly.
-        errors: list[str] = []
-        page.on("pageerror", lambda exc: errors.append(f"{name}: {exc}"))
-        page_errors.append(errors)
-        return page
-
-    page_errors: list[list[str]] = []
-    yield make
-    for context in contexts:
-        context.close()
-    uncaught = [error for errors in page_errors for error in errors]
-    assert not uncaught, f"uncaught errors in the page: {uncaught}"
-
-
-# -- page helpers ---------------------------------------------------------------
-
-
-def expect_status(
-    page: Page, status: str | re.Pattern[str], timeout: int = STEP_TIMEOUT_MS
-) -> None:
-    expect(page.locator("#status")).to_have_text(status, timeout=timeout)
-
-
-def join(page: Page, port: int, username: str, room: str = "lobby") -> None:
-    """Open the page, join ``room`` as ``username`` and wait for ``connected``."""
-    page.goto(f"http://127.0.0.1:{port}/")
-    expect_status(page, "disconnected")
-    page.fill("#username", username)
-    page.fill("#room", room)
-    page.click("#connect")
-    expect_status(page, "connected")
-    # The join's history and presence have arrived once we are in the member list.
-    me = re.compile(f"^{re.escape(username)}$")
-    expect(page.locator("#members li").filter(has_text=me)).to_have_count(1)
-
-
-def send(page: Page, text: str) -> None:
-    """Type and send ``text``; the page clears the input only when it really sent it."""
-    page.fill("#message", text)
-    page.click("#send")
-    expect(page.locator("#message")).to_have_value("")
-
-
-def expect_members(page: Page, names: list[str], timeout: int = STEP_TIMEOUT_MS) -> None:
-    expect(page.locator("#members li")).to_have_text(sorted(names), timeout=timeout)
-
-
-def expect_texts(page: Page, texts: list[str], timeout: int = STEP_TIMEOUT_MS) -> None:
-    """The page shows exactly these chat messages, in this order."""
-    expect(page.locator("#messages .message .text")).to_have_text(texts, timeout=timeout)
-
-
-def expect_message_once(page: Page, username: str, text: str) -> None:
-    """Exactly one ``.message`` has ``.text`` == ``text``, and it is from ``username``."""
-    exact = re.compile(f"^{re.escape(text)}$")
-    line = page.locator("#messages .message").filter(
-        has=page.locator(".text").filter(has_text=exact)
-    )
-    expect(line).to_have_count(1)
-    expect(line.locator(".username")).to_have_text(username)
-    expect(line.locator(".time")).not_to_have_text("")
+# One Chromium for the module (the fixtures live in browser_helpers).
+browser = browser_helpers.browser
+artifacts = browser_helpers.artifacts
+new_page = browser_helpers.new_page
 
 
 class SocketCutter:
@@ -242,8 +144,10 @@ def test_message_html_is_shown_as_text(new_page: OpenPage) -> None:
             assert page.evaluate("typeof window.__xss") == "undefined"
 
         # Control: the same payload parsed as HTML does run, so the check above can fail.
+        # (On a blank page: wschat's Content-Security-Policy blocks inline handlers on its
+        # own page, which tests/test_http_hardening.py checks.)
         canary = new_page("canary")
-        canary.goto(f"http://127.0.0.1:{port}/")
+        canary.goto("about:blank")
         canary.evaluate("(html) => document.body.insertAdjacentHTML('beforeend', html)", payload)
         canary.wait_for_function("window.__xss === 1")
 
@@ -258,7 +162,8 @@ def test_reconnect_shows_every_missed_message_once(new_page: OpenPage) -> None:
         send(bob, "before outage")
         expect_texts(alice, ["before outage"])
 
-        # ~10 s outage for alice while bob keeps chatting.
+        # A ~5 s outage for alice (several refused reconnects, backoff growing) while bob
+        # keeps chatting.
         alice.context.set_offline(True)
         cutter.cut()
         expect_status(alice, SETTLED)
@@ -266,7 +171,7 @@ def test_reconnect_shows_every_missed_message_once(new_page: OpenPage) -> None:
         missed = [f"missed {i}" for i in range(5)]
         for text in missed:
             send(bob, text)
-            time.sleep(2)
+            time.sleep(1)
         assert cutter.refused > 0, "alice's page never tried to reconnect during the outage"
         expect_status(alice, SETTLED)
         expect_texts(alice, ["before outage"])  # nothing arrived during the outage

@@ -1,4 +1,4 @@
-"""The chat layer, pure: the JSON wire schema (schema.py) and per-connection rules (session.py).
+"""The chat layer, pure: the wire schema (schema.py), usernames (names.py), sessions (session.py).
 
 Inputs are the exact text frames a client sends; outputs are commands or a
 ChatError whose ``code`` is the stable, machine-readable part clients rely on.
@@ -12,6 +12,8 @@ import re
 from datetime import UTC, datetime
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from wschat.chat import (
     DEFAULT_ROOM,
@@ -37,6 +39,18 @@ from wschat.chat import (
     validate_room,
     validate_username,
 )
+from wschat.chat.names import (
+    RULES,
+    UsernameRefused,
+    check_distinct,
+    confusable,
+    enforce_username,
+    find_confusable,
+    skeleton,
+)
+
+FAMILY = "\U0001f468\u200d\U0001f469\u200d\U0001f467\u200d\U0001f466"  # 7 code points
+ENGLAND = "\U0001f3f4\U000e0067\U000e0062\U000e0065\U000e006e\U000e0067\U000e007f"
 
 
 def frame(obj: object) -> str:
@@ -183,7 +197,7 @@ class TestParseCommand:
         assert info.value.code == "bad_username"
 
     @pytest.mark.parametrize(
-        "username", ["A", "x" * MAX_USERNAME_LENGTH, "Zoë", "李雷", "alice bob", "a-b_c.d"]
+        "username", ["A", "x" * MAX_USERNAME_LENGTH, "Zoë", "李雷", "alice bob", "a-b_c.d", FAMILY]
     )
     def test_good_username(self, username: str) -> None:
         assert MAX_USERNAME_LENGTH == 32
@@ -541,3 +555,169 @@ class TestChatSession:
         assert session.legacy
         assert session.rooms == {"lobby"}
         assert session.username == "a"
+
+
+class TestUsernames:
+    """names.py: RFC 8266 nicknames with emoji sequences, UTS #39 restrictions and skeletons.
+
+    Written with escapes: the point of several cases is that they look like others.
+    """
+
+    @pytest.mark.parametrize(
+        ("typed", "normal"),
+        [
+            ("\uff41\uff44\uff4d\uff49\uff4e", "admin"),  # fullwidth: NFKC
+            ("  Bob  \u00a0Smith ", "Bob Smith"),  # spaces mapped, trimmed, collapsed
+            ("Zoe\u0308", "Zo\u00eb"),  # composed
+            ("\u2167", "VIII"),  # ROMAN NUMERAL EIGHT: a compatibility form
+            ("a\u0301\u0302\u0303\u0304", "\u00e1\u0302\u0303\u0304"),  # four marks: the limit
+        ],
+        ids=lambda v: v.encode("unicode_escape").decode()[:24],
+    )
+    def test_normalised(self, typed: str, normal: str) -> None:
+        assert enforce_username(typed) == normal
+        assert enforce_username(normal) == normal  # the normal form is stable
+        assert validate_username(typed) == normal
+
+    @pytest.mark.parametrize(
+        "name",
+        [
+            "alice",
+            FAMILY,
+            FAMILY + " Fam",
+            "\u2764\ufe0f",  # red heart with its emoji variation selector
+            "\U0001f3f3\ufe0f\u200d\U0001f308",  # rainbow flag
+            "\U0001f469\U0001f3fd\u200d\U0001f4bb",  # a skin tone inside a ZWJ sequence
+            "1\ufe0f\u20e3",  # keycap
+            "\U0001f1eb\U0001f1f7",  # a flag: regional indicators
+            ENGLAND,  # a subdivision flag: tag characters
+            "\u0421\u0430\u0448\u0430 Smith",  # one script per word
+            "Tokyo\u6771\u4eac",  # Latin + Han: Highly Restrictive allows it
+            "\u6771\u4eac\u30bf\u30ef\u30fc",  # Han + Katakana
+            "\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645",  # Persian, with a ZWNJ
+            "\u0915\u094d\u200d\u0937",  # ZWJ after a virama
+            "l\u00b7l",  # Catalan middle dot between two l
+            FAMILY * 4 + "abcd",  # exactly 32 code points
+        ],
+        ids=lambda v: v.encode("unicode_escape").decode()[:24],
+    )
+    def test_accepted_as_typed(self, name: str) -> None:
+        assert enforce_username(name) == name
+        command = parse_command(frame({"type": "join", "room": "lobby", "username": name}))
+        assert isinstance(command, Join) and command.username == name
+
+    @pytest.mark.parametrize(
+        ("typed", "rule", "says"),
+        [
+            (None, "type", "string"),
+            ("", "empty", "visible"),
+            ("   ", "empty", "visible"),
+            ("\u3000", "empty", "visible"),  # an ideographic space is a space
+            ("x" * 33, "too_long", "33 characters"),
+            (FAMILY * 4 + "abcde", "too_long", "33 characters"),
+            ("y" * 300, "too_long", "300"),
+            ("tab\tname", "control", "U+0009"),
+            ("bad\nname", "control", "U+000A"),
+            ("\u3164", "blank", "U+3164 HANGUL FILLER"),
+            ("\u2800", "blank", "U+2800 BRAILLE PATTERN BLANK"),
+            ("bob\u2800", "blank", "U+2800"),
+            ("\uffa0", "blank", "U+FFA0"),
+            ("\u200b", "invisible", "U+200B ZERO WIDTH SPACE"),
+            ("al\u00adice", "invisible", "U+00AD SOFT HYPHEN"),
+            ("alice\ufe0f", "invisible", "U+FE0F"),  # a variation selector after a letter
+            ("\ufdd0", "invisible", "U+FDD0"),  # a noncharacter
+            ("a\u200db", "joiner", "between two emoji"),
+            ("\u314b\u314b", "jamo", "whole syllables"),
+            ("\u0378", "unassigned", "U+0378"),
+            ("\ue000", "disallowed", "U+E000"),  # private use
+            ("a\u2028b", "disallowed", "U+2028 LINE SEPARATOR"),
+            ("\u00b7", "context", "U+00B7 MIDDLE DOT"),
+            ("\u0301a", "leading_mark", "U+0301"),
+            ("a \u0301", "leading_mark", "U+0301"),
+            ("a" + "\u0301" * 31, "marks", "stacks 31 combining marks"),
+            ("a\u0301\u0302\u0303\u0304\u0305", "marks", "stacks 5"),
+            ("e\u0301\u0301", "marks", "twice"),
+            ("\u0430dmin", "mixed_script", "mixes Cyrillic (\u0430) and Latin (d)"),
+            ("abc\u0414\u0436", "mixed_script", "mixes Latin (a) and Cyrillic (\u0414)"),
+            ("\u03a9mega", "mixed_script", "Greek"),
+            ("\u13aalice", "mixed_script", "Cherokee"),
+            ("bob \u0430dmin", "mixed_script", "\u201c\u0430dmin\u201d"),
+        ],
+        ids=lambda v: repr(v)[:24],
+    )
+    def test_refused_with_a_reason_that_says_why(self, typed: object, rule: str, says: str) -> None:
+        with pytest.raises(UsernameRefused) as info:
+            enforce_username(typed)
+        assert (info.value.code, info.value.rule) == ("bad_username", rule)
+        assert says in info.value.reason
+        assert "printable" not in info.value.reason
+        # On the wire too: a join with that name is refused with the same reason.
+        if typed is None:
+            return  # a null username on the wire means "none given"
+        with pytest.raises(ChatError) as wire:
+            parse_command(frame({"type": "join", "room": "lobby", "username": typed}))
+        assert (wire.value.code, wire.value.reason) == ("bad_username", info.value.reason)
+
+    def test_every_documented_rule_is_reachable(self) -> None:
+        """The rules names.js mirrors are exactly the ones the cases above exercise."""
+        cases = self.test_refused_with_a_reason_that_says_why.pytestmark[0].args[1]
+        assert {rule for _, rule, _ in cases} == set(RULES)
+
+    @given(st.text(max_size=40))
+    @settings(max_examples=300, derandomize=True, database=None)
+    def test_any_text_is_a_normal_form_or_a_refusal(self, text: str) -> None:
+        try:
+            name = enforce_username(text)
+        except UsernameRefused as exc:
+            assert exc.rule in RULES and exc.reason
+            return
+        assert 1 <= len(name) <= 32
+        assert enforce_username(name) == name
+
+    def test_a_session_is_bound_to_the_normal_form(self) -> None:
+        session = ChatSession("lobby")
+        fullwidth = "\uff41\uff44\uff4d\uff49\uff4e"
+        command = session.handle(frame({"type": "join", "room": "lobby", "username": fullwidth}))
+        assert isinstance(command, Join) and command.username == "admin"
+        assert session.username == "admin"
+        # The same name, typed either way, is the same user.
+        said = session.handle(frame({"type": "message", "username": "admin", "message": "hi"}))
+        assert isinstance(said, Say) and said.username == "admin"
+        with pytest.raises(ChatError) as info:
+            session.handle(frame({"type": "message", "username": "Admin", "message": "hi"}))
+        assert info.value.code == "username_mismatch"
+
+
+class TestConfusableNames:
+    """UTS #39 section 4: skeletons, for "does this name look like one already here"."""
+
+    def test_skeleton_maps_lookalikes_to_one_prototype(self) -> None:
+        assert skeleton("\u0430dmin") == skeleton("admin")  # Cyrillic a
+        assert skeleton("\u0440\u0430\u0443\u0440\u0430l") == skeleton("paypal")  # whole-script
+        assert skeleton("rn") == skeleton("m")
+        assert skeleton("a\u200bb") == skeleton("ab")  # default-ignorables are dropped
+        assert skeleton("alice") != skeleton("alicia")
+
+    @pytest.mark.parametrize(
+        ("name", "present", "found"),
+        [
+            ("\u0430\u0435", ["bob", "ae"], "ae"),  # Cyrillic "ae", a valid one-script name
+            ("Ian", ["lan"], "lan"),  # capital I and small l
+            ("Alice", ["bob", "alice"], "alice"),  # case only
+            ("rnary", ["mary"], "mary"),
+            ("b0b", ["bob"], "bob"),  # digit zero and letter o
+            ("bob", ["bob"], None),  # the same user again
+            ("bob", ["alice", "carol"], None),
+            ("bob", [], None),
+        ],
+    )
+    def test_find_confusable(self, name: str, present: list[str], found: str | None) -> None:
+        assert find_confusable(name, present) == found
+        assert confusable(name, found) if found else True
+
+    def test_check_distinct_names_the_lookalike(self) -> None:
+        check_distinct("bob", ["alice"], "lobby")
+        with pytest.raises(ChatError) as info:
+            check_distinct("\u0430\u0435", ["ae"], "lobby")
+        assert info.value.code == "name_confusable"
+        assert "\u201cae\u201d" in info.value.reason and "lobby" in info.value.reason

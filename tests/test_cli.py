@@ -381,3 +381,40 @@ def test_serve_raises_the_soft_open_file_limit() -> None:
             proc.wait(15)
         log.seek(0)
         assert f"open-file limit raised from 256 to {hard}" in log.read().decode()
+
+
+def test_a_loaded_app_keeps_its_settings_unless_the_operator_gives_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from wschat.app import AppRecipe
+    from wschat.cli import explicit_settings, settings_from_args
+
+    def recipe(argv: list[str]) -> AppRecipe:
+        sys.modules.pop("tests.app_without_typing", None)  # a fresh app each time
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        return AppRecipe(
+            args.app,
+            config_from_args(args),
+            settings_from_args(args),
+            explicit_settings(argv),
+        )
+
+    app = recipe(["serve", "tests.app_without_typing:tuned"]).build()
+    assert (app.config.history_size, app.config.max_connections) == (7, 123)
+    assert "typing" not in app.ephemeral_types
+    app = recipe(["serve", "tests.app_without_typing:tuned", "--history-size", "9"]).build()
+    assert (app.config.history_size, app.config.max_connections) == (9, 123)
+    monkeypatch.setenv("WSCHAT_MAX_CONNECTIONS", "55")
+    app = recipe(["serve", "tests.app_without_typing:tuned"]).build()
+    assert (app.config.history_size, app.config.max_connections) == (7, 55)
+
+
+def test_an_app_that_cannot_be_loaded_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["serve", "no_such_module:app"]) == 2
+    assert (
+        capsys.readouterr().err
+        == "wschat: app 'no_such_module:app': no module named 'no_such_module'\n"
+    )
+    assert main(["serve", "tests.app_without_typing:nothing"]) == 2
+    assert "has no attribute 'nothing'" in capsys.readouterr().err

@@ -24,7 +24,10 @@ from tests.protocol_helpers import (
     single_response,
 )
 from wschat.protocol import (
+    DEFAULT_MAX_PENDING_OUTPUT,
     DEFAULT_MAX_REQUEST_HEAD,
+    ConnectionClosed,
+    HostPolicy,
     HttpRequest,
     LocalProtocolError,
     OriginPolicy,
@@ -64,7 +67,7 @@ class TestPlainHttp:
                 method="GET",
                 path="/static/app.js",
                 query="v=3",
-                headers=(("host", "example.com"), ("accept", "*/*")),
+                headers=(("host", "localhost:8080"), ("accept", "*/*")),
             )
         ]
         assert conn.data_to_send() == []  # the caller answers, not the protocol
@@ -87,11 +90,11 @@ class TestPlainHttp:
     def test_keep_alive_answers_two_requests_in_turn(self) -> None:
         conn = ServerConnection()
         assert receive(conn, http_request("/a")) == [
-            HttpRequest("GET", "/a", "", (("host", "example.com"),))
+            HttpRequest("GET", "/a", "", (("host", "localhost:8080"),))
         ]
         conn.send_response(200, b"A")
         assert receive(conn, http_request("/b")) == [
-            HttpRequest("GET", "/b", "", (("host", "example.com"),))
+            HttpRequest("GET", "/b", "", (("host", "localhost:8080"),))
         ]
         conn.send_response(200, b"B")
         parsed = parse_http_responses(conn.data_to_send())
@@ -120,6 +123,32 @@ class TestPlainHttp:
             (200, b"answer to /c"),
         ]
         assert not conn.close_expected()
+
+    def test_head_is_answered_like_get_without_a_body(self) -> None:
+        # RFC 9110 9.3.2: the same header fields as GET (Content-Length included),
+        # no content. Today h11 raised LocalProtocolError on the body (issue 8 item 10).
+        conn = ServerConnection()
+        (head,) = receive(conn, http_request("/", method="HEAD") + http_request("/"))
+        assert isinstance(head, HttpRequest) and head.method == "HEAD"
+        conn.send_response(200, b"<html>page</html>", "text/html")
+        (get,) = conn.events_received()
+        assert isinstance(get, HttpRequest) and get.method == "GET"
+        conn.send_response(200, b"<html>page</html>", "text/html")
+        parsed = parse_http_responses(conn.data_to_send(), methods=["HEAD", "GET"])
+        assert [(r.status, r.header("content-length"), r.body) for r in parsed.responses] == [
+            (200, "17", b""),
+            (200, "17", b"<html>page</html>"),
+        ]
+        assert not parsed.must_close and not conn.close_expected()
+
+    def test_head_refused_by_the_protocol_gets_its_status_without_a_body(self) -> None:
+        conn = ServerConnection()
+        events = receive(conn, handshake_request(method="HEAD"))
+        assert [(type(e), e.status) for e in events] == [(RequestRejected, 405)]  # type: ignore[union-attr]
+        (response,) = parse_http_responses(conn.data_to_send(), methods=["HEAD"]).responses
+        assert (response.status, response.body) == (405, b"")
+        assert response.header("allow") == "GET"
+        assert conn.close_expected()
 
     def test_request_body_is_discarded_and_the_next_request_parsed(self) -> None:
         conn = ServerConnection()
@@ -182,8 +211,9 @@ class TestPlainHttp:
         conn = ServerConnection()
         receive(conn, http_request("/"))
         conn.receive_eof()
-        assert conn.close_expected()
+        assert not conn.close_expected()  # the answer is still to be written
         conn.send_response(200, b"late but sent")
+        assert conn.close_expected()
         assert single_response(conn).body == b"late but sent"
 
     @pytest.mark.parametrize(
@@ -218,13 +248,13 @@ class TestPlainHttp:
         ("data", "statuses"),
         [
             (
-                b"GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nZZZ\r\n",
+                b"GET / HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\nZZZ\r\n",
                 ([200], [400]),  # answering first, or refusing the bad body: either is fine
             ),
             (b"GET / HTTP/1.0\r\n\r\n\r\n", ([200],)),  # a stray CRLF after the request
             (
-                b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-                b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n",
+                b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+                b"GET /b HTTP/1.1\r\nHost: localhost\r\n\r\n",
                 ([200],),  # RFC 9112 9.6: answer the first, ignore what follows "close"
             ),
         ],
@@ -242,6 +272,95 @@ class TestPlainHttp:
         parsed = parse_http_responses(conn.data_to_send())
         assert [r.status for r in parsed.responses] in statuses
         assert conn.close_expected()
+
+
+def serve_like_the_io_layer(
+    conn: ServerConnection, data: bytes, body: bytes, *, eof: bool = False
+) -> list[bytes]:
+    """The loop ServerConnection documents; returns what each send would write.
+
+    Answer events until there are none, send, and go on while the send (taking
+    the bytes) brought more events.
+    """
+    conn.receive_data(data)
+    if eof:
+        conn.receive_eof()
+    writes = []
+    events = conn.events_received()
+    while events:
+        for event in events:
+            if isinstance(event, HttpRequest):
+                conn.send_response(200, body + event.path.encode())
+        events = conn.events_received()
+        if not events:
+            writes.append(b"".join(conn.data_to_send()))
+            events = conn.events_received()
+    return writes
+
+
+class TestBoundedPipelining:
+    """Issue 8 item 4: pipelined requests are parsed only while few response bytes wait."""
+
+    BODY = b"x" * 16_000  # about app.js
+
+    def test_default_cap(self) -> None:
+        assert DEFAULT_MAX_PENDING_OUTPUT == 64 * 1024
+
+    def test_parsing_stops_while_responses_wait_and_data_to_send_resumes_it(self) -> None:
+        conn = ServerConnection()
+        events = receive(conn, b"".join(http_request(f"/{i}") for i in range(500)))
+        answered = 0
+        while events:
+            (event,) = events
+            assert isinstance(event, HttpRequest) and event.path == f"/{answered}"
+            conn.send_response(200, self.BODY)
+            answered += 1
+            events = conn.events_received()
+        # Five ~16 KB answers pass the 64 KiB cap: the other 495 requests wait, unparsed.
+        assert answered == 5
+        pending = conn.data_to_send()
+        assert sum(map(len, pending)) <= DEFAULT_MAX_PENDING_OUTPUT + len(self.BODY) + 200
+        # Taking the bytes resumed parsing: the next request is out.
+        (event,) = conn.events_received()
+        assert isinstance(event, HttpRequest) and event.path == "/5"
+
+    def test_every_pipelined_request_is_answered_in_order_with_bounded_writes(self) -> None:
+        conn = ServerConnection()
+        data = b"".join(http_request(f"/{i}") for i in range(300))
+        writes = serve_like_the_io_layer(conn, data, self.BODY)
+        assert max(map(len, writes)) <= DEFAULT_MAX_PENDING_OUTPUT + len(self.BODY) + 200
+        parsed = parse_http_responses(writes)
+        assert [r.body for r in parsed.responses] == [
+            self.BODY + f"/{i}".encode() for i in range(300)
+        ]
+        assert not conn.close_expected()
+
+    def test_small_answers_are_not_held_back(self) -> None:
+        conn = ServerConnection()
+        writes = serve_like_the_io_layer(
+            conn, b"".join(http_request(f"/{i}") for i in range(100)), b"ok"
+        )
+        assert len(writes) == 1  # 100 small answers fit under the cap: one send
+        assert len(parse_http_responses(writes).responses) == 100
+
+    def test_a_smaller_cap(self) -> None:
+        conn = ServerConnection(max_pending_output=0)
+        writes = serve_like_the_io_layer(conn, http_request("/a") + http_request("/b"), b"1")
+        assert len(writes) == 2  # one answer per send
+
+    def test_pipelined_requests_then_eof_are_all_answered_then_closed(self) -> None:
+        conn = ServerConnection()
+        data = b"".join(http_request(f"/{i}") for i in range(20))
+        writes = serve_like_the_io_layer(conn, data, self.BODY, eof=True)
+        assert len(parse_http_responses(writes).responses) == 20
+        assert conn.close_expected()
+
+    def test_an_upgrade_behind_pipelined_requests_waits_its_turn(self) -> None:
+        conn = ServerConnection()
+        data = b"".join(http_request(f"/{i}") for i in range(10)) + handshake_request()
+        writes = serve_like_the_io_layer(conn, data, self.BODY)
+        assert len(parse_http_responses(writes).responses) == 10
+        assert conn.state is State.UPGRADE_PENDING
 
 
 class TestRequestHeadLimit:
@@ -347,6 +466,15 @@ class TestSection4_2_1ReadingTheClientHandshake:
         reason = assert_rejected(conn, receive(conn, handshake_request(connection=connection)), 400)
         assert "Connection" in reason
 
+    @pytest.mark.parametrize("second", [SAMPLE_KEY, "AQIDBAUGBwgJCgsMDQ4PEA=="])
+    def test_two_keys_are_refused(self, second: str) -> None:
+        # RFC 6455 11.3.1: Sec-WebSocket-Key "MUST NOT appear more than once in an
+        # HTTP request" (issue 8 item 10).
+        conn = ServerConnection()
+        data = handshake_request(headers=[("Sec-WebSocket-Key", second)])
+        reason = assert_rejected(conn, receive(conn, data), 400)
+        assert reason == "more than one Sec-WebSocket-Key header"
+
     def test_missing_key_is_refused(self) -> None:
         conn = ServerConnection()
         reason = assert_rejected(conn, receive(conn, handshake_request(key=None)), 400)
@@ -381,7 +509,7 @@ class TestSection4_2_1ReadingTheClientHandshake:
         assert response.status == 426
         assert response.reason == b"Upgrade Required"
         assert response.header("sec-websocket-version") == "13"
-        assert response.body.decode() == events[0].reason
+        assert response.body.decode() == events[0].reason + "\n"
         assert conn.close_expected()
 
     def test_checks_run_in_a_useful_order(self) -> None:
@@ -490,6 +618,21 @@ class TestHandoffToFraming:
         conn.accept_websocket()
         assert conn.events_received() == [TextReceived("hello")]
 
+    def test_good_then_bad_frame_in_the_handshake_read_echo_before_the_close(self) -> None:
+        # The I/O layer sends the 101 first, then takes the events and answers them.
+        conn = ServerConnection()
+        bad = bytes([0x83, 0x80]) + b"\x00\x00\x00\x00"  # reserved opcode 0x3
+        events = receive(conn, handshake_request() + Client().send(wse.TextMessage("a")) + bad)
+        assert [type(e) for e in events] == [WebSocketRequest]
+        conn.accept_websocket()
+        parsed = parse_http_responses(conn.data_to_send())
+        assert [r.status for r in parsed.responses] == [101]
+        assert parsed.trailing == b""  # no close frame ahead of the echo
+        assert [type(e) for e in conn.events_received()] == [TextReceived, ConnectionClosed]
+        conn.send_text("a")
+        frames = parse_server_frames(conn.data_to_send())
+        assert [f.opcode.value for f in frames] == [OP_TEXT, 0x8]
+
     def test_bytes_arriving_while_the_upgrade_is_pending_are_kept(self) -> None:
         conn = ServerConnection()
         client = Client()
@@ -540,7 +683,10 @@ class TestSection10_2OriginConsiderations:
     def upgrade(
         self, origin: str | None, host: str = "example.com", allowed: tuple[str, ...] = ()
     ) -> object:
-        conn = ServerConnection(origin_policy=OriginPolicy(allowed=allowed))
+        # Any Host: these cases are about Origin (the Host checks are below).
+        conn = ServerConnection(
+            origin_policy=OriginPolicy(allowed=allowed), host_policy=HostPolicy(("*",))
+        )
         events = receive(conn, handshake_request(origin=origin, host=host))
         assert len(events) == 1
         return events[0]
@@ -585,7 +731,7 @@ class TestSection10_2OriginConsiderations:
         ],
     )
     def test_cross_origin_is_forbidden(self, origin: str, host: str) -> None:
-        conn = ServerConnection()
+        conn = ServerConnection(host_policy=HostPolicy(("*",)))
         events = receive(conn, handshake_request(origin=origin, host=host))
         reason = assert_rejected(conn, events, 403)
         assert origin in reason
@@ -623,3 +769,108 @@ class TestSection10_2OriginConsiderations:
     def test_null_origin_with_empty_host_is_forbidden(self) -> None:
         event = self.upgrade("null", host="")
         assert isinstance(event, RequestRejected) and event.status == 403
+
+
+# -- RFC 9110 7.2 Host, and DNS rebinding ------------------------------------------
+
+
+class TestHostHeader:
+    """Issue 8 item 6: the Host header is checked on every request (DNS rebinding)."""
+
+    @pytest.mark.parametrize(
+        "host", ["localhost", "localhost:8080", "127.0.0.1:8080", "[::1]:8080"]
+    )
+    @pytest.mark.parametrize("path", ["/", "/app.js", "/healthz", "/metrics", "/nope"])
+    def test_loopback_names_are_answered_on_every_path(self, host: str, path: str) -> None:
+        conn = ServerConnection()
+        (event,) = receive(conn, http_request(path, host=host))
+        assert isinstance(event, HttpRequest) and event.path == path
+
+    @pytest.mark.parametrize("path", ["/", "/app.js", "/healthz", "/metrics", "/nope", "/ws"])
+    def test_rebinding_host_is_refused_with_421_on_every_path(self, path: str) -> None:
+        # The attacker's page: Host and Origin are both the attacker's name, so the
+        # same-origin check alone would pass.
+        conn = ServerConnection()
+        data = handshake_request(
+            path, host="attacker.example:8080", origin="http://attacker.example:8080"
+        )
+        reason = assert_rejected(conn, receive(conn, data), 421)
+        assert reason == "host not allowed: attacker.example:8080 (see --allow-host)"
+
+    def test_421_response_names_the_host(self) -> None:
+        conn = ServerConnection()
+        receive(conn, http_request("/", host="attacker.example"))
+        response = single_response(conn)
+        assert (response.status, response.reason) == (421, b"Misdirected Request")
+        assert response.body == b"host not allowed: attacker.example (see --allow-host)\n"
+
+    def test_each_request_of_a_keep_alive_connection_is_checked(self) -> None:
+        conn = ServerConnection()
+        (first,) = receive(conn, http_request("/", host="localhost:8080"))
+        assert isinstance(first, HttpRequest)
+        conn.send_response(200, b"page")
+        (second,) = receive(conn, http_request("/app.js", host="attacker.example"))
+        assert isinstance(second, RequestRejected) and second.status == 421
+        parsed = parse_http_responses(conn.data_to_send())
+        assert [r.status for r in parsed.responses] == [200, 421]
+        assert conn.close_expected()
+
+    def test_http_1_0_without_host_is_answered(self) -> None:
+        conn = ServerConnection()
+        (event,) = receive(conn, b"GET / HTTP/1.0\r\n\r\n")
+        assert isinstance(event, HttpRequest)
+
+    @pytest.mark.parametrize(
+        ("bind", "allowed", "host"),
+        [
+            ("127.0.0.1", (), "127.0.0.1:8080"),
+            ("127.0.0.1", (), "LOCALHOST.:8080"),  # any case, FQDN trailing dot
+            ("192.0.2.7", (), "192.0.2.7:8080"),  # the bound address
+            ("chat.internal", (), "chat.internal"),  # bound by name
+            ("0.0.0.0", (), "192.0.2.7:8080"),  # wildcard: any IP literal
+            ("0.0.0.0", (), "10.1.2.3"),
+            ("::", (), "[2001:db8::1]:8080"),
+            ("127.0.0.1", ("chat.example.com",), "chat.example.com"),
+            ("127.0.0.1", ("chat.example.com:443",), "chat.example.com:8443"),  # port ignored
+            ("127.0.0.1", ("*.example.com",), "a.b.example.com"),
+            ("127.0.0.1", ("*",), "anything.example"),
+            ("0.0.0.0", ("[2001:db8::5]",), "[2001:db8::5]"),
+        ],
+    )
+    def test_accepted(self, bind: str, allowed: tuple[str, ...], host: str) -> None:
+        conn = ServerConnection(host_policy=HostPolicy.for_bind(bind, allowed))
+        (event,) = receive(conn, handshake_request(host=host, origin=f"http://{host}"))
+        assert isinstance(event, WebSocketRequest)
+
+    @pytest.mark.parametrize(
+        ("bind", "allowed", "host"),
+        [
+            ("127.0.0.1", (), "attacker.example"),
+            ("127.0.0.1", (), "192.0.2.7"),  # bound to loopback: other IPs are not ours
+            ("192.0.2.7", (), "192.0.2.8"),
+            ("0.0.0.0", (), "attacker.example"),  # wildcard admits IP literals, not names
+            ("::", (), "attacker.example:8080"),
+            ("127.0.0.1", ("*.example.com",), "example.com"),  # subdomains only
+            ("127.0.0.1", ("*.example.com",), "evilexample.com"),
+            ("127.0.0.1", ("chat.example.com",), "chat.example.com.attacker.example"),
+            ("0.0.0.0", (), "127.0.0.1.nip.io"),  # a name that resolves to an IP is a name
+            ("0.0.0.0", (), "bad host"),
+            ("0.0.0.0", (), "localhost:http"),
+            ("0.0.0.0", (), "[::1"),
+            ("0.0.0.0", (), "[::1]x"),
+            ("0.0.0.0", (), "user@localhost"),
+            ("0.0.0.0", (), ""),
+        ],
+    )
+    def test_refused(self, bind: str, allowed: tuple[str, ...], host: str) -> None:
+        conn = ServerConnection(host_policy=HostPolicy.for_bind(bind, allowed))
+        data = handshake_request(host=host, origin=f"http://{host}")
+        reason = assert_rejected(conn, receive(conn, data), 421)
+        assert reason.startswith("host not allowed: ")
+
+    def test_for_bind_lists_the_defaults(self) -> None:
+        assert HostPolicy() == HostPolicy(("localhost", "127.0.0.1", "::1"))
+        assert HostPolicy.for_bind("127.0.0.1") == HostPolicy(("localhost", "127.0.0.1", "::1"))
+        assert HostPolicy.for_bind("0.0.0.0", ("Chat.Example.com:8080",)) == HostPolicy(
+            ("localhost", "127.0.0.1", "::1", "chat.example.com"), any_ip_literal=True
+        )

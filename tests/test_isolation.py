@@ -308,7 +308,7 @@ def test_more_sockets_than_descriptors_pauses_accepting_and_the_server_lives(
         for sock in idle:
             sock.close()
         status, _, body = anyio.run(
-            raw_http, port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 10.0
+            raw_http, port, b"GET /healthz HTTP/1.1\r\nHost: [::1]\r\nConnection: close\r\n\r\n", 10
         )
         assert (status, body) == (200, b"ok\n")
         assert proc.poll() is None

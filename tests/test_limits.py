@@ -197,7 +197,7 @@ class TestHandshakeLimits:
         async with running_server() as server:
             await raw_http(server.port, upgrade_request(Sec_WebSocket_Version="8"))
             _, _, body = await raw_http(
-                server.port, b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+                server.port, b"GET /metrics HTTP/1.1\r\nHost: [::1]\r\nConnection: close\r\n\r\n"
             )
         assert b'wschat_handshakes_rejected_total{reason="426"} 1.0' in body
 
@@ -414,7 +414,7 @@ class TestDrainAndHealth:
     async def test_stop_sends_1001_and_healthz_reports_draining(self) -> None:
         async with running_server(drain_timeout=5) as server:
             status, _, body = await raw_http(
-                server.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+                server.port, b"GET /healthz HTTP/1.1\r\nHost: [::1]\r\nConnection: close\r\n\r\n"
             )
             assert (status, body) == (200, b"ok\n")
             ws = await connect(ws_url(server))
@@ -448,7 +448,7 @@ class TestTLS:
                     tls_standard_compatible=False,
                 )
                 async with stream:
-                    await stream.send(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                    await stream.send(b"GET / HTTP/1.1\r\nHost: [::1]\r\nConnection: close\r\n\r\n")
                     data = b""
                     try:
                         while chunk := await stream.receive():

@@ -53,7 +53,7 @@ FAILURE_CODES = {1002, 1003, 1006, 1007, 1009}
 PEER_CODES = {1000, 1001, 1002, 1003, 1005, 1006, 1007, 1008, 1009, 1010, 1011, 1012, 1013}
 
 # h11 answers an unsupported Transfer-Encoding with 501.
-HTTP_STATUSES = {400, 403, 405, 426, 431, 501}
+HTTP_STATUSES = {400, 403, 405, 421, 426, 431, 501}
 
 
 def chunked(data: bytes, cuts: list[int]) -> list[bytes]:

@@ -395,6 +395,33 @@ class TestSection10_4MessageSizeLimit:
         )
         assert receive(conn, data) == [TextReceived("a" * 400 + "b" * 400 + "c" * 200)]
 
+    def test_continuation_whose_masking_key_is_split_across_reads_is_counted_once(
+        self,
+    ) -> None:
+        # wsproto reads a frame header again from its start when the masking key has
+        # not fully arrived: a 60,000-byte message under the 65,536-byte cap must not
+        # be counted as 90,000 (issue 8 item 10).
+        conn = open_connection()
+        client = Client()
+        first = client.send(wse.TextMessage("a" * 30_000, message_finished=False))
+        second = client.send(wse.TextMessage("b" * 30_000))
+        # 2 header bytes and 2 bytes of extended length, then the 4-byte masking key.
+        assert receive(conn, first + second[:6]) == []
+        assert receive(conn, second[6:]) == [TextReceived("a" * 30_000 + "b" * 30_000)]
+        assert not conn.close_expected()
+
+    def test_fragments_fed_one_byte_at_a_time_are_counted_once(self) -> None:
+        conn = open_connection(max_message_size=1000)
+        client = Client()
+        data = client.send(
+            wse.TextMessage("a" * 300, message_finished=False),
+            wse.Ping(b"p"),
+            wse.TextMessage("b" * 300, message_finished=False),
+            wse.TextMessage("c" * 400),
+        )
+        events = [event for byte in data for event in receive(conn, bytes([byte]))]
+        assert events == [TextReceived("a" * 300 + "b" * 300 + "c" * 400)]
+
     def test_the_count_restarts_with_each_message(self) -> None:
         conn = open_connection(max_message_size=1000)
         client = Client()
@@ -552,6 +579,98 @@ class TestSection7Closing:
         conn = open_connection()
         data = client_frames(wse.CloseConnection(1000)) + raw_frame(OP_TEXT, b"after")
         assert receive(conn, data) == [ConnectionClosed(1000, "", by_peer=True)]
+
+
+# -- RFC 6455 7.1.7: failing the connection after good frames -------------------------
+
+
+def frame_summary(data: Sequence[bytes]) -> list[tuple[int, object]]:
+    """``(opcode, payload)`` of each server frame; a close's payload is its code."""
+    return [
+        (f.opcode.value, f.payload[0] if isinstance(f.payload, tuple) else f.payload)
+        for f in parse_server_frames(data)
+    ]
+
+
+class TestSection7_1_7FailingAfterGoodFrames:
+    """Frames before a bad one in the same read are answered before the close goes out.
+
+    The connection fails *at* the bad frame: the echo of a message that came
+    before it must not be overtaken by the close (Autobahn 3.2, 3.3, 4.1.3-4.1.5,
+    4.2.3, 4.2.4, 5.15 were NON-STRICT for this; issue 8 item 7).
+    """
+
+    @pytest.mark.parametrize(
+        ("bad", "code"),
+        [
+            (raw_frame(OP_TEXT, b"x", rsv=2), 1002),  # Autobahn 3.2
+            (raw_frame(0x5, b""), 1002),  # 4.1.3: reserved non-control opcode
+            (raw_frame(0xB, b""), 1002),  # 4.2.3: reserved control opcode
+            (raw_frame(OP_CONTINUATION, b"x"), 1002),  # 5.15: continuation with no start
+            (raw_frame(OP_TEXT, b"\xff"), 1007),
+            (raw_frame(OP_BINARY, b"\x00"), 1003),
+            (raw_frame(OP_TEXT, b"", length=DEFAULT_MAX_MESSAGE_SIZE + 1), 1009),
+        ],
+        ids=["rsv", "opcode-5", "opcode-B", "continuation", "utf8", "binary", "too-big"],
+    )
+    def test_echo_goes_out_before_the_close(self, bad: bytes, code: int) -> None:
+        conn = open_connection()
+        events = receive(conn, client_frames(wse.TextMessage("hello")) + bad)
+        assert events[0] == TextReceived("hello")
+        assert isinstance(events[1], ConnectionClosed) and events[1].code == code
+        assert conn.state is State.CLOSED
+        assert not conn.close_expected()  # the close waits behind the caller's replies
+        conn.send_text("hello")  # the echo server's reply
+        assert frame_summary(conn.data_to_send()) == [(OP_TEXT, "hello"), (OP_CLOSE, code)]
+        assert conn.close_expected()
+        conn.send_text("too late")
+        assert conn.data_to_send() == []
+
+    def test_pongs_echoes_and_close_keep_the_order_of_the_frames(self) -> None:
+        conn = open_connection()
+        client = Client()
+        data = (
+            client.send(wse.TextMessage("one"), wse.Ping(b"p"), wse.TextMessage("two"))
+            + raw_frame(OP_TEXT, b"x", rsv=1)
+            + client.send(wse.TextMessage("never parsed"))
+        )
+        events = receive(conn, data)
+        assert [type(e) for e in events] == [TextReceived, TextReceived, ConnectionClosed]
+        for event in events:
+            if isinstance(event, TextReceived):
+                conn.send_text(event.text)
+        assert frame_summary(conn.data_to_send()) == [
+            (OP_PONG, b"p"),
+            (OP_TEXT, "one"),
+            (OP_TEXT, "two"),
+            (OP_CLOSE, 1002),
+        ]
+
+    def test_close_is_held_until_the_events_are_taken(self) -> None:
+        conn = open_connection()
+        conn.receive_data(client_frames(wse.TextMessage("hi")) + raw_frame(0x3))
+        assert conn.data_to_send() == []  # the caller has not seen "hi" yet
+        assert not conn.close_expected()
+        assert [type(e) for e in conn.events_received()] == [TextReceived, ConnectionClosed]
+        # A caller with no reply to make (the chat endpoint) gets the close next.
+        assert frame_summary(conn.data_to_send()) == [(OP_CLOSE, 1002)]
+        assert conn.close_expected()
+
+    def test_a_bad_first_frame_closes_at_once(self) -> None:
+        conn = open_connection()
+        conn.receive_data(raw_frame(0x3))
+        assert frame_summary(conn.data_to_send()) == [(OP_CLOSE, 1002)]
+        assert conn.close_expected()
+
+    def test_compressed_echo_before_the_close(self) -> None:
+        conn, client = open_pair(offer="permessage-deflate")
+        events = receive(conn, client.send(wse.TextMessage("zip " * 50)) + raw_frame(0x4))
+        assert [type(e) for e in events] == [TextReceived, ConnectionClosed]
+        conn.send_text("zip " * 50)
+        received = client.receive(conn.data_to_send())
+        assert [type(e) for e in received] == [wse.TextMessage, wse.CloseConnection]
+        assert received[0].data == "zip " * 50  # type: ignore[union-attr]
+        assert received[1].code == 1002  # type: ignore[union-attr]
 
 
 # -- RFC 7692: permessage-deflate ----------------------------------------------------

@@ -233,14 +233,14 @@ class TestHandshakeRejections:
             (upgrade_request(Sec_WebSocket_Version="8"), 426, b"version 13"),
             (upgrade_request(Origin="http://evil.example"), 403, b"origin not allowed"),
             (upgrade_request("/ws?room=bad%20room"), 400, b"room"),
-            (b"GET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 404, b"not found"),
+            (b"GET /nope HTTP/1.1\r\nHost: [::1]\r\nConnection: close\r\n\r\n", 404, b"not found"),
             (
-                b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                b"POST / HTTP/1.1\r\nHost: [::1]\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
                 405,
                 b"method not allowed",
             ),
-            (b"POST /ws HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n", 405, b"GET"),
-            (b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20000 + b"\r\n\r\n", 431, b""),
+            (b"POST /ws HTTP/1.1\r\nHost: [::1]\r\nContent-Length: 0\r\n\r\n", 405, b"GET"),
+            (b"GET / HTTP/1.1\r\nHost: [::1]\r\nX-Big: " + b"a" * 20000 + b"\r\n\r\n", 431, b""),
             (b"NOT HTTP AT ALL\r\n\r\n", 400, b""),
         ],
     )
@@ -273,8 +273,8 @@ class TestHandshakeRejections:
             # Two pipelined requests on one connection; the second asks to close.
             status, _, body = await raw_http(
                 server.port,
-                b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
-                b"GET /app.js HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                b"GET / HTTP/1.1\r\nHost: [::1]\r\n\r\n"
+                b"GET /app.js HTTP/1.1\r\nHost: [::1]\r\nConnection: close\r\n\r\n",
             )
         assert status == 200
         assert b"<!doctype html>" in body.lower()

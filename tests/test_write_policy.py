@@ -232,7 +232,7 @@ class TestShutdown:
             await wait_members(server, 1)
             server.stop()
             assert await holder.close_code() == 1001
-            request = b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            request = b"GET /healthz HTTP/1.1\r\nHost: [::1]\r\nConnection: close\r\n\r\n"
             status, _, body = await raw_http(server.port, request)
             assert (status, body) == (503, b"draining\n")
             with anyio.fail_after(10):

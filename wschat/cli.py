@@ -22,6 +22,8 @@ from urllib.parse import urlsplit
 import anyio
 
 from . import __version__, flags
+from .app import CLI_OPTIONS as APP_OPTIONS
+from .app import App, AppConfig, AppLoadError, AppRecipe, ConfigError
 from .flags import count, count_or_zero, non_negative, port, positive, text
 from .server import Server, ServerConfig
 from .server.descriptors import connection_cap, raise_open_file_limit
@@ -30,6 +32,7 @@ from .startup import StartupError, check_before_serving, describe_startup_failur
 logger = logging.getLogger("wschat")
 
 _DEFAULTS = ServerConfig()
+_APP_DEFAULTS = AppConfig()
 
 # How often a worker copies the Hub's counters into the shared metrics files.
 _METRICS_SYNC_INTERVAL = 1.0
@@ -65,6 +68,13 @@ _OPTIONS: list[tuple[str, str, Callable[[str], Any], str]] = [
         "new WebSocket connections per second per client address (0: unlimited; then 429)",
     ),
     ("--connect-burst", "connect_burst", count, "connections a client address may open at once"),
+    (
+        "--user-rate",
+        "user_rate",
+        non_negative,
+        "messages per second per authenticated user, all connections (0: unlimited)",
+    ),
+    ("--user-burst", "user_burst", count, "messages a user may send at once"),
     (
         "--address-table-size",
         "address_table_size",
@@ -112,6 +122,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve the chat page and the WebSocket endpoint /ws",
         formatter_class=flags.HelpFormatter,
     )
+    add_serve_arguments(serve)
+    return parser
+
+
+def add_serve_arguments(serve: argparse.ArgumentParser) -> None:
+    """The arguments of ``wschat serve`` (defaults come from ``WSCHAT_*`` when set)."""
     serve.add_argument(
         "app",
         nargs="?",
@@ -127,6 +143,14 @@ def build_parser() -> argparse.ArgumentParser:
             default=flags.env_default(field, parse, getattr(_DEFAULTS, field)),
             help=f"{description} [env WSCHAT_{field.upper()}]",
         )
+    for flag, field, parse, description in APP_OPTIONS:
+        serve.add_argument(
+            flag,
+            dest=field,
+            type=flags.for_argparse(parse),
+            default=flags.env_default(field, parse, getattr(_APP_DEFAULTS, field)),
+            help=f"{description} [env WSCHAT_{field.upper()}]",
+        )
     origins = flags.env("allowed_origins")
     serve.add_argument(
         "--allow-origin",
@@ -135,6 +159,17 @@ def build_parser() -> argparse.ArgumentParser:
         default=[o.strip() for o in origins.split(",") if o.strip()] if origins else [],
         help="allow this browser origin besides the same origin, e.g. https://app.example.com; "
         "repeatable; '*' allows any [env WSCHAT_ALLOWED_ORIGINS, comma-separated]",
+    )
+    hosts = flags.env("allowed_hosts")
+    serve.add_argument(
+        "--allow-host",
+        dest="allowed_hosts",
+        action="append",
+        default=[h.strip() for h in hosts.split(",") if h.strip()] if hosts else [],
+        help="answer requests whose Host is this name (besides the bound address, localhost, "
+        "127.0.0.1, [::1], and any IP when bound to 0.0.0.0/::); '*.example.com' allows "
+        "subdomains, '*' any Host (behind a proxy that rewrites it); repeatable "
+        "[env WSCHAT_ALLOWED_HOSTS, comma-separated]",
     )
     serve.add_argument(
         "--trusted-proxy",
@@ -165,7 +200,34 @@ def build_parser() -> argparse.ArgumentParser:
         default=flags.env_default("log_level", flags.log_level, "info"),
         help=f"logging level: {', '.join(flags.LOG_LEVELS)} [env WSCHAT_LOG_LEVEL]",
     )
-    return parser
+
+
+def settings_from_args(args: argparse.Namespace) -> AppConfig:
+    """The app's :class:`AppConfig` from parsed arguments (authentication, HTTP API)."""
+    return AppConfig(**{f.name: getattr(args, f.name) for f in fields(AppConfig)})
+
+
+def explicit_settings(argv: Sequence[str] | None) -> frozenset[str]:
+    """The settings the operator gave on the ``serve`` command line or in ``WSCHAT_*``.
+
+    They win over a loaded app's own settings; argparse's defaults do not.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    serve = flags.Parser(prog="wschat serve", add_help=False)
+    add_serve_arguments(serve)
+    unset = object()
+    dests = [action.dest for action in serve._actions]
+    # argparse leaves alone what the namespace already holds, unless the argument is given.
+    namespace = argparse.Namespace(**dict.fromkeys(dests, unset))
+    given = vars(serve.parse_args(argv[1:], namespace=namespace))
+    names = {"no_compression": "compression"}
+    settings = {f.name for f in fields(ServerConfig)} | {f.name for f in fields(AppConfig)}
+    chosen = {
+        names.get(dest, dest)
+        for dest in dests
+        if given.get(dest) is not unset or flags.env(dest) is not None
+    }
+    return frozenset(chosen & settings)
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
@@ -180,6 +242,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
     names = {f.name for f in fields(ServerConfig)}
     values = {k: v for k, v in vars(args).items() if k in names}
     values["allowed_origins"] = tuple(args.allowed_origins)
+    values["allowed_hosts"] = tuple(args.allowed_hosts)
     values["compression"] = not args.no_compression
     if args.trusted_proxies is None:
         values["trusted_proxies"] = _DEFAULTS.trusted_proxies
@@ -188,17 +251,18 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
     return ServerConfig(**values)
 
 
-async def run_server(config: ServerConfig, on_ready: Callable[[], None] | None = None) -> None:
-    """Serve until SIGINT or SIGTERM, then drain gracefully.
+async def run_server(app: App, on_ready: Callable[[], None] | None = None) -> None:
+    """Serve ``app`` until SIGINT or SIGTERM, then drain gracefully.
 
     Args:
-        config: The settings.
+        app: The application (its ``config`` holds the server settings).
         on_ready: Called once the server listens (and its hub is connected).
 
     Raises:
         StartupError: The server could not start (port in use, hub unreachable...).
     """
-    server = Server(config)
+    config = app.config
+    server = Server(app=app)
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with anyio.create_task_group() as group:
 
@@ -234,15 +298,15 @@ async def _sync_metrics_forever(server: Server) -> None:
         await anyio.sleep(_METRICS_SYNC_INTERVAL)
 
 
-def run(config: ServerConfig, on_ready: Callable[[], None] | None = None) -> None:
-    """Serve ``config`` on asyncio (uvloop when installed) until a signal.
+def run(app: App, on_ready: Callable[[], None] | None = None) -> None:
+    """Serve ``app`` on asyncio (uvloop when installed) until a signal.
 
     Raises:
         StartupError: The server could not start.
     """
     backend_options = {"use_uvloop": True} if importlib.util.find_spec("uvloop") else {}
     try:
-        anyio.run(run_server, config, on_ready, backend="asyncio", backend_options=backend_options)
+        anyio.run(run_server, app, on_ready, backend="asyncio", backend_options=backend_options)
     except* StartupError as group:
         failure: BaseException = group
         while isinstance(failure, BaseExceptionGroup):
@@ -284,9 +348,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        config = config_from_args(args)
-    except ValueError as exc:
+        recipe = AppRecipe(
+            args.app,
+            config_from_args(args),
+            settings_from_args(args),
+            explicit_settings(argv),
+        )
+        app = recipe.build()
+    except (ValueError, ConfigError, AppLoadError) as exc:
         return fail(str(exc), 2)
+    config = app.config
     if config.workers > 1 and config.hub_url.startswith("memory:"):
         return fail(
             "--workers > 1 needs a shared hub backend (e.g. --hub redis://127.0.0.1:6379/0): "
@@ -308,13 +379,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if config.workers > 1:
         from .workers import run_workers  # it imports this module
 
-        status: int = run_workers(config, args.log_level)
+        status: int = run_workers(recipe, config, args.log_level)
         return status
     setup_logging(args.log_level)
     prepare(config)
     try:
         with contextlib.suppress(KeyboardInterrupt):
-            run(config)
+            run(app)
     except StartupError as exc:
         return fail(str(exc))
     return 0

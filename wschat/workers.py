@@ -24,6 +24,7 @@ import tempfile
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 
+from .app import AppRecipe
 from .cli import fail, prepare, run, setup_logging
 from .server import ServerConfig
 from .startup import StartupError
@@ -33,18 +34,19 @@ logger = logging.getLogger("wschat")
 _READY = "ready"
 
 
-def _worker(config: ServerConfig, log_level: str, number: int, report: Connection) -> None:
+def _worker(recipe: AppRecipe, log_level: str, number: int, report: Connection) -> None:
     setup_logging(log_level, worker=number)
     try:
         with contextlib.suppress(KeyboardInterrupt):
-            run(config, on_ready=lambda: report.send(_READY))
+            run(recipe.build(), on_ready=lambda: report.send(_READY))
     except StartupError as exc:
         report.send(str(exc))
         raise SystemExit(1) from None
 
 
-def run_workers(config: ServerConfig, log_level: str) -> int:
-    """Run ``config.workers`` worker processes until they exit; the exit code.
+def run_workers(recipe: AppRecipe, config: ServerConfig, log_level: str) -> int:
+    """Run ``config.workers`` worker processes, each with the app ``recipe`` makes,
+    until they exit; the exit code.
 
     Start-up failures are printed once, as one line, with exit code 1.
     """
@@ -71,7 +73,7 @@ def run_workers(config: ServerConfig, log_level: str) -> int:
             receive, send = context.Pipe(duplex=False)
             process = context.Process(
                 target=_worker,
-                args=(config, log_level, number, send),
+                args=(recipe, log_level, number, send),
                 name=f"wschat-worker-{number}",
             )
             process.start()

@@ -76,7 +76,7 @@ async def run(
     import jwt
     import websockets
 
-    ws_url = chat.replace("http", "ws", 1) + f"/ws?room={quote(room)}"
+    ws_url = chat.replace("http", "ws", 1) + f"/ws?room={quote(room)}&auth=message"
     post_url = f"{chat}/api/rooms/{quote(room, safe='')}/messages"
     rng = random.Random()
     async with httpx.AsyncClient(headers={"authorization": f"Bearer {api_key}"}) as http:

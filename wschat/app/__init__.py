@@ -27,7 +27,7 @@ from .identity import (
     Identity,
     Rejection,
 )
-from .loader import load_app
+from .loader import AppRecipe, load_app
 from .permissions import Action, default_authorize, direct_room
 from .session import (
     Admission,
@@ -57,6 +57,7 @@ __all__ = [
     "App",
     "AppConfig",
     "AppLoadError",
+    "AppRecipe",
     "AppSession",
     "AuthMode",
     "Authenticated",

@@ -57,7 +57,7 @@ from ..protocol import Headers
 from . import config as app_config
 from .api import API_CALLS, execute, route_api
 from .config import AppConfig, AuthMode
-from .credentials import UpgradeRequest, find_token
+from .credentials import FIRST_MESSAGE, FIRST_MESSAGE_PARAMETER, UpgradeRequest, find_token
 from .ephemeral import TYPING, EphemeralType
 from .identity import Identity, Rejection, is_display_name
 from .permissions import Action, default_authorize, forbidden
@@ -142,6 +142,7 @@ class App:
                     history_size=self.config.history_size,
                     history_ttl=self.config.history_ttl,
                     presence_ttl=self.config.presence_ttl,
+                    max_idle_rooms=self.config.max_idle_rooms,
                 )
             )
         return self._hub
@@ -197,7 +198,8 @@ class App:
         Call once per upgrade, before ``accept_websocket``.
 
         Raises:
-            Rejection: Refuse the upgrade with ``status`` (401: no valid token;
+            Rejection: Refuse the upgrade with ``status`` (401: no valid token, and
+                no ``?auth=message`` promise of a first-message ``auth``;
                 403: the URL room is not allowed; 500: the hook failed) and ``reason``.
         """
         identity: Identity | None = None
@@ -215,7 +217,12 @@ class App:
                     close_code=1011,
                 ) from None
             if identity is None and self.auth_mode == "required":
-                return Admission(None, pending=True)
+                if request.query_values(FIRST_MESSAGE_PARAMETER) == [FIRST_MESSAGE]:
+                    return Admission(None, pending=True)
+                raise Rejection.unauthorized(
+                    "a token is required: send ?token=JWT (or the cookie), or connect with "
+                    '?auth=message and send {"type": "auth", "token": ...} first'
+                )
         denial = await self.check(identity, "join", url_room)
         if denial is not None:
             raise denial
@@ -339,7 +346,7 @@ class App:
         """Run the server for this app until :meth:`stop` (or cancellation); reports the port."""
         from ..server.server import Server
 
-        server = Server(self.config, hub=self.hub, app=self)  # type: ignore[call-arg]
+        server = Server(app=self)
         self._server = server
         try:
             await server.serve(task_status=task_status)

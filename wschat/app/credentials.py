@@ -7,8 +7,8 @@ server in one of four places, looked at in this order:
 2. the query: ``/ws?token=<token>``;
 3. a cookie named by ``--jwt-cookie`` (sent by the browser on its own, so it
    relies on the Origin check: see docs/explanation-identity.md);
-4. the first WebSocket message, ``{"type": "auth", "token": "..."}`` (not here:
-   see :mod:`wschat.app.session`).
+4. the first WebSocket message, ``{"type": "auth", "token": "..."}``, announced
+   by ``/ws?auth=message`` (the message itself: see :mod:`wschat.app.session`).
 
 Query strings end up in access logs and proxies' logs; the server must log
 :func:`redact_target` (or :func:`redact_query`) of what it received, never the
@@ -25,6 +25,10 @@ from ..protocol import Headers
 from .identity import Rejection
 
 TOKEN_PARAMETER = "token"
+# ``/ws?auth=message``: the client will authenticate with its first message, so a
+# missing token is not refused at the upgrade (it must come within the handshake timeout).
+FIRST_MESSAGE_PARAMETER = "auth"
+FIRST_MESSAGE = "message"
 REDACTED = "REDACTED"
 
 

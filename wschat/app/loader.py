@@ -11,9 +11,15 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Any
 
 from .app import App
+from .config import AppConfig
 from .errors import AppLoadError
+
+if TYPE_CHECKING:
+    from ..server.config import ServerConfig
 
 
 def load_app(spec: str, app_dir: str = ".") -> App:
@@ -53,3 +59,41 @@ def load_app(spec: str, app_dir: str = ".") -> App:
     if not isinstance(value, App):
         raise AppLoadError(f"app {spec!r} is a {type(value).__name__}, not a wschat.App")
     return value
+
+
+@dataclass(frozen=True)
+class AppRecipe:
+    """How to make the app ``wschat serve`` runs, again in every worker process.
+
+    Attributes:
+        spec: ``"module:attribute"`` of the app, or None for the built-in chat.
+        config: The server settings from flags and ``WSCHAT_*`` (defaults included).
+        settings: The app settings from flags and ``WSCHAT_*`` (defaults included).
+        explicit: The settings the operator gave (on the command line or in the
+            environment): they win over a loaded app's own; the defaults do not.
+    """
+
+    spec: str | None
+    config: ServerConfig
+    settings: AppConfig
+    explicit: frozenset[str]
+
+    def build(self) -> App:
+        """The app: the built-in chat on these settings, or ``spec``'s with the
+        explicit ones applied.
+
+        Raises:
+            AppLoadError: ``spec`` names no App.
+            ConfigError: The settings cannot work together.
+        """
+        if self.spec is None:
+            return App(self.config, self.settings)
+        app = load_app(self.spec)
+        server_fields = {f.name for f in fields(self.config)}
+        overrides: dict[str, Any] = {
+            name: getattr(self.config if name in server_fields else self.settings, name)
+            for name in self.explicit
+        }
+        if overrides:
+            app.override(**overrides)
+        return app

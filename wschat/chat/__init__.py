@@ -1,4 +1,4 @@
-"""Chat rules, pure: the JSON wire schema, validation, per-connection state."""
+"""Chat rules, pure: the JSON wire schema, validation, usernames, per-connection state."""
 
 from .errors import ChatError
 from .frames import (
@@ -10,11 +10,18 @@ from .frames import (
     ephemeral_event,
     parse_frame,
 )
+from .names import (
+    MAX_USERNAME_LENGTH,
+    UsernameRefused,
+    check_distinct,
+    enforce_username,
+    find_confusable,
+    skeleton,
+)
 from .schema import (
     DEFAULT_ROOM,
     MAX_MESSAGE_LENGTH,
     MAX_ROOM_LENGTH,
-    MAX_USERNAME_LENGTH,
     Command,
     Join,
     Leave,
@@ -54,12 +61,16 @@ __all__ = [
     "Leave",
     "Position",
     "Say",
+    "UsernameRefused",
     "ack_event",
     "authenticated_event",
+    "check_distinct",
     "decode_event",
     "encode",
+    "enforce_username",
     "ephemeral_event",
     "error_event",
+    "find_confusable",
     "format_time",
     "history_event",
     "membership_event",
@@ -68,6 +79,7 @@ __all__ = [
     "parse_frame",
     "peek_message_id",
     "presence_event",
+    "skeleton",
     "validate_message",
     "validate_message_id",
     "validate_room",

@@ -27,8 +27,8 @@ from typing import Any
 import msgspec
 
 from .errors import ChatError
+from .names import enforce_username
 
-MAX_USERNAME_LENGTH = 32
 # DESIGN.md: 4 KiB of chat text (gorilla chat: 512 B per message).
 MAX_MESSAGE_LENGTH = 4096
 # Room names: letters, digits, "_", "-", and ":" after the first character, so that
@@ -160,25 +160,31 @@ def validate_room(value: Any) -> str:
 
 
 def validate_username(value: Any) -> str:
-    """Return ``value`` if it is a valid username, else raise ChatError('bad_username')."""
-    if (
-        not isinstance(value, str)
-        or not 1 <= len(value) <= MAX_USERNAME_LENGTH
-        or not value.isprintable()
-        or not value.strip()
-    ):
-        raise ChatError(
-            "bad_username", f"username must be 1-{MAX_USERNAME_LENGTH} printable characters"
-        )
-    return value
+    """The normal form of username ``value`` (RFC 8266 nickname, see :mod:`.names`).
+
+    Fullwidth ``admin`` (U+FF41 ...) comes back as ``admin``, ``"  Bob  Smith "`` as
+    ``"Bob Smith"``: the connection is bound to the normal form, and compared in it.
+
+    Raises:
+        ChatError: ``bad_username``, with a reason that names the broken rule
+            (a :class:`~.names.UsernameRefused`).
+    """
+    return enforce_username(value)
 
 
 def validate_message(value: Any) -> str:
-    """Return ``value`` if it is a valid chat message, else raise ChatError('bad_message')."""
+    """Return ``value`` if it is a valid chat message, else raise ChatError('bad_message').
+
+    The length is counted in Unicode code points, as the page counts it.
+    """
     if not isinstance(value, str) or not value.strip():
         raise ChatError("bad_message", "message must be a non-empty string")
     if len(value) > MAX_MESSAGE_LENGTH:
-        raise ChatError("bad_message", f"message is over {MAX_MESSAGE_LENGTH} characters")
+        raise ChatError(
+            "bad_message",
+            f"message is {len(value)} characters long; at most {MAX_MESSAGE_LENGTH} are "
+            "allowed (counted in Unicode code points)",
+        )
     return value
 
 

@@ -81,11 +81,14 @@ class Delivery:
         gap: True for a marker (empty payload) saying this node missed some of
             the room's messages that the backend no longer has; the Hub then
             makes its members reconnect and recover.
+        origin: For a relayed ephemeral event, the connection that sent it (it
+            does not get its own event back).
     """
 
     payload: bytes
     seq: int | None
     gap: bool = False
+    origin: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +168,16 @@ class Backend(Protocol):
 
         Raises:
             BackendUnavailable: The backend cannot be reached.
+        """
+
+    async def relay(self, room: str, payload: bytes, origin: str) -> None:
+        """Deliver an ephemeral event to every node subscribed to ``room``, as it is.
+
+        No position, no history, no recovery: a node that misses it misses it.
+        ``origin`` (the sending connection) comes back in ``Delivery.origin``.
+
+        Raises:
+            BackendUnavailable: The event was not relayed.
         """
 
     async def presence_join(self, room: str, conn_id: str, username: str) -> None:

@@ -134,8 +134,13 @@ class Hub:
         self._member_rooms[member].add(room)
         await self._update_presence(member, room)
 
-    async def join(self, member: Member, room: str, since: Position | None) -> None:
+    async def join(
+        self, member: Member, room: str, since: Position | None, *, history: bool = True
+    ) -> None:
         """Join ``room`` (again): history (recovery from ``since``), presence, then live.
+
+        With ``history=False`` (a member not allowed to read it) the ``history``
+        event carries the room's position but no messages.
 
         If the backend fails, the member is left as it was: still in the room
         (and receiving what was published meanwhile) when it was re-joining, not
@@ -154,7 +159,7 @@ class Hub:
         rooms.add(room)
         try:
             await self._ensure_subscribed(room)
-            history = await self.backend.history(room, since)
+            retained = await self.backend.history(room, since)
         except BaseException:
             self._end_joining(room, member)
             if rejoining and room in rooms:
@@ -169,17 +174,14 @@ class Hub:
         self._end_joining(room, member)
         if room not in self._member_rooms.get(member, ()):
             return  # left (or disconnected) while history was read
-        member.send(
-            PreparedMessage(
-                history_event(room, history.messages, history.position, history.complete)
-            )
-        )
+        messages, complete = (retained.messages, retained.complete) if history else ([], True)
+        member.send(PreparedMessage(history_event(room, messages, retained.position, complete)))
         for seq, message in buffer:
-            if seq is None or seq > history.position.seq:
+            if seq is None or seq > retained.position.seq:
                 member.send(message)
-        if history.position.seq > self._last_seq.get(room, 0):
+        if retained.position.seq > self._last_seq.get(room, 0):
             # Live delivery is behind history: what history covered is still to come.
-            self._floors.setdefault(room, {})[member] = history.position.seq
+            self._floors.setdefault(room, {})[member] = retained.position.seq
         self._rooms.setdefault(room, set()).add(member)
         await self._update_presence(member, room)
         try:
@@ -275,6 +277,17 @@ class Hub:
         )
         return await self.backend.publish(room, stamped)
 
+    async def relay(self, room: str, payload: bytes, exclude: Member) -> None:
+        """Relay an ephemeral event (e.g. ``typing``) to ``room``'s members on every node.
+
+        Typed clients only (seed clients know no such events), never back to
+        ``exclude`` (the sender); nothing is stored.
+
+        Raises:
+            BackendUnavailable: The event was not relayed.
+        """
+        await self.backend.relay(room, payload, exclude.conn_id)
+
     def _deliver(self, room: str, delivery: Delivery) -> None:
         members = self._rooms.get(room)
         joining = self._joining.get(room)
@@ -292,7 +305,12 @@ class Hub:
         if seq is not None:
             self._last_seq[room] = seq
         if members:
-            if seq is None:
+            if delivery.origin is not None:
+                for member in members:
+                    if not member.legacy and member.conn_id != delivery.origin:
+                        member.send(message)
+                self.deliveries += len(members)
+            elif seq is None:
                 for member in members:
                     if not member.legacy:
                         member.send(message)

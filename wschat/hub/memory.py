@@ -210,6 +210,10 @@ class MemoryBackend:
         while state.history and state.history[0][2] < horizon:
             state.history.popleft()
 
+    async def relay(self, room: str, payload: bytes, origin: str) -> None:
+        """Deliver an ephemeral event to this node's members of ``room``."""
+        self._emit(room, Delivery(payload, None, origin=origin))
+
     async def presence_join(self, room: str, conn_id: str, username: str) -> None:
         """Add a connection; emit ``joined`` for the user's first connection."""
         state = self._room(room)

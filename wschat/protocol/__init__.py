@@ -1,19 +1,18 @@
-"""Sans-IO WebSocket server protocol: h11 for HTTP and the handshake, wsproto for frames.
+"""Sans-IO WebSocket protocol: h11 for HTTP and the handshake, wsproto for frames.
 
-Nothing here does I/O or reads a clock; see :class:`ServerConnection`.
+Nothing here does I/O or reads a clock; see :class:`ServerConnection` and
+:class:`ClientConnection` (both on :class:`WebSocketConnection`).
 """
 
-from .connection import (
-    DEFAULT_MAX_MESSAGE_SIZE,
-    DEFAULT_MAX_REQUEST_HEAD,
-    ServerConnection,
-    State,
-)
+from .client import DEFAULT_MAX_REJECTION_BODY, ClientConnection
+from .connection import DEFAULT_MAX_PENDING_OUTPUT, DEFAULT_MAX_REQUEST_HEAD, ServerConnection
 from .errors import LocalProtocolError, ProtocolError
 from .events import (
     BinaryReceived,
     ConnectionClosed,
     Event,
+    HandshakeAccepted,
+    HandshakeRejected,
     Headers,
     HttpRequest,
     PongReceived,
@@ -22,15 +21,23 @@ from .events import (
     WebSocketRequest,
 )
 from .frames import encode_text_frame
-from .handshake import OriginPolicy, Rejection
+from .handshake import HostPolicy, OriginPolicy, Rejection
+from .state import State
+from .websocket import DEFAULT_MAX_MESSAGE_SIZE, WebSocketConnection
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_SIZE",
+    "DEFAULT_MAX_PENDING_OUTPUT",
+    "DEFAULT_MAX_REJECTION_BODY",
     "DEFAULT_MAX_REQUEST_HEAD",
     "BinaryReceived",
+    "ClientConnection",
     "ConnectionClosed",
     "Event",
+    "HandshakeAccepted",
+    "HandshakeRejected",
     "Headers",
+    "HostPolicy",
     "HttpRequest",
     "LocalProtocolError",
     "OriginPolicy",
@@ -41,6 +48,7 @@ __all__ = [
     "ServerConnection",
     "State",
     "TextReceived",
+    "WebSocketConnection",
     "WebSocketRequest",
     "encode_text_frame",
 ]

@@ -8,62 +8,59 @@ then takes events from :meth:`~ServerConnection.events_received` and bytes from
 :meth:`~ServerConnection.data_to_send`. It never raises on bad peer input:
 an HTTP error becomes a response, a WebSocket error a close frame.
 
-The connection starts in HTTP: h11 parses requests. A request for a WebSocket
+The connection starts in HTTP: h11 parses requests. Every request's ``Host``
+must pass the :class:`~.handshake.HostPolicy` (else 421, DNS-rebinding
+protection). A request for a WebSocket
 path is validated (:mod:`.handshake`) and, if valid, surfaces as a
 :class:`~.events.WebSocketRequest` that the caller accepts or rejects; other
 requests surface as :class:`~.events.HttpRequest` for the caller to answer.
-Keep-alive works for plain HTTP. After ``accept_websocket`` sends the 101, the
-bytes h11 read past the request (often the first frame) are handed to wsproto.
+Keep-alive and pipelining work for plain HTTP, with bounded buffering (see
+:class:`ServerConnection`). After ``accept_websocket`` sends the 101, the bytes
+h11 read past the request (often the first frame) are handed to wsproto.
 
-wsproto frames and unframes but leaves policy to us: this class answers pings,
-echoes closes, reassembles fragmented messages, refuses binary where it is not
-wanted (1003) and, through :class:`~.limits.MessageSizeLimit`, messages over
-the size cap (1009).
+From there on :class:`~.websocket.WebSocketConnection`, the base shared with
+the client side, runs the WebSocket phase: it answers pings, echoes closes,
+reassembles fragmented messages and enforces the size cap (1003, 1007, 1009).
 """
 
 from __future__ import annotations
 
-import enum
 from typing import Final
 
 import h11
 from wsproto import ConnectionType
-from wsproto import connection as ws
-from wsproto import events as wse
-from wsproto.extensions import Extension
-from wsproto.frame_protocol import CloseReason
 from wsproto.handshake import server_extensions_handshake
-from wsproto.utilities import generate_accept_token
 
 from .deflate import CappedPerMessageDeflate
 from .errors import LocalProtocolError
 from .events import (
-    BinaryReceived,
-    ConnectionClosed,
-    Event,
     Headers,
     HttpRequest,
-    PongReceived,
     RequestRejected,
-    TextReceived,
     WebSocketRequest,
 )
 from .handshake import (
+    HostPolicy,
     OriginPolicy,
+    accept_token,
     check_websocket_request,
     decode_headers,
     header_value,
     offered_extensions,
 )
-from .limits import MessageSizeLimit
+from .state import State
+from .websocket import DEFAULT_MAX_MESSAGE_SIZE, WebSocketConnection
 
 # Some precedents for the request-head limit (request line + headers):
 # - h11: 16 KiB; node.js: 16 KiB (was 80 KiB); nginx: 8 KiB per line, 32 KiB total
 # - Answered with 431 Request Header Fields Too Large (RFC 6585 5).
 DEFAULT_MAX_REQUEST_HEAD = 16 * 1024
 
-# DESIGN.md: 64 KiB frame/message hard cap on the chat endpoint (gorilla chat: 512 B).
-DEFAULT_MAX_MESSAGE_SIZE = 64 * 1024
+# Pipelined requests are parsed only while at most this many response bytes wait
+# in data_to_send(). Precedents: node.js pauses its parser on pipelined requests
+# once the socket's buffered output reaches writableHighWaterMark (16 KiB);
+# asyncio's transports call pause_writing() at a 64 KiB high-water mark.
+DEFAULT_MAX_PENDING_OUTPUT = 64 * 1024
 
 SERVER_HEADER: Final = ("server", "wschat")
 
@@ -73,6 +70,7 @@ STATUS_TEXT: Final = {
     403: "Forbidden",
     404: "Not Found",
     405: "Method Not Allowed",
+    421: "Misdirected Request",
     426: "Upgrade Required",
     431: "Request Header Fields Too Large",
     500: "Internal Server Error",
@@ -81,38 +79,34 @@ STATUS_TEXT: Final = {
 }
 
 
-class State(enum.Enum):
-    """Where a :class:`ServerConnection` is in its life."""
-
-    #: Reading HTTP requests (keep-alive between them).
-    HTTP = "http"
-    #: A valid upgrade request waits for ``accept_websocket`` or a rejection.
-    UPGRADE_PENDING = "upgrade-pending"
-    #: WebSocket open: messages flow both ways.
-    OPEN = "open"
-    #: We sent a close frame and wait for the peer's.
-    CLOSING = "closing"
-    #: Done: the I/O layer should close TCP once ``data_to_send`` is flushed.
-    CLOSED = "closed"
-
-
-# Every transition the connection makes, in one place (h11 _state.py style).
-_TRANSITIONS: Final[dict[State, frozenset[State]]] = {
-    State.HTTP: frozenset({State.UPGRADE_PENDING, State.CLOSED}),
-    State.UPGRADE_PENDING: frozenset({State.OPEN, State.HTTP, State.CLOSED}),
-    State.OPEN: frozenset({State.CLOSING, State.CLOSED}),
-    State.CLOSING: frozenset({State.CLOSED}),
-    State.CLOSED: frozenset(),
-}
-
-
-class ServerConnection:
+class ServerConnection(WebSocketConnection):
     """Sans-IO server side of one TCP connection (HTTP, then maybe WebSocket).
+
+    The HTTP phase: requests come out one at a time. Each
+    :class:`~.events.HttpRequest` must be answered (``send_response``) before
+    the next one is parsed, and a pipelined request waits while more than
+    ``max_pending_output`` response bytes sit in ``data_to_send()``: taking
+    them resumes parsing, which may queue the next events. A client that
+    pipelines thousands of requests and never reads therefore costs at most
+    about ``max_pending_output`` plus one response. The I/O layer's loop:
+
+    1. ``receive_data(data)``;
+    2. answer each event of ``events_received()``, and call it again until it
+       returns none (answering a request may parse the next one);
+    3. send what ``data_to_send()`` returns. Taking the bytes may parse more
+       pipelined requests: if ``events_received()`` now returns events, go
+       back to 2 with them;
+    4. otherwise read again (1), or close TCP when ``close_expected()``.
 
     Args:
         websocket_paths: Paths that accept WebSocket upgrades (e.g. ``{"/ws"}``).
         origin_policy: Which browser origins may open a WebSocket.
         max_request_head: Cap on request line + headers; over it: 431.
+        host_policy: Which ``Host`` values are answered, on every path; others
+            get 421 ``host not allowed: ...``. Default: ``localhost``,
+            ``127.0.0.1`` and ``[::1]`` only (see ``HostPolicy.for_bind``).
+        max_pending_output: Response bytes waiting in ``data_to_send()`` over
+            which pipelined requests are not parsed.
     """
 
     def __init__(
@@ -120,32 +114,22 @@ class ServerConnection:
         websocket_paths: frozenset[str] | set[str] = frozenset({"/ws"}),
         origin_policy: OriginPolicy | None = None,
         max_request_head: int = DEFAULT_MAX_REQUEST_HEAD,
+        host_policy: HostPolicy | None = None,
+        max_pending_output: int = DEFAULT_MAX_PENDING_OUTPUT,
     ) -> None:
+        super().__init__(State.HTTP)
         self.websocket_paths = frozenset(websocket_paths)
         self.origin_policy = origin_policy or OriginPolicy()
+        self.host_policy = host_policy or HostPolicy()
         self.max_request_head = max_request_head
+        self.max_pending_output = max_pending_output
         self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=max_request_head)
-        self._ws: ws.Connection | None = None
-        self._state = State.HTTP
-        self._events: list[Event] = []
-        self._out: list[bytes] = []
         self._pending_request: tuple[str, str, Headers] | None = None
         self._awaiting_response = False
         self._answered_with_error = False
-        self._accept_binary = False
-        self._text_parts: list[str] = []
-        self._binary_parts: list[bytes] = []
-        self._close_code = CloseReason.NORMAL_CLOSURE.value
-        self._close_reason = ""
-        self.compressed = False
-        """True when this WebSocket negotiated permessage-deflate."""
+        self._request_method = b""  # of the request being answered
 
     # -- inputs --------------------------------------------------------------
-
-    @property
-    def state(self) -> State:
-        """The connection's :class:`State`."""
-        return self._state
 
     def receive_data(self, data: bytes) -> None:
         """Feed bytes received from the peer. Never raises on bad input."""
@@ -162,30 +146,25 @@ class ServerConnection:
     def receive_eof(self) -> None:
         """The peer closed its side of TCP."""
         if self._state is State.HTTP:
+            # Requests already read are still answered: h11 reports the close
+            # (ConnectionClosed) once they are, and _process_http ends there.
             self._h11.receive_data(b"")
             self._process_http()
-            self._set_state(State.CLOSED)
         elif self._state is State.UPGRADE_PENDING:
             self._set_state(State.CLOSED)
         elif self._state in (State.OPEN, State.CLOSING):
-            # RFC 6455 7.1.5: with no close frame, the close code is 1006.
-            self._closed(CloseReason.ABNORMAL_CLOSURE.value, "", by_peer=True)
-
-    # -- outputs -------------------------------------------------------------
-
-    def events_received(self) -> list[Event]:
-        """Events produced since the last call, oldest first."""
-        events, self._events = self._events, []
-        return events
+            self._receive_websocket_eof()
 
     def data_to_send(self) -> list[bytes]:
-        """Bytes to write to the peer since the last call, in order."""
-        out, self._out = self._out, []
-        return out
+        """Bytes to write to the peer since the last call, in order.
 
-    def close_expected(self) -> bool:
-        """True when the I/O layer should close TCP after flushing ``data_to_send``."""
-        return self._state is State.CLOSED
+        In the HTTP phase, taking them resumes parsing pipelined requests:
+        call ``events_received()`` again afterwards.
+        """
+        out = super().data_to_send()
+        if self._state is State.HTTP:
+            self._process_http()
+        return out
 
     # -- HTTP ----------------------------------------------------------------
 
@@ -225,20 +204,24 @@ class ServerConnection:
         ]
         if close:
             all_headers.append(("connection", "close"))
-        self._out.append(
-            self._h11.send(
-                h11.Response(
-                    status_code=status,
-                    headers=all_headers,
-                    reason=STATUS_TEXT.get(status, "").encode(),
-                )
-            )
-            or b""
-        )
-        if body:
-            self._out.append(self._h11.send(h11.Data(data=body)) or b"")
-        self._out.append(self._h11.send(h11.EndOfMessage()) or b"")
+        reason = STATUS_TEXT.get(status, "").encode()
+        self._send_h11(h11.Response(status_code=status, headers=all_headers, reason=reason))
+        # RFC 9110 9.3.2: a HEAD response carries GET's header fields (Content-Length
+        # included) and no content; h11 refuses body bytes for it.
+        if body and self._request_method != b"HEAD":
+            self._send_h11(h11.Data(data=body))
+        self._send_h11(h11.EndOfMessage())
+        self._request_method = b""
         self._process_http()
+
+    def _send_h11(
+        self, event: h11.Response | h11.InformationalResponse | h11.Data | h11.EndOfMessage
+    ) -> None:
+        # h11 writes b"" for an EndOfMessage after a Content-Length body: keep
+        # b"" out of data_to_send, where it would mean "half-close TCP".
+        data = self._h11.send(event)
+        if data:
+            self._out.append(data)
 
     def _process_http(self) -> None:
         while self._state is State.HTTP:
@@ -249,6 +232,8 @@ class ServerConnection:
             if self._h11.our_state in (h11.MUST_CLOSE, h11.CLOSED):
                 self._set_state(State.CLOSED)
                 return
+            if self._h11.our_state is h11.IDLE and self._pending_output() > self.max_pending_output:
+                return  # bounded pipelining: data_to_send() resumes here
             try:
                 event = self._h11.next_event()
             except h11.RemoteProtocolError as exc:
@@ -267,9 +252,13 @@ class ServerConnection:
                 return
             # h11.Data: a request body nobody asked for; discard it.
 
+    def _pending_output(self) -> int:
+        return sum(len(chunk) for chunk in self._out)
+
     def _on_request(self, request: h11.Request) -> None:
         # h11 enforces the cap only on a head still arriving; a whole head that
         # came in one read is measured here, so the limit does not depend on timing.
+        self._request_method = request.method
         head_size = len(request.target) + sum(len(k) + len(v) + 4 for k, v in request.headers)
         if head_size > self.max_request_head:
             self._awaiting_response = True
@@ -278,6 +267,11 @@ class ServerConnection:
         target = request.target.decode("latin-1")
         path, _, query = target.partition("?")
         headers = decode_headers(request.headers)
+        host = header_value(headers, "host")
+        if not self.host_policy.check(host):
+            # RFC 9110 15.5.20: 421, the server does not answer for this authority.
+            self._reject(421, f"host not allowed: {host or '(empty)'} (see --allow-host)")
+            return
         if path in self.websocket_paths:
             version = request.http_version.decode("latin-1")
             self._pending_request = (path, query, headers)
@@ -286,17 +280,16 @@ class ServerConnection:
             )
             if rejection is not None:
                 self._pending_request = None
-                self._awaiting_response = True
-                self._events.append(RequestRejected(rejection.status, rejection.reason))
-                self.send_response(
-                    rejection.status,
-                    rejection.reason.encode(),
-                    headers=rejection.headers,
-                    close=True,
-                )
+                self._reject(rejection.status, rejection.reason, rejection.headers)
             return
         self._awaiting_response = True
         self._events.append(HttpRequest(request.method.decode("latin-1"), path, query, headers))
+
+    def _reject(self, status: int, reason: str, headers: Headers = ()) -> None:
+        """Answer the current request ourselves and close (RequestRejected)."""
+        self._awaiting_response = True
+        self._events.append(RequestRejected(status, reason))
+        self.send_response(status, f"{reason}\n".encode(), headers=headers, close=True)
 
     def _on_upgrade_request(self) -> None:
         assert self._pending_request is not None
@@ -306,9 +299,7 @@ class ServerConnection:
 
     def _http_error(self, status: int, reason: str) -> None:
         if self._h11.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-            self._events.append(RequestRejected(status, reason))
-            self._awaiting_response = True
-            self.send_response(status, f"{reason}\n".encode(), close=True)
+            self._reject(status, reason)
             self._answered_with_error = True
         self._set_state(State.CLOSED)
 
@@ -339,129 +330,28 @@ class ServerConnection:
         response_headers = [
             (b"upgrade", b"websocket"),
             (b"connection", b"Upgrade"),
-            (b"sec-websocket-accept", generate_accept_token(key.strip().encode("ascii"))),
+            (b"sec-websocket-accept", accept_token(key).encode("ascii")),
         ]
-        extensions: list[Extension] = []
+        deflate: CappedPerMessageDeflate | None = None
         if compression:
-            deflate = CappedPerMessageDeflate(max_size=max_message_size)
+            offer = CappedPerMessageDeflate(max_size=max_message_size)
             try:
-                accepted = server_extensions_handshake(offered_extensions(headers), [deflate])
+                accepted = server_extensions_handshake(offered_extensions(headers), [offer])
             except ValueError:
                 # RFC 7692 5: a server MUST decline an offer with invalid parameters;
                 # wsproto raises on some of them (e.g. client_max_window_bits=abc).
                 accepted = None
             if accepted is not None:
                 response_headers.append((b"sec-websocket-extensions", accepted))
-                extensions.append(deflate)
-                self.compressed = True
-        extensions.append(MessageSizeLimit(max_message_size))
-        self._out.append(
-            self._h11.send(
-                h11.InformationalResponse(
-                    status_code=101, headers=response_headers, reason=b"Switching Protocols"
-                )
+                deflate = offer
+        self._send_h11(
+            h11.InformationalResponse(
+                status_code=101, headers=response_headers, reason=b"Switching Protocols"
             )
-            or b""
         )
         # h11's "closed" flag cannot be set here: EOF while the upgrade was
         # pending already closed the connection (receive_eof).
         trailing, _ = self._h11.trailing_data
-        self._ws = ws.Connection(ConnectionType.SERVER, extensions)
-        self._accept_binary = accept_binary
-        self._set_state(State.OPEN)
-        if trailing:
-            self._receive_frames(trailing)
-
-    def send_text(self, text: str) -> None:
-        """Queue a text message (ignored once the close handshake has started)."""
-        if self._state is State.OPEN:
-            assert self._ws is not None
-            self._out.append(self._ws.send(wse.TextMessage(data=text)))
-
-    def send_binary(self, data: bytes) -> None:
-        """Queue a binary message (ignored once the close handshake has started)."""
-        if self._state is State.OPEN:
-            assert self._ws is not None
-            self._out.append(self._ws.send(wse.BytesMessage(data=data)))
-
-    def send_ping(self, payload: bytes = b"") -> None:
-        """Queue a Ping (keepalive). Ignored unless the WebSocket is open."""
-        if self._state is State.OPEN:
-            assert self._ws is not None
-            self._out.append(self._ws.send(wse.Ping(payload=payload)))
-
-    def send_close(self, code: int = 1000, reason: str = "") -> None:
-        """Start the closing handshake (RFC 6455 7.1.2). Idempotent."""
-        if self._state is State.OPEN:
-            assert self._ws is not None
-            self._close_code, self._close_reason = code, reason
-            self._out.append(self._ws.send(wse.CloseConnection(code=code, reason=reason)))
-            self._set_state(State.CLOSING)
-        elif self._state in (State.HTTP, State.UPGRADE_PENDING):
-            self._set_state(State.CLOSED)
-
-    def _receive_frames(self, data: bytes) -> None:
-        assert self._ws is not None
-        self._ws.receive_data(data)
-        for event in self._ws.events():
-            if isinstance(event, (wse.TextMessage, wse.BytesMessage)):
-                if self._state is State.OPEN:
-                    self._on_message(event)
-            elif isinstance(event, wse.Ping):
-                # RFC 6455 5.5.2: "Upon receipt of a Ping frame, an endpoint MUST send a
-                # Pong frame in response" -- wsproto leaves that to us.
-                if self._state is State.OPEN:
-                    self._out.append(self._ws.send(event.response()))
-            elif isinstance(event, wse.Pong):
-                self._events.append(PongReceived(bytes(event.payload)))
-            elif isinstance(event, wse.CloseConnection):
-                self._on_close_frame(event)
-            if self._state is State.CLOSED:
-                return
-
-    def _on_message(self, event: wse.TextMessage | wse.BytesMessage) -> None:
-        if isinstance(event, wse.TextMessage):
-            self._text_parts.append(event.data)
-            if event.message_finished:
-                parts, self._text_parts = self._text_parts, []
-                self._events.append(TextReceived(parts[0] if len(parts) == 1 else "".join(parts)))
-        elif not self._accept_binary:
-            self._fail(CloseReason.UNSUPPORTED_DATA.value, "binary messages are not accepted")
-        else:
-            self._binary_parts.append(bytes(event.data))
-            if event.message_finished:
-                parts_b, self._binary_parts = self._binary_parts, []
-                self._events.append(BinaryReceived(b"".join(parts_b)))
-
-    def _on_close_frame(self, event: wse.CloseConnection) -> None:
-        assert self._ws is not None
-        if self._ws.state is ws.ConnectionState.REMOTE_CLOSING:
-            # RFC 6455 5.5.1: "the endpoint MUST send a Close frame in response".
-            self._out.append(self._ws.send(event.response()))
-            self._closed(event.code, event.reason or "", by_peer=True)
-        elif self._ws.state is ws.ConnectionState.CLOSED:
-            # The peer's answer to our close: the handshake is complete.
-            self._closed(self._close_code, self._close_reason, by_peer=False)
-        else:
-            # wsproto reports a frame it could not parse as a close event
-            # while its state is still open: the peer broke the protocol.
-            self._fail(event.code, event.reason or "protocol error")
-
-    def _fail(self, code: int, reason: str) -> None:
-        """RFC 6455 7.1.7: fail the WebSocket connection (close frame, then TCP)."""
-        assert self._ws is not None
-        if self._ws.state is ws.ConnectionState.OPEN:
-            self._out.append(self._ws.send(wse.CloseConnection(code=code, reason=reason)))
-        self._closed(code, reason, by_peer=False)
-
-    def _closed(self, code: int, reason: str, by_peer: bool) -> None:
-        self._text_parts, self._binary_parts = [], []
-        self._set_state(State.CLOSED)
-        self._events.append(ConnectionClosed(code, reason, by_peer))
-
-    def _set_state(self, new: State) -> None:
-        if new is self._state:
-            return
-        if new not in _TRANSITIONS[self._state]:
-            raise LocalProtocolError(f"no transition from {self._state.value} to {new.value}")
-        self._state = new
+        self._open_websocket(
+            ConnectionType.SERVER, deflate, max_message_size, accept_binary, trailing
+        )

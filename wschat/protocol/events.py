@@ -1,7 +1,9 @@
-"""Events that :class:`~wschat.protocol.connection.ServerConnection` emits.
+"""Events that :class:`~wschat.protocol.connection.ServerConnection` and
+:class:`~wschat.protocol.client.ClientConnection` emit.
 
 Each is a frozen, slotted dataclass. The I/O layer reads them with
-``conn.events_received()`` after every ``receive_data`` call.
+``conn.events_received()`` after every ``receive_data`` call. The message,
+pong and close events are the same on both sides.
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ class WebSocketRequest:
 
 @dataclass(frozen=True, slots=True)
 class RequestRejected:
-    """The connection answered a bad request itself (400, 403, 405, 426, 431, 501).
+    """The connection answered a bad request itself (400, 403, 405, 421, 426, 431, 501).
 
     Informational (for logs and metrics): the response is already queued and
     the connection will close.
@@ -64,6 +66,43 @@ class RequestRejected:
 
     status: int
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class HandshakeAccepted:
+    """Client side: the server answered 101 and the answer checked out (RFC 6455 4.1).
+
+    The WebSocket is open; message events may follow in the same batch.
+
+    Attributes:
+        headers: The 101 response's headers, names lower-cased.
+        extensions: Names of the extensions in use, e.g. ``("permessage-deflate",)``.
+    """
+
+    headers: Headers
+    extensions: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class HandshakeRejected:
+    """Client side: no WebSocket. The server refused, or its answer was not valid.
+
+    Emitted once; the connection is then closed (``close_expected()`` is true).
+
+    Attributes:
+        status: The response's HTTP status (e.g. 403, 426; 101 when a 101 came
+            but failed the RFC 6455 4.1 checks); 0 when no complete response
+            arrived (TCP closed first, or the bytes were not HTTP).
+        headers: The response's headers, names lower-cased (empty when status is 0).
+        body: The response body (at most ``DEFAULT_MAX_REJECTION_BODY`` bytes).
+        reason: What went wrong, for people: e.g. ``"HTTP 403 Forbidden"`` or
+            ``"wrong Sec-WebSocket-Accept"``.
+    """
+
+    status: int
+    headers: Headers
+    body: bytes
+    reason: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +161,8 @@ Event = (
     HttpRequest
     | WebSocketRequest
     | RequestRejected
+    | HandshakeAccepted
+    | HandshakeRejected
     | TextReceived
     | BinaryReceived
     | PongReceived

@@ -24,7 +24,8 @@ class MessageSizeLimit(Extension):
 
     def __init__(self, max_size: int) -> None:
         self.max_size = max_size
-        self._size = 0
+        self._size = 0  # bytes of the current message's completed frames
+        self._frame_size = 0  # the frame being read, not yet in _size
         self._compressed = False
 
     def enabled(self) -> bool:
@@ -40,6 +41,8 @@ class MessageSizeLimit(Extension):
         rsv: RsvBits,
         payload_length: int,
     ) -> CloseReason | RsvBits:
+        # Idempotent: this may run more than once for one frame (see above).
+        self._frame_size = 0
         if opcode.iscontrol():
             return _NO_RSV
         if opcode is not Opcode.CONTINUATION:
@@ -48,12 +51,19 @@ class MessageSizeLimit(Extension):
         if self._compressed:
             return _NO_RSV  # counted after inflation by CappedPerMessageDeflate
         # An uncompressed frame announces its size: refuse it before reading it.
-        self._size += payload_length
-        if self._size > self.max_size:
+        if self._size + payload_length > self.max_size:
             return CloseReason.MESSAGE_TOO_BIG
+        self._frame_size = payload_length
         return _NO_RSV
 
     def frame_inbound_payload_data(
         self, proto: FrameDecoder | FrameProtocol, data: bytes
     ) -> bytes | CloseReason:
         return data
+
+    def frame_inbound_complete(
+        self, proto: FrameDecoder | FrameProtocol, fin: bool
+    ) -> bytes | CloseReason | None:
+        self._size += self._frame_size
+        self._frame_size = 0
+        return None

@@ -17,6 +17,8 @@ class ServerConfig:
         port: TCP port (0: any free port).
         hub_url: Backend URL: ``memory://`` or ``redis://host:port/db``.
         allowed_origins: Origins allowed besides the same origin (``*`` for any).
+        allowed_hosts: Host names answered besides the bound address and loopback
+            names (``*.example.com`` for subdomains, ``*`` for any); others get 421.
         echo: Serve ``/echo`` (for the Autobahn conformance suite).
         compression: Negotiate permessage-deflate when offered.
         max_message_size: Chat endpoint cap on a message, bytes (1009 over it).
@@ -37,6 +39,9 @@ class ServerConfig:
         connect_rate: New WebSocket connections per second per client address
             (0: no limit).
         connect_burst: Connections a client address may open at once.
+        user_rate: Messages per second per authenticated user, across all their
+            connections (0: no limit).
+        user_burst: Messages a user may send at once.
         address_table_size: Client addresses tracked by each per-address limit
             (least recently used forgotten first).
         trusted_proxies: Networks whose ``X-Forwarded-For`` names the client
@@ -56,6 +61,7 @@ class ServerConfig:
     port: int = 8080
     hub_url: str = "memory://"
     allowed_origins: tuple[str, ...] = ()
+    allowed_hosts: tuple[str, ...] = ()
     echo: bool = False
     compression: bool = True
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
@@ -88,6 +94,9 @@ class ServerConfig:
     # 45 s (refused ones get 429 with Retry-After, and browsers back off).
     connect_rate: float = 10.0
     connect_burst: int = 50
+    # One user across all their tabs and devices: twice one connection's limit.
+    user_rate: float = 20.0
+    user_burst: int = 40
     # Above --max-connections: every address with an open connection keeps its
     # bucket (~250 B each, ~4 MiB per table when full).
     address_table_size: int = 16_384

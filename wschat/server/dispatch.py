@@ -1,19 +1,32 @@
 """Chat dispatch: what a chat client's text message makes the server do.
 
-The chat rules themselves are pure (:class:`~wschat.chat.ChatSession`); this
-module applies the per-connection rate limit, carries the command out on the
-Hub and answers the sender (``ack``, ``error``). A Hub call that fails for a
-reason other than an unavailable backend is a bug: it costs this connection
+The app's rules and the pure chat rules decide (:class:`~wschat.app.AppSession`
+answers every frame with one outcome); this module applies the rate limits
+(per connection, per client address, per user), carries the outcome out on
+the Hub and answers the sender (``ack``, ``error``). A Hub call that fails for
+a reason other than an unavailable backend is a bug: it costs this connection
 (closed with 1011) and is logged once, never the server.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 
 import anyio
 
-from ..chat import ChatError, Join, Leave, Say, ack_event, error_event, peek_message_id
+from ..app import (
+    App,
+    Authenticated,
+    Close,
+    JoinRoom,
+    LeaveRoom,
+    Outcome,
+    Publish,
+    Relay,
+    Reply,
+)
+from ..chat import ack_event, error_event, peek_message_id
 from ..hub import BackendUnavailable, Hub
 from .config import ServerConfig
 from .metrics import Metrics
@@ -24,26 +37,31 @@ logger = logging.getLogger("wschat.server")
 
 
 class ChatDispatch:
-    """Carries out chat clients' commands.
+    """Carries out chat clients' frames.
 
     Args:
+        app: The application (its session per connection answers each frame).
         hub: This node's Hub.
         config: The server settings (rate limits).
         metrics: The server's metrics.
     """
 
-    def __init__(self, hub: Hub, config: ServerConfig, metrics: Metrics) -> None:
+    def __init__(self, app: App, hub: Hub, config: ServerConfig, metrics: Metrics) -> None:
+        self.app = app
         self.hub = hub
         self.config = config
         self.metrics = metrics
         self._addresses = KeyedRateLimiter(
             config.address_rate, config.address_burst, config.address_table_size
         )
+        self._users = KeyedRateLimiter(
+            config.user_rate, config.user_burst, config.address_table_size
+        )
 
     async def on_text(self, peer: Peer, text: str) -> None:
         """Handle one text message from a chat client."""
-        session = peer.session
-        assert session is not None
+        session, app_session = peer.session, peer.app_session
+        assert session is not None and app_session is not None
         now = anyio.current_time()
         if not peer.bucket.take(now):
             self._rate_limited(peer, text, now)
@@ -56,34 +74,49 @@ class ChatDispatch:
             return
         had_username = session.username is not None
         rooms_before = set(session.rooms)
-        try:
-            command = session.handle(text)
-        except ChatError as exc:
-            peer.send_event(error_event(exc.code, exc.reason, exc.id))
-            return
-        message_id = command.id if isinstance(command, Say) else None
+        outcome = await app_session.handle(text, time.time())
+        message_id = outcome.id if isinstance(outcome, Publish) else None
         try:
             if not had_username and session.username is not None:
                 await self.hub.update_presence(peer)
-            if isinstance(command, Say):
-                assert command.room is not None and command.username is not None
-                position = await self.hub.say(
-                    command.room, command.username, command.message, message_id
-                )
-                if message_id is not None:
-                    peer.send_event(ack_event(command.room, position, message_id))
-            elif isinstance(command, Join):
-                await self.hub.join(peer, command.room, command.since)
-            elif isinstance(command, Leave):
-                await self.hub.leave(peer, command.room)
+            await self._carry_out(peer, outcome, now)
         except BackendUnavailable as exc:
-            if isinstance(command, Join) and command.room not in rooms_before:
-                session.rooms.discard(command.room)  # the join did not happen
+            if isinstance(outcome, JoinRoom) and outcome.room not in rooms_before:
+                session.rooms.discard(outcome.room)  # the join did not happen
             reason = f"not done, try again: {exc}"
             peer.send_event(error_event("unavailable", reason, message_id))
         except Exception:
-            logger.exception("! conn %s: %s failed", peer.conn_id, type(command).__name__)
+            logger.exception("! conn %s: %s failed", peer.conn_id, type(outcome).__name__)
             peer.close(1011, "internal error")
+
+    async def _carry_out(self, peer: Peer, outcome: Outcome, now: float) -> None:
+        if isinstance(outcome, Publish):
+            identity = peer.app_session.identity if peer.app_session else None
+            user = f"user:{identity.user_id}" if identity and identity.authenticated else None
+            if user is not None and not self._users.take(user, now):
+                reason = f"over {self.config.user_rate:g} messages/s for your user: dropped"
+                peer.send_event(error_event("rate_limited", reason, outcome.id))
+                return
+            position = await self.hub.say(
+                outcome.room, outcome.username, outcome.message, outcome.id, name=outcome.name
+            )
+            if outcome.id is not None:
+                peer.send_event(ack_event(outcome.room, position, outcome.id))
+        elif isinstance(outcome, Reply):
+            peer.send_event(outcome.payload)
+        elif isinstance(outcome, JoinRoom):
+            await self.hub.join(peer, outcome.room, outcome.since, history=outcome.history)
+        elif isinstance(outcome, LeaveRoom):
+            await self.hub.leave(peer, outcome.room)
+        elif isinstance(outcome, Relay):
+            await self.hub.relay(outcome.room, outcome.payload, exclude=peer)
+        elif isinstance(outcome, Authenticated):
+            peer.send_event(outcome.payload)
+            if outcome.enter is not None:
+                await self.hub.enter(peer, outcome.enter)
+            await self.hub.update_presence(peer)
+        elif isinstance(outcome, Close):
+            peer.close(outcome.code, outcome.reason)
 
     def _rate_limited(self, peer: Peer, text: str, now: float) -> None:
         self.metrics.rate_limited.inc()

@@ -1,4 +1,8 @@
-"""Plain HTTP routes: the browser page and its assets, /healthz and /metrics."""
+"""Plain HTTP routes: the browser page and its assets, /healthz and /metrics.
+
+Every :class:`Response` (page, asset, API, error) carries
+:data:`SECURITY_HEADERS`, unless a route sets one of them itself.
+"""
 
 from __future__ import annotations
 
@@ -12,18 +16,66 @@ STATIC_FILES = {
     "/": ("index.html", "text/html; charset=utf-8"),
     "/index.html": ("index.html", "text/html; charset=utf-8"),
     "/app.js": ("app.js", "text/javascript; charset=utf-8"),
+    "/connection.js": ("connection.js", "text/javascript; charset=utf-8"),
+    "/conversation.js": ("conversation.js", "text/javascript; charset=utf-8"),
+    "/names.js": ("names.js", "text/javascript; charset=utf-8"),
+    "/outbox.js": ("outbox.js", "text/javascript; charset=utf-8"),
+    "/reasons.js": ("reasons.js", "text/javascript; charset=utf-8"),
+    "/store.js": ("store.js", "text/javascript; charset=utf-8"),
+    "/typing.js": ("typing.js", "text/javascript; charset=utf-8"),
     "/style.css": ("style.css", "text/css; charset=utf-8"),
+    "/favicon.svg": ("favicon.svg", "image/svg+xml"),
 }
+
+
+# The page loads its own script and stylesheet only (no inline code, so an
+# injected <script> does not run), opens its WebSocket to the same host
+# (CSP Level 3: 'self' covers ws:/wss: of the page's host), and may not be
+# framed (clickjacking). The icon is a data: URL.
+CONTENT_SECURITY_POLICY = "; ".join(
+    [
+        "default-src 'none'",
+        "script-src 'self'",
+        "style-src 'self'",
+        "img-src 'self' data:",
+        "connect-src 'self'",
+        "base-uri 'none'",
+        "form-action 'self'",
+        "frame-ancestors 'none'",
+    ]
+)
+
+SECURITY_HEADERS: Headers = (
+    ("content-security-policy", CONTENT_SECURITY_POLICY),
+    # Take the Content-Type as sent: no sniffing a text/plain error into a script.
+    ("x-content-type-options", "nosniff"),
+    # A link in a chat message does not tell the site it leads to which server and
+    # page the user came from.
+    ("referrer-policy", "no-referrer"),
+)
 
 
 @dataclass(frozen=True, slots=True)
 class Response:
-    """An HTTP answer to hand to ``ServerConnection.send_response``."""
+    """An HTTP answer to hand to ``ServerConnection.send_response``.
+
+    Attributes:
+        status: HTTP status code.
+        body: The body (left out by the connection for HEAD).
+        content_type: The Content-Type header.
+        headers: Extra headers; :data:`SECURITY_HEADERS` are added in front,
+            except those the route sets itself.
+    """
 
     status: int
     body: bytes
     content_type: str = "text/plain; charset=utf-8"
     headers: Headers = ()
+
+    def __post_init__(self) -> None:
+        names = {name.lower() for name, _ in self.headers}
+        defaults = tuple(h for h in SECURITY_HEADERS if h[0] not in names)
+        object.__setattr__(self, "headers", defaults + tuple(self.headers))
 
 
 @cache
@@ -37,15 +89,16 @@ def route_static(request: HttpRequest) -> Response | None:
     entry = STATIC_FILES.get(request.path)
     if entry is None:
         return None
-    if request.method != "GET":
-        return method_not_allowed()
+    if request.method not in ("GET", "HEAD"):
+        return method_not_allowed("GET, HEAD")
+    # HEAD gets GET's answer; ServerConnection leaves the body out.
     name, content_type = entry
     return Response(200, static_file(name), content_type, (("cache-control", "no-cache"),))
 
 
-def method_not_allowed() -> Response:
-    """405 for a method other than GET."""
-    return Response(405, b"method not allowed: use GET\n", headers=(("allow", "GET"),))
+def method_not_allowed(allow: str = "GET") -> Response:
+    """405 naming the methods the path takes (``allow``, e.g. ``"GET, HEAD"``)."""
+    return Response(405, f"method not allowed: use {allow}\n".encode(), headers=(("allow", allow),))
 
 
 def not_found(request: HttpRequest) -> Response:

@@ -20,11 +20,18 @@ import anyio
 from anyio.abc import ByteStream
 from anyio.streams.tls import TLSStream
 
+from ..app import Admission, App, Rejection, UpgradeRequest, upgrade_refusal
 from ..chat import DEFAULT_ROOM, ChatError, validate_room
-from ..protocol import HttpRequest, RequestRejected, ServerConnection, WebSocketRequest
+from ..protocol import (
+    Headers,
+    HttpRequest,
+    RequestRejected,
+    ServerConnection,
+    WebSocketRequest,
+)
 from .config import ServerConfig
 from .constants import CHAT_PATH, DISCONNECTED, ECHO_PATH, RECEIVE_SIZE
-from .http import CONTENT_TYPE_TEXT
+from .http import CONTENT_TYPE_TEXT, Response
 from .metrics import Metrics
 from .ratelimit import KeyedRateLimiter, address_key, client_address, parse_networks
 from .routes import Routes
@@ -43,10 +50,14 @@ class Upgrade:
         request: The upgrade request.
         client_key: The client's address as the per-address limits key it
             (through trusted proxies; IPv6 by its /64).
+        admission: The app's answer (who the client is, whether it must
+            authenticate with its first message).
     """
 
     request: WebSocketRequest
     client_key: str
+    admission: Admission | None = None
+    """What the app said at the upgrade (chat connections only)."""
 
 
 class HttpPhase:
@@ -54,6 +65,7 @@ class HttpPhase:
 
     Args:
         config: The server settings.
+        app: The application (it admits chat upgrades).
         metrics: The server's metrics.
         routes: Answers plain HTTP requests.
         open_websockets: How many WebSockets are open (for ``--max-connections``).
@@ -63,12 +75,14 @@ class HttpPhase:
     def __init__(
         self,
         config: ServerConfig,
+        app: App,
         metrics: Metrics,
         routes: Routes,
         open_websockets: Callable[[], int],
         draining: Callable[[], bool],
     ) -> None:
         self.config = config
+        self.app = app
         self.metrics = metrics
         self.routes = routes
         self.tls: ssl.SSLContext | None = None
@@ -122,9 +136,9 @@ class HttpPhase:
                         )
                         deadline = anyio.current_time() + config.handshake_timeout
                     elif isinstance(event, WebSocketRequest):
-                        key = self._client_key(event, peer_ip)
-                        if self._answer_upgrade(conn, event, address, key):
-                            return Upgrade(event, key)  # the 101 goes out through the writer
+                        upgrade = await self._upgrade(conn, event, address, peer_ip)
+                        if upgrade is not None:
+                            return upgrade  # the 101 goes out through the peer's writer
                     elif isinstance(event, RequestRejected):
                         self.metrics.handshakes_rejected.labels(str(event.status)).inc()
                         logger.info("x %s refused: %d %s", address, event.status, event.reason)
@@ -141,36 +155,43 @@ class HttpPhase:
         forwarded = ", ".join(v for k, v in request.headers if k == "x-forwarded-for")
         return address_key(client_address(peer_ip, forwarded or None, self._proxies))
 
-    def _answer_upgrade(
-        self, conn: ServerConnection, request: WebSocketRequest, address: str, client_key: str
-    ) -> bool:
-        """Accept or refuse a valid upgrade on server grounds (room, capacity, draining,
-        the client address's connection rate).
+    async def _upgrade(
+        self, conn: ServerConnection, request: WebSocketRequest, address: str, peer_ip: str
+    ) -> Upgrade | None:
+        """Accept a valid upgrade, or refuse it on server grounds: the address's
+        connection rate, the room, the app (who it is, whether it may enter),
+        draining, capacity.
 
-        Nothing awaits between this check and the peer's registration, so the
-        capacity check cannot race.
+        Nothing awaits between the capacity check and the peer's registration,
+        so the capacity check cannot race.
         """
-        rejection: tuple[int, str, str, tuple[tuple[str, str], ...]] | None = None
+        client_key = self._client_key(request, peer_ip)
         now = anyio.current_time()
-        if self._draining():
-            rejection = (503, "server is shutting down", "draining", (("retry-after", "5"),))
-        elif self._open_websockets() >= self.config.max_connections:
-            rejection = (503, "too many connections", "capacity", (("retry-after", "5"),))
-        elif not self._connects.take(client_key, now):
+        if not self._connects.take(client_key, now):
             retry = str(max(1, math.ceil(self._connects.retry_after(client_key, now))))
             reason = "too many connections from your address"
-            rejection = (429, reason, "address_rate", (("retry-after", retry),))
-        elif request.path == CHAT_PATH:
+            self._refuse(conn, address, _text(429, reason, _retry(retry)), "address_rate")
+            return None
+        admission: Admission | None = None
+        if request.path == CHAT_PATH:
             try:
-                url_room(request.query)
+                room = url_room(request.query)
             except ChatError as exc:
-                rejection = (400, exc.reason, "bad_room", ())
-        if rejection is not None:
-            status, reason, label, headers = rejection
-            self.metrics.handshakes_rejected.labels(label).inc()
-            logger.info("x %s refused: %d %s", address, status, reason)
-            conn.send_response(status, f"{reason}\n".encode(), CONTENT_TYPE_TEXT, headers)
-            return False
+                self._refuse(conn, address, _text(400, exc.reason), "bad_room")
+                return None
+            try:
+                admission = await self._admit(request, address, room)
+            except Rejection as rejection:
+                self._refuse(conn, address, upgrade_refusal(rejection), f"app_{rejection.status}")
+                return None
+        if self._draining():
+            refusal = _text(503, "server is shutting down", _retry("5"))
+            self._refuse(conn, address, refusal, "draining")
+            return None
+        if self._open_websockets() >= self.config.max_connections:
+            refusal = _text(503, "too many connections", _retry("5"))
+            self._refuse(conn, address, refusal, "capacity")
+            return None
         echo = request.path == ECHO_PATH
         config = self.config
         conn.accept_websocket(
@@ -178,7 +199,31 @@ class HttpPhase:
             accept_binary=echo,
             compression=config.compression,
         )
-        return True
+        return Upgrade(request, client_key, admission)
+
+    async def _admit(self, request: WebSocketRequest, address: str, room: str) -> Admission:
+        upgrade = UpgradeRequest(request.path, request.query, request.headers, address)
+        try:
+            with anyio.fail_after(self.config.handshake_timeout):
+                return await self.app.admit(upgrade, room)
+        except TimeoutError:
+            logger.warning(
+                "! %s: the app took over %gs to admit", address, self.config.handshake_timeout
+            )
+            raise Rejection("timeout", "authentication timed out", status=503) from None
+
+    def _refuse(self, conn: ServerConnection, address: str, response: Response, label: str) -> None:
+        self.metrics.handshakes_rejected.labels(label).inc()
+        logger.info("x %s refused: %d %s", address, response.status, response.body.decode().strip())
+        conn.send_response(response.status, response.body, response.content_type, response.headers)
+
+
+def _retry(seconds: str) -> Headers:
+    return (("retry-after", seconds),)
+
+
+def _text(status: int, reason: str, headers: Headers = ()) -> Response:
+    return Response(status, f"{reason}\n".encode(), CONTENT_TYPE_TEXT, headers)
 
 
 def url_room(query: str) -> str:

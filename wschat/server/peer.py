@@ -6,6 +6,7 @@ import logging
 
 import anyio
 
+from ..app import AppSession
 from ..chat import ChatSession
 from ..hub import PreparedMessage
 from ..protocol import ServerConnection, State, encode_text_frame
@@ -41,6 +42,7 @@ class Peer:
     __slots__ = (
         "_metrics",
         "address",
+        "app_session",
         "bucket",
         "client_key",
         "close_code",
@@ -76,6 +78,8 @@ class Peer:
     ) -> None:
         self.conn_id = conn_id
         self.client_key = client_key
+        self.app_session: AppSession | None = None
+        """The app's view of this chat connection (None on ``/echo``)."""
         self.address = address
         self.path = path
         self.conn = conn

@@ -22,16 +22,19 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import time
 from collections.abc import Callable
 
 import anyio
 from anyio.abc import ByteStream, SocketAttribute
 
+from ..app import App
 from ..chat import ChatSession
 from ..hub import BackendUnavailable, Hub
 from ..protocol import (
     BinaryReceived,
     ConnectionClosed,
+    HostPolicy,
     OriginPolicy,
     ServerConnection,
     TextReceived,
@@ -59,6 +62,7 @@ class ConnectionPump:
 
     Args:
         config: The server settings.
+        app: The application (hooks, identities).
         hub: This node's Hub.
         metrics: The server's metrics.
         routes: Answers plain HTTP requests.
@@ -70,6 +74,7 @@ class ConnectionPump:
     def __init__(
         self,
         config: ServerConfig,
+        app: App,
         hub: Hub,
         metrics: Metrics,
         routes: Routes,
@@ -78,6 +83,7 @@ class ConnectionPump:
         draining: Callable[[], bool],
     ) -> None:
         self.config = config
+        self.app = app
         self.hub = hub
         self.metrics = metrics
         self.flusher = flusher
@@ -87,12 +93,13 @@ class ConnectionPump:
         (checked once at start-up)."""
         self.peers: set[Peer] = set()
         """The open WebSockets."""
-        self.http = HttpPhase(config, metrics, routes, lambda: len(self.peers), draining)
-        self.dispatch = ChatDispatch(hub, config, metrics)
+        self.http = HttpPhase(config, app, metrics, routes, lambda: len(self.peers), draining)
+        self.dispatch = ChatDispatch(app, hub, config, metrics)
         self._draining = draining
         self._ids = itertools.count(1)
         self._paths = frozenset({CHAT_PATH, ECHO_PATH} if config.echo else {CHAT_PATH})
         self._origins = OriginPolicy(config.allowed_origins)
+        self._hosts = HostPolicy.for_bind(config.host, config.allowed_hosts)
 
     # -- the boundary ----------------------------------------------------------
 
@@ -104,7 +111,12 @@ class ConnectionPump:
             if secured is None:
                 return
             stream = secured
-            conn = ServerConnection(self._paths, self._origins, self.config.max_request_head)
+            conn = ServerConnection(
+                self._paths,
+                self._origins,
+                self.config.max_request_head,
+                host_policy=self._hosts,
+            )
             upgrade = await self.http.serve(stream, conn, address, peer_ip)
             if upgrade is not None:
                 await self._serve_websocket(stream, conn, upgrade, address)
@@ -140,6 +152,8 @@ class ConnectionPump:
             close_timeout=config.close_timeout,
             client_key=upgrade.client_key,
         )
+        if peer.session is not None and upgrade.admission is not None:
+            peer.app_session = self.app.open_session(peer.session, upgrade.admission, time.time())
         del request  # its headers are not needed for the connection's life
         self.peers.add(peer)
         self.metrics.connections_open.inc()
@@ -158,6 +172,8 @@ class ConnectionPump:
             # entered its URL room: once the client sees its handshake complete,
             # every message published after reaches it.
             peer.flush()
+            if peer.app_session is not None and (greeting := peer.app_session.greeting()):
+                peer.send_event(greeting)  # "authenticated": who the token says it is
             if self._draining():  # upgraded while the drain began
                 peer.close(1001, "going away: server shutting down")
             if isinstance(writer, TaskWriter):
@@ -198,7 +214,10 @@ class ConnectionPump:
         return TaskWriter(limit, stream)
 
     async def _converse(self, stream: ByteStream, peer: Peer, room: str) -> ConnectionClosed | None:
-        if peer.session is not None and peer.open:
+        # A connection that must authenticate with its first message enters its
+        # room once it has (the dispatch does it then).
+        pending = peer.app_session is not None and peer.app_session.pending_until is not None
+        if peer.session is not None and peer.open and not pending:
             try:
                 await self.hub.enter(peer, room)
             except BackendUnavailable as exc:

@@ -31,7 +31,8 @@ from typing import Any, cast
 import anyio
 from anyio.abc import SocketAttribute, SocketListener, SocketStream, TaskStatus
 
-from ..hub import BackendUnavailable, Hub, open_backend
+from ..app import App
+from ..hub import BackendUnavailable, Hub
 from .config import ServerConfig
 from .descriptors import connection_cap, raise_open_file_limit
 from .flusher import Flusher
@@ -47,24 +48,20 @@ logger = logging.getLogger("wschat.server")
 
 
 class Server:
-    """A wschat server: HTTP page, WebSocket chat (and echo), Hub.
+    """A wschat server: HTTP page and API, WebSocket chat (and echo), Hub.
 
     Args:
-        config: Settings; see :class:`ServerConfig`.
+        config: Settings; see :class:`ServerConfig` (with ``app``: the app's).
         hub: The Hub to use (default: one on the backend ``config.hub_url`` names).
+        app: The application (default: the built-in chat, ``App(config, hub=hub)``).
     """
 
-    def __init__(self, config: ServerConfig | None = None, hub: Hub | None = None) -> None:
-        self.config = config or ServerConfig()
-        self.hub = hub or Hub(
-            open_backend(
-                self.config.hub_url,
-                history_size=self.config.history_size,
-                history_ttl=self.config.history_ttl,
-                presence_ttl=self.config.presence_ttl,
-                max_idle_rooms=self.config.max_idle_rooms,
-            )
-        )
+    def __init__(
+        self, config: ServerConfig | None = None, hub: Hub | None = None, app: App | None = None
+    ) -> None:
+        self.app = app or App(config, hub=hub)
+        self.config = self.app.config
+        self.hub = self.app.hub
         self.metrics = Metrics(self.hub.statistics)
         self.hub.fanout_observer = self.metrics.fanout_seconds.observe
         self.node_id = secrets.token_hex(4)
@@ -75,6 +72,7 @@ class Server:
         self._flusher = Flusher(self.metrics.bytes_out.inc)
         self._pump = ConnectionPump(
             self.config,
+            self.app,
             self.hub,
             self.metrics,
             Routes(self.metrics, lambda: self.draining),

@@ -9,6 +9,9 @@ connection). It sees only :class:`~.peer.Peer` objects.
 - Write timeout: a client whose backlog made no progress (the kernel took no
   bytes) for ``write_timeout`` is dropped (gorilla's writeWait). A slow but
   steady reader is left to the byte limit.
+- The app's deadlines: a connection that owes its first-message ``auth``
+  past the handshake timeout is closed with 4401, one whose token expired
+  (and no fresh one came) with 4408.
 
 A check that fails costs only its own connection.
 """
@@ -57,14 +60,26 @@ class Watchdog:
 
     def check_all(self, now: float) -> None:
         """One pass over every connection."""
+        wall = time.time()
         for peer in list(self._peers()):
             try:
-                self.check(peer, now)
+                self.check(peer, now, wall)
             except Exception as exc:
                 peer.abort(f"watchdog check failed: {exc!r}")
 
-    def check(self, peer: Peer, now: float) -> None:
-        """Keepalive and write progress of one connection."""
+    def check(self, peer: Peer, now: float, wall: float) -> None:
+        """Keepalive, the app's deadlines (token expiry) and write progress of one connection.
+
+        Args:
+            peer: The connection.
+            now: The event loop's clock.
+            wall: ``time.time()`` (token expiry is wall-clock time).
+        """
+        if peer.open and peer.app_session is not None:
+            due = peer.app_session.overdue(wall)
+            if due is not None:
+                logger.info("= conn %s: %s", peer.conn_id, due.reason)
+                peer.close(due.code, due.reason)
         if peer.open:
             if now - peer.last_seen >= self.pong_wait:
                 logger.info("%% conn %s keepalive timeout", peer.conn_id)

@@ -204,6 +204,16 @@ class RedisBackend:
             raise BackendUnavailable("the Redis backend is closed")
         return await self._messages.publish(room, message)
 
+    async def relay(self, room: str, payload: bytes, origin: str) -> None:
+        """Deliver an ephemeral event to every node subscribed to ``room`` (no seq, no history).
+
+        Raises:
+            BackendUnavailable: Redis did not take it.
+        """
+        if self._closed:
+            raise BackendUnavailable("the Redis backend is closed")
+        await self._messages.relay(room, payload, origin)
+
     async def history(self, room: str, since: Position | None) -> History:
         """Messages after ``since``; ``complete`` is False when some are gone.
 

@@ -10,7 +10,8 @@ pre-encoded around them (so the bytes are exactly
 the id ``{seq}-0`` (trimmed to ``history_size`` entries and to ``history_ttl``
 by the time Redis stored each) and publishes ``{seq}|{epoch}|{json}`` on the
 room's channel. Presence events travel on the same channel as ``|{json}``, so
-they are ordered with messages. A retry of an id already published returns the
+they are ordered with messages, and relayed ephemeral events (``typing``) as
+``R{origin}|{json}``. A retry of an id already published returns the
 original position and publishes nothing.
 
 Delivery. A node holds one pub/sub connection per shard (one Redis: one; a
@@ -63,6 +64,7 @@ logger = logging.getLogger("wschat.hub.redis")
 # RedisClusterException, outside RedisError, when no node or slot answers).
 FAILURES = (RedisError, RedisClusterException, OSError)
 _EPOCH_MARK = "E"
+_RELAY_MARK = b"R"
 _RECONNECT_MIN = 0.05
 _RECONNECT_MAX = 1.0
 # The reader PINGs after this long without traffic and gives the connection up
@@ -171,6 +173,18 @@ class Messages:
         except FAILURES as exc:
             raise BackendUnavailable(f"Redis did not take the message: {exc}") from exc
         return Position(epoch.decode(), int(seq))
+
+    async def relay(self, room: str, payload: bytes, origin: str) -> None:
+        """Publish an ephemeral event on the room's channel: no seq, no history.
+
+        Raises:
+            BackendUnavailable: Redis did not take it.
+        """
+        data = _RELAY_MARK + origin.encode() + b"|" + payload
+        try:
+            await self.topology.publish(keys.channel(room), data)
+        except FAILURES as exc:
+            raise BackendUnavailable(f"Redis did not relay the event: {exc}") from exc
 
     async def read_room(
         self, room: str, since: Position | None
@@ -297,6 +311,9 @@ class Messages:
         bar = data.index(b"|")
         if bar == 0:  # presence: no position
             self._emit(room, Delivery(data[1:], None))
+            return
+        if data[:1] == _RELAY_MARK:  # an ephemeral event: R{origin}|{json}
+            self._emit(room, Delivery(data[bar + 1 :], None, origin=data[1:bar].decode()))
             return
         bar2 = data.index(b"|", bar + 1)
         seq = int(data[:bar])

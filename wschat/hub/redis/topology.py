@@ -80,6 +80,10 @@ class SingleRedis:
         """A new pub/sub connection (not yet connected) to the server."""
         return self.commands.pubsub()
 
+    async def publish(self, name: str, data: bytes) -> None:
+        """PUBLISH ``data`` on channel ``name``."""
+        await self.commands.publish(name, data)
+
     async def refresh(self) -> None:
         """Nothing moves on one server."""
 
@@ -147,6 +151,10 @@ class ClusterCommands:
         """HMGET on the owner of ``key``."""
         return await self._run(key, "HMGET", key, *fields)
 
+    async def spublish(self, name: str, data: bytes) -> Any:
+        """SPUBLISH on the owner of shard channel ``name``."""
+        return await self._run(name, "SPUBLISH", name, data)
+
     async def _run(self, key: str, *args: Any) -> Any:
         node = self._cluster.get_node_from_key(key)
         assert node is not None
@@ -206,6 +214,10 @@ class ClusterRedis:
         assert node is not None
         name: str = node.name
         return name
+
+    async def publish(self, name: str, data: bytes) -> None:
+        """SPUBLISH ``data`` on shard channel ``name`` (on the master that owns it)."""
+        await self.commands.spublish(name, data)
 
     def pubsub(self, shard: str) -> PubSub:
         """A new pub/sub connection (not yet connected) to master ``shard``."""

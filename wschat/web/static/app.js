@@ -1,439 +1,809 @@
-// wschat browser client: plain JavaScript, no build step, no dependencies.
+// wschat browser client: plain JavaScript modules, no build step, no dependencies.
 //
-// One WebSocket per page, opened on /ws?room=NAME. After every open the client
-// sends a `join` for the room (with `since` when it has a stored position) and
-// the server answers with `history`, `presence`, then live events.
+// One WebSocket for all the rooms the user is in. It opens on /ws?room=FIRST
+// (a connection is in its URL room from the start) and then sends a `join` per
+// room, with `since` when the page has a position there; each join is answered
+// with `history` (what was missed), `presence`, then live events.
 //
-// Safety rule for this file: text that came from users or the server
-// (usernames, messages, error reasons) is only ever put into the page with
-// textContent / createTextNode, never as HTML.
-'use strict';
+// Live messages that arrive for a room between the open and its history wait
+// in that room's `pending` list: showing them first would move the position
+// past messages the history is about to deliver.
+//
+// Safety rule: text from users or the server goes into the page only through
+// textContent (conversation.js, and el() below), never as HTML.
 
-(() => {
-  // -- Settings ---------------------------------------------------------------
+import { Conversation } from './conversation.js';
+import { checkName, MAX_MESSAGE_LENGTH, messageLength } from './names.js';
+import { Connection } from './connection.js';
+import { errorReason } from './reasons.js';
+import { Outbox } from './outbox.js';
+import { loadState, loadToken, saveState, saveToken, tokenIdentity } from './store.js';
+import { Typing } from './typing.js';
 
-  const BACKOFF_BASE_MS = 500; // first retry within 0..500 ms
-  const BACKOFF_CAP_MS = 10_000; // retries never wait longer than 10 s
-  // How long to hold back live messages after a join while waiting for its
-  // history (see `pending` below) before giving up and showing them anyway.
-  const HISTORY_WAIT_MS = 5_000;
-  const MAX_RENDERED = 2_000; // oldest lines are dropped beyond this
-  const STICK_TO_BOTTOM_PX = 48; // "at the bottom" tolerance for auto-scroll
-  const ROOM_PATTERN = /^[A-Za-z0-9_-]{1,64}$/; // same rule as the server
-  const MAX_USERNAME_LENGTH = 32;
-  const STORAGE_KEY = 'wschat.identity';
-  const MISSED_NOTICE = 'Some messages were missed while you were away';
+// -- Settings -------------------------------------------------------------------
 
-  // -- Elements ---------------------------------------------------------------
+const HISTORY_WAIT_MS = 5_000; // give up holding live messages back for a history after this
+const MAX_ITEMS = 500; // per room in memory; the oldest are dropped beyond this
+const STICK_TO_BOTTOM_PX = 48; // "at the bottom" tolerance for auto-scroll
+const ROOM_PATTERN = /^[A-Za-z0-9_-]{1,64}$/; // same rule as the server
+const JOIN_RETRY_MS = 1_500; // a join dropped by the rate limit is sent again after this
+const SAVE_DELAY_MS = 200;
+const MISSED_NOTICE = 'Some messages were missed while you were away';
+const JOIN_ERRORS = new Set([
+  'bad_username', 'name_confusable', 'username_mismatch', 'bad_room', 'forbidden',
+  'too_many_rooms', 'bad_since', 'unavailable', 'no_username',
+]);
+const NAME_ERRORS = new Set(['bad_username', 'name_confusable', 'username_mismatch', 'no_username']);
+const narrow = window.matchMedia('(max-width: 47.99rem)');
 
-  const $ = (id) => document.getElementById(id);
-  const els = {
-    joinForm: $('join-form'),
-    username: $('username'),
-    room: $('room'),
-    connect: $('connect'),
-    status: $('status'),
-    roomName: $('room-name'),
-    members: $('members'),
-    messages: $('messages'),
-    sendForm: $('send-form'),
-    message: $('message'),
-    sendHint: $('send-hint'),
-  };
+// -- Elements -------------------------------------------------------------------
 
-  // -- State ------------------------------------------------------------------
+const $ = (id) => document.getElementById(id);
+const els = Object.fromEntries(
+  [
+    'rooms-toggle', 'total-unread', 'status', 'sidebar', 'join-form', 'name-field', 'username',
+    'username-note', 'identity', 'identity-name', 'sign-out', 'room', 'room-note', 'connect',
+    'token-form', 'token-reason', 'token', 'rooms', 'no-rooms', 'room-name', 'members', 'room-title',
+    'connection', 'scroller', 'messages', 'outgoing', 'typing', 'send-form', 'message', 'send',
+    'counter', 'send-hint',
+  ].map((id) => [id.replace(/-(.)/g, (_, c) => c.toUpperCase()), $(id)]),
+);
 
-  const state = {
-    status: 'disconnected', // connecting | connected | disconnected
-    username: '', // who we join as ('' until the join form is submitted)
-    room: '', // the room we are in
-    socket: null, // the current WebSocket; events from older sockets are ignored
-    attempt: 0, // consecutive failed connects, for the backoff
-    retryTimer: null,
-    // Between open and the join's `history`, live messages can already arrive
-    // (a connection is in its URL room from the start). Showing them first
-    // would advance the stored position past messages the history is about to
-    // deliver, so they wait here and are shown after the history.
-    awaitingHistory: false,
-    pending: [],
-    historyTimer: null,
-    members: new Set(),
-  };
+const el = (tag, className, text) => {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text !== undefined) node.textContent = text;
+  return node;
+};
 
-  // Per room, the position of the newest message shown: { epoch, seq }.
-  // Used as `since` when (re)joining and to never show a message twice.
-  const positions = {};
+// -- State ----------------------------------------------------------------------
 
-  // -- Connection status ------------------------------------------------------
+const state = {
+  status: 'disconnected', // connecting | connected | disconnected
+  username: '', // the name we join as, in the server's normal form ('' until chosen)
+  token: '', // a sign-in token, when the server wants one
+  identity: null, // {sub, name} read from the token
+  rooms: new Map(), // name -> room (see newRoom)
+  order: [], // room names, in the order of the room list
+  active: '', // the room on screen
+  joinQueue: [], // rooms whose join is unanswered, in the order sent (errors carry no room)
+};
 
-  const setStatus = (status) => {
-    state.status = status;
-    els.status.textContent = status;
-    els.status.dataset.state = status;
-    document.body.dataset.state = status;
-  };
+const newRoom = (name, saved = {}) => ({
+  name,
+  position: saved.position ?? null, // {epoch, seq} of the newest message shown
+  items: saved.items ?? [], // what the conversation shows (messages, join/leave lines, notices)
+  unread: saved.unread ?? 0,
+  newFrom: -1, // index of the first item to mark "New" when the room is shown
+  members: new Set(),
+  joined: false, // its history arrived on the current connection
+  awaitingHistory: false,
+  pending: [],
+  historyTimer: null,
+});
 
-  // -- Connecting and reconnecting --------------------------------------------
+const activeRoom = () => state.rooms.get(state.active) ?? null;
+const myName = () => state.identity?.sub ?? state.username;
+const isOwn = (username) => username !== '' && username === myName();
+const displayName = (event) => String(event.name || event.username || '');
 
-  const socketUrl = (room) => {
-    const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
-    return `${scheme}//${location.host}/ws?room=${encodeURIComponent(room)}`;
-  };
+const conversation = new Conversation(els.messages, { isOwn, nameOf: displayName });
+const typing = new Typing((room) => {
+  if (room === state.active) els.typing.textContent = typing.text(room);
+});
 
-  const isOpen = () => state.socket !== null && state.socket.readyState === WebSocket.OPEN;
+// -- Saving ---------------------------------------------------------------------
 
-  const send = (payload) => {
-    if (!isOpen()) return false;
-    state.socket.send(JSON.stringify(payload));
-    return true;
-  };
-
-  const clearTimer = (name) => {
-    if (state[name] !== null) {
-      clearTimeout(state[name]);
-      state[name] = null;
-    }
-  };
-
-  const connect = () => {
-    clearTimer('retryTimer');
-    setStatus('connecting');
-    let socket;
-    try {
-      socket = new WebSocket(socketUrl(state.room));
-    } catch (err) {
-      // Only a malformed URL throws here; treat it like any failed attempt.
-      console.error('wschat: cannot open WebSocket', err);
-      setStatus('disconnected');
-      scheduleReconnect();
-      return;
-    }
-    state.socket = socket;
-    // Every handler first checks that this socket is still the current one,
-    // so a socket we replaced or closed on purpose cannot touch the page.
-    socket.addEventListener('open', () => socket === state.socket && onOpen());
-    socket.addEventListener('message', (e) => socket === state.socket && onFrame(e.data));
-    socket.addEventListener('close', (e) => socket === state.socket && onClose(e));
-    // 'error' is always followed by 'close', which does the work.
-  };
-
-  // Close the current socket on purpose (switching room or name): no reconnect.
-  const disconnect = () => {
-    clearTimer('retryTimer');
-    clearTimer('historyTimer');
-    const socket = state.socket;
-    state.socket = null; // detaches the handlers above
-    state.awaitingHistory = false;
-    state.pending = [];
-    if (socket !== null && socket.readyState <= WebSocket.OPEN) socket.close(1000, 'bye');
-    setStatus('disconnected');
-  };
-
-  // Exponential backoff with full jitter: random(0, min(cap, base * 2^attempt)).
-  const scheduleReconnect = () => {
-    clearTimer('retryTimer');
-    const ceiling = Math.min(BACKOFF_CAP_MS, BACKOFF_BASE_MS * 2 ** state.attempt);
-    const delay = Math.random() * ceiling;
-    state.attempt += 1;
-    state.retryTimer = setTimeout(connect, delay);
-  };
-
-  const onOpen = () => {
-    // The backoff resets only once a join succeeds (onHistory): a server that
-    // accepts and then closes at once (hub down, draining) is not hammered.
-    setStatus('connected');
-    els.members.parentElement.classList.remove('stale');
-    hideHint();
-    const join = { type: 'join', room: state.room, username: state.username };
-    const since = positions[state.room];
-    if (since) join.since = { epoch: since.epoch, seq: since.seq };
-    state.awaitingHistory = true;
-    state.pending = [];
-    clearTimer('historyTimer');
-    state.historyTimer = setTimeout(flushPending, HISTORY_WAIT_MS);
-    send(join);
-  };
-
-  const onClose = (event) => {
-    state.socket = null;
-    clearTimer('historyTimer');
-    // Live messages held back for a history that never came are dropped: the
-    // stored position was not advanced past them, so the next join's history
-    // brings them back (or reports them missed).
-    state.awaitingHistory = false;
-    state.pending = [];
-    els.members.parentElement.classList.add('stale');
-    setStatus('disconnected');
-    console.info(`wschat: closed (${event.code}${event.reason ? ` ${event.reason}` : ''})`);
-    // Reconnect after any close: clean, server restart (1001), errors (1011,
-    // 1013), network loss (1006)...
-    scheduleReconnect();
-  };
-
-  // Back online after a network loss: don't wait out a long backoff.
-  window.addEventListener('online', () => {
-    if (state.retryTimer !== null) connect();
+let saveTimer = null;
+const saveNow = () => {
+  clearTimeout(saveTimer);
+  saveTimer = null;
+  saveState({
+    username: state.username,
+    active: state.active,
+    rooms: state.order.map((name) => state.rooms.get(name)),
   });
+  const params = new URLSearchParams();
+  if (state.active) params.set('room', state.active);
+  if (state.username && !state.identity) params.set('username', state.username);
+  history.replaceState(null, '', `${location.pathname}${location.search}${params.size ? `#${params}` : ''}`);
+};
+const scheduleSave = () => {
+  if (saveTimer === null) saveTimer = setTimeout(saveNow, SAVE_DELAY_MS);
+};
+window.addEventListener('pagehide', saveNow);
 
-  // -- Incoming events --------------------------------------------------------
+// -- Connection status and reasons -----------------------------------------------
 
-  const onFrame = (data) => {
-    let event;
-    try {
-      event = JSON.parse(data);
-    } catch {
-      console.warn('wschat: ignoring a frame that is not JSON');
-      return;
+const setStatus = (status) => {
+  state.status = status;
+  els.status.textContent = status;
+  els.status.dataset.state = status;
+  document.body.dataset.state = status;
+};
+
+// -- The connection ---------------------------------------------------------------
+
+const socketUrl = () => {
+  if (state.order.length === 0) return null;
+  const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
+  const params = new URLSearchParams({ room: state.order[0] });
+  if (state.token) params.set('token', state.token);
+  return `${scheme}//${location.host}/ws?${params}`;
+};
+
+const showConnection = (text) => {
+  els.connection.textContent = text;
+  els.connection.hidden = !text;
+};
+
+const connection = new Connection({
+  url: socketUrl,
+  opened: () => {
+    els.members.classList.remove('stale');
+    state.joinQueue = [];
+    for (const name of state.order) sendJoin(state.rooms.get(name));
+  },
+  received: (event) => onEvent(event),
+  lost: (failSends) => connectionLost(failSends),
+  signIn: (reason) => askForToken(reason),
+  status: setStatus,
+  notice: showConnection,
+});
+const send = (payload) => connection.send(payload);
+const isOpen = () => connection.isOpen();
+
+const sendJoin = (room) => {
+  const join = { type: 'join', room: room.name };
+  if (myName()) join.username = myName();
+  if (room.position) join.since = { epoch: room.position.epoch, seq: room.position.seq };
+  room.awaitingHistory = true;
+  room.pending = [];
+  clearTimeout(room.historyTimer);
+  room.historyTimer = setTimeout(() => flushPending(room), HISTORY_WAIT_MS);
+  state.joinQueue.push(room.name);
+  send(join);
+};
+
+// Whatever the connection held is gone: held-back messages (the next join's
+// history brings them again), typists, joins in flight; sends wait.
+const connectionLost = (failSends = '') => {
+  for (const room of state.rooms.values()) {
+    clearTimeout(room.historyTimer);
+    room.awaitingHistory = false;
+    room.pending = [];
+    room.joined = false;
+  }
+  state.joinQueue = [];
+  typing.clear();
+  outbox.connectionLost(failSends);
+  els.members.classList.add('stale');
+};
+
+// -- Incoming events ------------------------------------------------------------
+
+const onEvent = (event) => {
+  if (event.type === 'error') {
+    onError(event);
+    return;
+  }
+  if (event.type === 'ack') {
+    onAck(event);
+    return;
+  }
+  const room = state.rooms.get(typeof event.room === 'string' ? event.room : state.order[0]);
+  if (!room) return; // a room we left meanwhile
+  switch (event.type) {
+    case 'message':
+      if (room.awaitingHistory) room.pending.push(event);
+      else showMessage(room, event, true);
+      break;
+    case 'history':
+      onHistory(room, event);
+      break;
+    case 'presence':
+      room.members = new Set(Array.isArray(event.members) ? event.members.map(String) : []);
+      renderMembers();
+      break;
+    case 'joined':
+    case 'left':
+      onMembership(room, event);
+      break;
+    case 'typing':
+      onTyping(room, event);
+      break;
+    default:
+      console.warn('wschat: ignoring unknown event type', event.type);
+  }
+};
+
+const onHistory = (room, event) => {
+  connection.succeeded();
+  const queued = state.joinQueue.indexOf(room.name);
+  if (queued >= 0) state.joinQueue.splice(queued, 1);
+  const since = room.position;
+  if (since && since.epoch !== event.epoch) {
+    room.position = null; // the room's history was reset (new epoch): old seqs mean nothing
+  }
+  const recovering = room.position !== null; // what comes now was missed, not old
+  // A room we had seen nothing of (seq 0) and that the server has since forgotten
+  // (it keeps no empty rooms) is simply a new room: no "missed" alarm for it.
+  const forgottenEmpty = since !== null && since.seq === 0 && since.epoch !== event.epoch;
+  if (event.complete === false && !forgottenEmpty) {
+    addItem(room, { type: 'notice', text: MISSED_NOTICE, time: new Date().toISOString() });
+  }
+  const before = room.items.length;
+  for (const message of Array.isArray(event.messages) ? event.messages : []) {
+    showMessage(room, { room: room.name, ...message }, recovering);
+  }
+  if (recovering && room.items.length > before && room.newFrom < 0 && room.name === state.active) {
+    room.newFrom = before; // a "New" divider above what was missed
+    renderConversation();
+  }
+  // The history's own position covers the room up to now, even when it
+  // carried no messages (e.g. nothing new since our `since`).
+  if (typeof event.epoch === 'string' && Number.isInteger(event.seq)) {
+    const current = room.position;
+    if (!current || current.epoch !== event.epoch || current.seq < event.seq) {
+      room.position = { epoch: event.epoch, seq: event.seq };
     }
-    if (event === null || typeof event !== 'object') return;
-    // Room events for a room we are not showing (should not happen) are ignored.
-    if (typeof event.room === 'string' && event.room !== state.room) return;
+  }
+  room.joined = true;
+  flushPending(room);
+  // Messages sent before a disconnect and not in this history: send them again.
+  outbox.resume(room.name);
+  scheduleSave();
+};
 
-    switch (event.type) {
-      case 'message':
-        if (state.awaitingHistory) state.pending.push(event);
-        else showMessage(event);
-        break;
-      case 'history':
-        onHistory(event);
-        break;
-      case 'presence':
-        state.members = new Set(Array.isArray(event.members) ? event.members : []);
-        renderMembers();
-        break;
-      case 'joined':
-        state.members.add(String(event.username));
-        renderMembers();
-        break;
-      case 'left':
-        state.members.delete(String(event.username));
-        renderMembers();
-        break;
-      case 'error':
-        appendLine('error', `Error${event.code ? ` (${event.code})` : ''}: ${event.reason ?? ''}`);
-        // A rejected join never gets its history: stop holding messages back.
-        if (state.awaitingHistory) {
-          flushPending();
-          // The hub backend is down: reconnect (with backoff) and join again, so
-          // history and presence are not silently missing.
-          if (event.code === 'unavailable' && state.socket) state.socket.close(4000, 'rejoin');
-        }
-        break;
-      default:
-        console.warn('wschat: ignoring unknown event type', event.type);
-    }
-  };
+// Show live messages that arrived before the join's history (dedup applies).
+const flushPending = (room) => {
+  clearTimeout(room.historyTimer);
+  room.historyTimer = null;
+  room.awaitingHistory = false;
+  const pending = room.pending;
+  room.pending = [];
+  for (const event of pending) showMessage(room, event, true);
+};
 
-  const onHistory = (event) => {
-    state.attempt = 0;
-    const room = state.room;
-    const stored = positions[room];
-    if (stored && stored.epoch !== event.epoch) {
-      // The room's history was reset (new epoch): old seqs mean nothing now.
-      delete positions[room];
-    }
-    if (event.complete === false) appendLine('notice', MISSED_NOTICE);
-    for (const message of Array.isArray(event.messages) ? event.messages : []) {
-      showMessage({ room, ...message });
-    }
-    // The history's own position covers the room up to now, even when it
-    // carried no messages (e.g. nothing new since our `since`).
-    if (typeof event.epoch === 'string' && Number.isInteger(event.seq)) {
-      const current = positions[room];
-      if (!current || current.epoch !== event.epoch || current.seq < event.seq) {
-        positions[room] = { epoch: event.epoch, seq: event.seq };
-      }
-    }
-    flushPending();
-  };
+// Show one chat message unless it was shown already; update the position.
+// `counts`: a message the user has not seen (live, or missed while away).
+const showMessage = (room, event, counts) => {
+  if (typeof event.epoch === 'string' && Number.isInteger(event.seq)) {
+    const stored = room.position;
+    if (stored && stored.epoch === event.epoch && event.seq <= stored.seq) return;
+    room.position = { epoch: event.epoch, seq: event.seq };
+  }
+  const username = String(event.username ?? '');
+  if (event.id && isOwn(username)) outbox.delivered(event.id);
+  typing.forget(room.name, username);
+  const item = { type: 'message', username, message: String(event.message ?? ''), time: event.time };
+  for (const key of ['name', 'seq', 'epoch', 'id']) if (event[key] !== undefined) item[key] = event[key];
+  if (event.server === true) item.server = true;
+  if (counts && !isOwn(username) && room.name !== state.active) room.unread += 1;
+  addItem(room, item);
+};
 
-  // Show live messages that arrived before the join's history (dedup applies).
-  const flushPending = () => {
-    clearTimer('historyTimer');
-    state.awaitingHistory = false;
-    const pending = state.pending;
-    state.pending = [];
-    pending.forEach(showMessage);
-  };
+const onMembership = (room, event) => {
+  const username = String(event.username ?? '');
+  if (event.type === 'joined') room.members.add(username);
+  else room.members.delete(username);
+  renderMembers();
+  if (isOwn(username)) return; // our own comings and goings are no news to us
+  if (event.type === 'left') typing.forget(room.name, username);
+  const item = { type: event.type, username, time: new Date().toISOString() };
+  if (event.name) item.name = String(event.name);
+  addItem(room, item);
+};
 
-  // Show one chat message unless it was shown already; update the position.
-  const showMessage = (event) => {
-    const room = event.room ?? state.room;
-    const hasPosition = typeof event.epoch === 'string' && Number.isInteger(event.seq);
-    if (hasPosition) {
-      const stored = positions[room];
-      if (stored && stored.epoch === event.epoch && event.seq <= stored.seq) return;
-      // Same epoch: newer seq. Different epoch: the room was reset; start over.
-      positions[room] = { epoch: event.epoch, seq: event.seq };
-    }
-    renderMessage(event);
-  };
+const addItem = (room, item) => {
+  room.items.push(item);
+  if (room.items.length > MAX_ITEMS) {
+    room.items.splice(0, room.items.length - MAX_ITEMS);
+    if (room.name === state.active) renderConversation();
+  } else if (room.name === state.active) {
+    withAutoScroll(() => conversation.append(item));
+  }
+  renderRooms();
+  scheduleSave();
+};
 
-  // -- Rendering (textContent only) -------------------------------------------
+// A line in the room on screen that is not kept (errors).
+const showLine = (type, text) => {
+  const room = activeRoom();
+  const item = { type, text, time: new Date().toISOString() };
+  if (room) room.items.push(item);
+  withAutoScroll(() => conversation.append(item));
+};
 
-  const span = (className, text) => {
-    const el = document.createElement('span');
-    el.className = className;
-    el.textContent = text;
-    return el;
-  };
+const onError = (event) => {
+  if (event.id && outbox.refused(event.id, event.code, event.reason)) return;
+  if (event.code === 'bad_type' && /typing/.test(String(event.reason))) {
+    typing.supported = false; // an older server: stop sending `typing`, say nothing
+    return;
+  }
+  const roomName = JOIN_ERRORS.has(event.code) || event.code === 'rate_limited' ? state.joinQueue.shift() : undefined;
+  const room = roomName ? state.rooms.get(roomName) : undefined;
+  if (room && event.code === 'rate_limited') {
+    // The join itself was dropped: ask again once the server's bucket has refilled.
+    setTimeout(() => state.rooms.get(room.name) === room && isOpen() && !room.joined && sendJoin(room), JOIN_RETRY_MS);
+    return;
+  }
+  if (room) {
+    onJoinRefused(room, event);
+    return;
+  }
+  showLine('error', errorReason(event.code, event.reason));
+};
 
-  const formatTime = (iso) => {
-    const date = new Date(iso);
-    if (Number.isNaN(date.getTime())) return String(iso ?? '');
-    return date.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
-  };
+const onJoinRefused = (room, event) => {
+  flushPending(room);
+  const reason = errorReason(event.code, event.reason);
+  if (NAME_ERRORS.has(event.code)) {
+    // Every join carries the name, so no room can be joined: stop and let the user fix it.
+    connection.halt('');
+    showNameProblem(reason);
+    openSidebar(els.username);
+    return;
+  }
+  if (event.code === 'unavailable') {
+    // The hub backend is down: reconnect (with backoff) and join again, so
+    // history and presence are not silently missing.
+    showLine('error', reason);
+    connection.rejoin();
+    return;
+  }
+  removeRoom(room.name);
+  els.roomNote.textContent = `Could not join ${room.name}: ${reason}`;
+  els.roomNote.classList.add('error-text');
+  showLine('error', `Could not join ${room.name}: ${reason}`);
+};
 
-  // Run `append` and keep the list scrolled to the bottom if it was there.
-  const withAutoScroll = (append) => {
-    const list = els.messages;
-    const atBottom =
-      list.scrollHeight - list.scrollTop - list.clientHeight <= STICK_TO_BOTTOM_PX;
-    append();
-    while (list.childElementCount > MAX_RENDERED) list.firstElementChild.remove();
-    if (atBottom) list.scrollTop = list.scrollHeight;
-  };
+// -- Typing and sending --------------------------------------------------------------
 
-  const renderMessage = (event) => {
-    const line = document.createElement('div');
-    line.className = 'message';
-    const username = String(event.username ?? '');
-    if (username === state.username) line.classList.add('own');
-    if (Number.isInteger(event.seq)) line.dataset.seq = String(event.seq);
+const onTyping = (room, event) => {
+  const username = String(event.username ?? '');
+  if (username && !isOwn(username)) typing.heard(room.name, username);
+};
 
-    const time = span('time', formatTime(event.time));
-    if (event.time) time.title = String(event.time);
-    line.append(time, span('username', username), span('text', String(event.message ?? '')));
-    withAutoScroll(() => els.messages.append(line));
-  };
+const onAck = (event) => outbox.acked(event.id);
 
-  // A one-line notice or error inside the message list.
-  const appendLine = (className, text) => {
-    const line = document.createElement('div');
-    line.className = className;
-    if (className === 'error') line.setAttribute('role', 'alert');
-    line.textContent = text;
-    withAutoScroll(() => els.messages.append(line));
-  };
+// -- Rendering ------------------------------------------------------------------------
 
-  const renderMembers = () => {
-    const names = [...state.members].sort((a, b) => a.localeCompare(b));
-    const items = names.map((name) => {
-      const li = document.createElement('li');
-      li.textContent = name;
-      if (name === state.username) li.classList.add('self');
+// Run `change` and keep the list scrolled to the bottom if it was there.
+const withAutoScroll = (change) => {
+  const scroller = els.scroller;
+  const atBottom = scroller.scrollHeight - scroller.scrollTop - scroller.clientHeight <= STICK_TO_BOTTOM_PX;
+  change();
+  if (atBottom) scroller.scrollTop = scroller.scrollHeight;
+};
+
+const outbox = new Outbox({
+  send,
+  joined: (name) => state.rooms.get(name)?.joined === true,
+  list: els.outgoing,
+  update: withAutoScroll,
+});
+
+const renderConversation = () => {
+  const room = activeRoom();
+  conversation.reset(room ? room.items : [], room ? room.newFrom : -1);
+  els.scroller.scrollTop = els.scroller.scrollHeight;
+};
+
+const renderMembers = () => {
+  const room = activeRoom();
+  const names = [...(room?.members ?? [])].sort((a, b) => a.localeCompare(b));
+  els.members.replaceChildren(
+    ...names.map((name) => {
+      const li = el('li', isOwn(name) ? 'self' : '', name);
       return li;
+    }),
+  );
+  els.roomName.textContent = room ? `in ${room.name}` : '';
+};
+
+const renderRooms = () => {
+  let total = 0;
+  const items = state.order.map((name) => {
+    const room = state.rooms.get(name);
+    total += room.unread;
+    const li = el('li', 'room-entry');
+    const open = el('button', 'room-button');
+    open.type = 'button';
+    open.dataset.room = name;
+    if (name === state.active) open.setAttribute('aria-current', 'true');
+    open.append(el('span', 'room-label', name));
+    if (room.unread > 0) {
+      const badge = el('span', 'unread', String(room.unread));
+      badge.setAttribute('aria-label', `${room.unread} unread`);
+      open.append(badge);
+    }
+    open.addEventListener('click', () => {
+      setActive(name);
+      closeSidebar();
+      els.message.focus();
     });
-    els.members.replaceChildren(...items);
-  };
+    const leave = el('button', 'leave-button', '×');
+    leave.type = 'button';
+    leave.setAttribute('aria-label', `Leave ${name}`);
+    leave.title = `Leave ${name}`;
+    leave.dataset.leave = name;
+    leave.addEventListener('click', () => leaveRoom(name));
+    li.append(open, leave);
+    return li;
+  });
+  // Rebuilt on every unread change: keep the keyboard where it was.
+  const focused = els.rooms.contains(document.activeElement) ? document.activeElement : null;
+  els.rooms.replaceChildren(...items);
+  if (focused) {
+    const again = focused.dataset.room
+      ? els.rooms.querySelector(`[data-room="${focused.dataset.room}"]`)
+      : els.rooms.querySelector(`[data-leave="${focused.dataset.leave}"]`);
+    again?.focus();
+  }
+  els.noRooms.hidden = state.order.length > 0;
+  els.totalUnread.hidden = total === 0;
+  els.totalUnread.textContent = total ? String(total) : '';
+  els.totalUnread.setAttribute('aria-label', `${total} unread`);
+};
 
-  const showHint = (text) => {
-    els.sendHint.textContent = text;
-    els.sendHint.hidden = false;
-  };
+const renderHeader = () => {
+  const room = activeRoom();
+  els.roomTitle.textContent = room ? `# ${room.name}` : 'Choose a name and a room';
+  document.title = room ? `${room.name} · wschat` : 'wschat';
+};
 
-  const hideHint = () => {
-    els.sendHint.hidden = true;
-    els.sendHint.textContent = '';
-  };
+// -- Rooms ----------------------------------------------------------------------------
 
-  // -- Remembering name and room (URL hash, then localStorage) ----------------
+const setActive = (name) => {
+  const previous = activeRoom();
+  if (previous && previous.name !== name) previous.newFrom = -1; // its "New" divider was seen
+  const room = state.rooms.get(name);
+  if (!room) return;
+  state.active = name;
+  if (room.unread > 0) {
+    room.newFrom = firstUnread(room);
+    room.unread = 0;
+  }
+  renderHeader();
+  renderRooms();
+  renderConversation();
+  renderMembers();
+  els.typing.textContent = typing.text(name);
+  outbox.show(name);
+  scheduleSave();
+};
 
-  const loadIdentity = () => {
-    const fromHash = new URLSearchParams(location.hash.slice(1));
-    let stored = {};
-    try {
-      stored = JSON.parse(localStorage.getItem(STORAGE_KEY) ?? '{}') ?? {};
-    } catch {
-      // Storage disabled or corrupt: the hash (if any) still works.
-    }
-    return {
-      username: fromHash.get('username') ?? stored.username ?? '',
-      room: fromHash.get('room') ?? stored.room ?? '',
-    };
-  };
+// Where the "New" divider goes: before the room's last `unread` messages from others.
+const firstUnread = (room) => {
+  let left = room.unread;
+  for (let index = room.items.length - 1; index >= 0; index -= 1) {
+    const item = room.items[index];
+    if (item.type === 'message' && !isOwn(item.username)) left -= 1;
+    if (left === 0) return index;
+  }
+  return 0;
+};
 
-  const saveIdentity = (username, room) => {
-    const params = new URLSearchParams({ room, username });
-    history.replaceState(null, '', `#${params}`);
-    try {
-      localStorage.setItem(STORAGE_KEY, JSON.stringify({ username, room }));
-    } catch {
-      // Not fatal: only the prefill is lost.
-    }
-  };
+const addRoom = (name) => {
+  if (state.rooms.has(name)) return state.rooms.get(name);
+  const room = newRoom(name);
+  state.rooms.set(name, room);
+  state.order.push(name);
+  return room;
+};
 
-  // -- Forms --------------------------------------------------------------------
+const removeRoom = (name) => {
+  const room = state.rooms.get(name);
+  if (!room) return;
+  clearTimeout(room.historyTimer);
+  typing.clear(name);
+  state.rooms.delete(name);
+  state.order = state.order.filter((other) => other !== name);
+  outbox.forget(name);
+  if (state.active === name) state.active = state.order[0] ?? '';
+  setActive(state.active);
+  if (!state.active) {
+    renderHeader();
+    renderConversation();
+    renderMembers();
+    renderRooms();
+    outbox.show('');
+  }
+  scheduleSave();
+};
 
-  els.joinForm.addEventListener('submit', (e) => {
-    e.preventDefault();
-    const username = els.username.value.trim();
-    const room = els.room.value.trim() || 'lobby';
-    if (!username || username.length > MAX_USERNAME_LENGTH) {
-      appendLine('error', `Please enter a name of 1-${MAX_USERNAME_LENGTH} characters.`);
+const leaveRoom = (name) => {
+  send({ type: 'leave', room: name });
+  removeRoom(name);
+  if (state.order.length === 0) {
+    connection.disconnect();
+    showConnection('');
+    openSidebar(els.room);
+  }
+};
+
+// -- Identity ---------------------------------------------------------------------------
+
+const showNameProblem = (text) => {
+  els.usernameNote.textContent = text;
+  els.usernameNote.classList.toggle('error-text', Boolean(text));
+  els.username.setAttribute('aria-invalid', text ? 'true' : 'false');
+};
+
+const checkNameField = () => {
+  if (!els.username.value) {
+    showNameProblem('');
+    return null;
+  }
+  const result = checkName(els.username.value);
+  if (!result.ok) {
+    showNameProblem(result.reason);
+    return null;
+  }
+  showNameProblem('');
+  if (result.changed) {
+    els.usernameNote.textContent = `You will appear as “${result.name}” (the standard form of what you typed).`;
+  }
+  return result.name;
+};
+
+const renderIdentity = () => {
+  const signedIn = state.identity !== null || state.token !== '';
+  els.nameField.hidden = signedIn;
+  els.username.required = !signedIn;
+  els.identity.hidden = !signedIn;
+  els.identityName.textContent = state.identity ? state.identity.name : 'a token';
+  if (state.identity && state.identity.name !== state.identity.sub) {
+    els.identityName.title = state.identity.sub;
+  }
+};
+
+const askForToken = (reason) => {
+  connection.halt(reason);
+  els.tokenReason.textContent = state.token ? `${reason}. Enter a new token.` : `${reason}.`;
+  els.tokenForm.hidden = false;
+  openSidebar(els.token);
+};
+
+const useToken = (token) => {
+  state.token = token;
+  state.identity = token ? tokenIdentity(token) : null;
+  saveToken(token);
+  renderIdentity();
+};
+
+// -- Sidebar (a drawer on narrow screens) ----------------------------------------------
+
+const openSidebar = (focus) => {
+  if (narrow.matches) {
+    document.body.dataset.sidebar = 'open';
+    els.roomsToggle.setAttribute('aria-expanded', 'true');
+  }
+  focus?.focus();
+};
+
+const closeSidebar = () => {
+  if (document.body.dataset.sidebar !== 'open') return;
+  document.body.dataset.sidebar = 'closed';
+  els.roomsToggle.setAttribute('aria-expanded', 'false');
+};
+
+els.roomsToggle.addEventListener('click', () => {
+  if (document.body.dataset.sidebar === 'open') {
+    closeSidebar();
+    els.roomsToggle.focus();
+  } else {
+    openSidebar(els.sidebar.querySelector('.room-button, input:not([hidden])'));
+  }
+});
+
+document.addEventListener('keydown', (e) => {
+  if (e.key === 'Escape' && document.body.dataset.sidebar === 'open') {
+    closeSidebar();
+    els.roomsToggle.focus();
+  }
+});
+
+// -- Forms ------------------------------------------------------------------------------
+
+els.username.addEventListener('input', checkNameField);
+
+els.room.addEventListener('input', () => {
+  const room = els.room.value.trim();
+  const bad = room !== '' && !ROOM_PATTERN.test(room);
+  els.roomNote.textContent = bad ? 'Room names use 1-64 letters (A-Z, a-z), digits, _ or -.' : '';
+  els.roomNote.classList.toggle('error-text', bad);
+  els.room.setAttribute('aria-invalid', bad ? 'true' : 'false');
+});
+
+els.joinForm.addEventListener('submit', (e) => {
+  e.preventDefault();
+  let username = myName();
+  if (!state.token) {
+    if (!els.username.value.trim()) {
+      showNameProblem('Type a name first.');
       els.username.focus();
       return;
     }
-    if (!ROOM_PATTERN.test(room)) {
-      appendLine('error', 'Room names use 1-64 letters, digits, _ or -.');
-      els.room.focus();
+    username = checkNameField();
+    if (username === null) {
+      els.username.focus();
       return;
     }
-    saveIdentity(username, room);
-
-    if (room !== state.room) {
-      // New room: the list only ever shows one room, so start it afresh (the
-      // join without `since` brings the room's recent history).
-      els.messages.replaceChildren();
-      for (const key of Object.keys(positions)) delete positions[key];
-      state.members = new Set();
-      renderMembers();
-    }
+  }
+  const roomName = els.room.value.trim() || 'lobby';
+  if (!ROOM_PATTERN.test(roomName)) {
+    els.roomNote.textContent = 'Room names use 1-64 letters (A-Z, a-z), digits, _ or -.';
+    els.roomNote.classList.add('error-text');
+    els.room.focus();
+    return;
+  }
+  els.roomNote.textContent = '';
+  els.roomNote.classList.remove('error-text');
+  const renamed = !state.token && username !== state.username;
+  if (!state.token) {
     state.username = username;
-    state.room = room;
-    els.roomName.textContent = `in ${room}`;
-    document.title = `${room} · wschat`;
+    els.username.value = username;
+  }
+  const isNew = !state.rooms.has(roomName);
+  const room = addRoom(roomName);
+  setActive(roomName);
+  els.room.value = '';
+  els.room.placeholder = 'Another room';
+  if (renamed || connection.halted || connection.socket === null) {
+    connection.restart();
+  } else if (isNew && isOpen()) {
+    sendJoin(room);
+  }
+  saveNow();
+  closeSidebar();
+  els.message.focus();
+});
 
-    disconnect();
-    state.attempt = 0;
-    connect();
-    els.message.focus();
-  });
+els.tokenForm.addEventListener('submit', (e) => {
+  e.preventDefault();
+  const token = els.token.value.trim();
+  if (!token) {
+    els.token.focus();
+    return;
+  }
+  els.token.value = '';
+  els.tokenForm.hidden = true;
+  useToken(token);
+  connection.restart();
+  closeSidebar();
+});
 
-  els.sendForm.addEventListener('submit', (e) => {
+els.signOut.addEventListener('click', () => {
+  useToken('');
+  connection.disconnect();
+  els.username.focus();
+});
+
+const updateCounter = () => {
+  const { count, over, warn } = messageLength(els.message.value);
+  const limit = MAX_MESSAGE_LENGTH.toLocaleString('en');
+  els.counter.classList.toggle('over', over > 0);
+  if (over > 0) {
+    els.counter.textContent = `${count.toLocaleString('en')} of ${limit} characters: remove ${over.toLocaleString('en')} to send this message.`;
+  } else if (warn) {
+    els.counter.textContent = `${count.toLocaleString('en')} of ${limit} characters.`;
+  } else {
+    els.counter.textContent = '';
+  }
+};
+
+const showHint = (text) => {
+  els.sendHint.textContent = text;
+  els.sendHint.hidden = false;
+};
+
+const hideHint = () => {
+  els.sendHint.hidden = true;
+  els.sendHint.textContent = '';
+};
+
+els.message.addEventListener('input', () => {
+  updateCounter();
+  const room = activeRoom();
+  if (room?.joined && els.message.value.trim()) typing.typed(room.name, send);
+});
+
+els.message.addEventListener('keydown', (e) => {
+  if (e.key === 'Enter' && !e.shiftKey && !e.isComposing) {
     e.preventDefault();
-    const text = els.message.value;
-    if (!text.trim()) return;
-    if (!state.room) {
-      showHint('Join a room first; your message was kept.');
-      return;
-    }
-    // Not connected: keep the text in the input so nothing is lost.
-    if (!send({ type: 'message', room: state.room, message: text })) {
-      showHint('Not connected. Your message was kept; send it again once reconnected.');
-      return;
-    }
-    els.message.value = '';
-    hideHint();
-  });
+    els.sendForm.requestSubmit();
+  }
+});
 
-  // -- Start --------------------------------------------------------------------
+els.sendForm.addEventListener('submit', (e) => {
+  e.preventDefault();
+  const text = els.message.value;
+  if (!text.trim()) return;
+  const room = activeRoom();
+  if (!room) {
+    showHint('Join a room first; your message was kept.');
+    openSidebar(state.username || state.token ? els.room : els.username);
+    return;
+  }
+  const { over } = messageLength(text);
+  if (over > 0) {
+    showHint(`This message is ${over.toLocaleString('en')} characters over the limit of ${MAX_MESSAGE_LENGTH.toLocaleString('en')}; shorten it to send. Nothing was cut.`);
+    return;
+  }
+  // Not connected: keep the text in the input so nothing is lost.
+  if (!room.joined) {
+    showHint('Not connected. Your message was kept; send it again once reconnected.');
+    return;
+  }
+  outbox.add(room.name, text);
+  typing.sent(room.name); // typing again right away is news again
+  room.newFrom = -1;
+  els.message.value = '';
+  updateCounter();
+  hideHint();
+});
 
-  const identity = loadIdentity();
-  if (identity.username) els.username.value = identity.username;
-  if (identity.room) els.room.value = identity.room;
+// -- Start ------------------------------------------------------------------------------
+
+const start = () => {
+  // A token can come in the page's URL (a login flow sends the user here with it).
+  const query = new URLSearchParams(location.search);
+  const fromUrl = query.get('token');
+  if (fromUrl) {
+    query.delete('token'); // out of the address bar and the history
+    history.replaceState(null, '', `${location.pathname}${query.size ? `?${query}` : ''}${location.hash}`);
+  }
+  useToken(fromUrl || loadToken());
+
+  const saved = loadState();
+  const hash = new URLSearchParams(location.hash.slice(1));
+  const hashName = hash.get('username');
+  const hashRoom = hash.get('room');
+  state.username = (hashName ? checkName(hashName) : null)?.name ?? (saved.username ? checkName(saved.username).name ?? '' : '');
+  for (const room of saved.rooms) {
+    if (!ROOM_PATTERN.test(room.name) || state.rooms.has(room.name)) continue;
+    state.rooms.set(room.name, newRoom(room.name, room));
+    state.order.push(room.name);
+  }
+  if (hashRoom && ROOM_PATTERN.test(hashRoom)) addRoom(hashRoom);
+  const active = hashRoom && state.rooms.has(hashRoom) ? hashRoom : saved.active;
+  els.username.value = state.username;
+  els.room.value = state.order.length ? '' : 'lobby';
+  if (state.order.length) els.room.placeholder = 'Another room';
+  setActive(state.rooms.has(active) ? active : (state.order[0] ?? ''));
+  if (!state.active) {
+    renderHeader();
+    renderRooms();
+  }
   setStatus('disconnected');
-  // Prefilled name: one Enter/click on Join; otherwise start at the name.
-  (els.username.value ? els.connect : els.username).focus();
 
-  // For tests and debugging.
-  window.wschat = {
-    state: () => state.status,
-    get positions() {
-      return positions;
-    },
-    members: () => [...state.members],
-    room: () => state.room,
-    username: () => state.username,
-  };
-})();
+  if (state.order.length && myName()) {
+    // Name and rooms known: rejoin at once, from where the page left off.
+    connection.connect();
+    els.message.focus();
+  } else {
+    // Start where there is something to fill in (on a phone: in the open drawer).
+    let first = els.username;
+    if (state.token) first = els.room;
+    else if (els.username.value) first = els.connect;
+    openSidebar(first);
+  }
+};
+
+start();
+
+// For tests and debugging.
+window.wschat = {
+  state: () => state.status,
+  get positions() {
+    return Object.fromEntries(state.order.map((name) => [name, state.rooms.get(name).position]));
+  },
+  members: () => [...(activeRoom()?.members ?? [])],
+  room: () => state.active,
+  rooms: () => [...state.order],
+  unread: (name) => state.rooms.get(name)?.unread ?? 0,
+  joined: (name) => state.rooms.get(name)?.joined ?? false,
+  username: () => myName(),
+};

@@ -1,0 +1,246 @@
+"""The application layer in a real server: identities from real tokens, permissions,
+hooks, ephemeral events, server-side publishing — over loopback, on every loop.
+
+Tokens are signed with PyJWT; clients are the `websockets` library.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import jwt
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from wschat.app import App, AppConfig, Rejection
+from wschat.server import Server, ServerConfig
+
+from .helpers import ServerHandle, running_server, ws_url
+from .test_server import recv_json, recv_type
+
+pytestmark = [pytest.mark.anyio, pytest.mark.every_loop]
+
+SECRET = "wschat-test-secret-of-32-bytes-or-more!"
+AUDIENCE = "chat.example"
+
+
+def token(sub: str, lifetime: float = 300, key: str = SECRET, **claims: Any) -> str:
+    now = int(time.time())
+    payload = {"sub": sub, "iat": now, "exp": now + lifetime, "aud": AUDIENCE, **claims}
+    return jwt.encode(payload, key, algorithm="HS256")
+
+
+def app_server(**hooks: Any) -> Callable[[ServerConfig], Server]:
+    """A server factory for ``running_server``: an App with a JWT key and ``hooks``."""
+
+    def make(config: ServerConfig) -> Server:
+        leeway = hooks.pop("jwt_leeway", 30.0)
+        settings = AppConfig(jwt_secret=SECRET, jwt_audience=AUDIENCE, jwt_leeway=leeway)
+        return Server(app=App(config, settings, **hooks))
+
+    return make
+
+
+def url(server: ServerHandle, query: str = "") -> str:
+    return ws_url(server) + (f"?{query}" if query else "")
+
+
+async def refused(server: ServerHandle, query: str) -> tuple[int, bytes]:
+    with pytest.raises(InvalidStatus) as info:
+        await connect(url(server, query))
+    return info.value.response.status_code, info.value.response.body or b""
+
+
+async def open_as(server: ServerHandle, user: str, query: str = "", **claims: Any) -> Any:
+    ws = await connect(
+        url(server, "&".join(q for q in (query, f"token={token(user, **claims)}") if q))
+    )
+    hello = await recv_type(ws, "authenticated")
+    assert hello["username"] == user
+    return ws
+
+
+class TestIdentity:
+    async def test_the_token_decides_who_a_connection_is(self) -> None:
+        async with running_server(app_server()) as server:
+            alice = await open_as(server, "alice", name="Alice Liddell")
+            bob = await open_as(server, "bob")
+            await bob.send(json.dumps({"type": "join", "room": "lobby"}))
+            await recv_type(bob, "presence")
+            await alice.send(json.dumps({"type": "message", "message": "hi"}))
+            event = await recv_type(bob, "message")
+            assert (event["username"], event["name"], event["message"]) == (
+                "alice",
+                "Alice Liddell",
+                "hi",
+            )
+            # Naming someone else is refused, in a join and in the seed format.
+            await alice.send(json.dumps({"type": "join", "room": "lobby", "username": "bob"}))
+            assert (await recv_type(alice, "error"))["code"] == "username_mismatch"
+            await alice.send(json.dumps({"username": "bob", "message": "it is me, bob"}))
+            assert (await recv_type(alice, "error"))["code"] == "username_mismatch"
+            await bob.send(json.dumps({"type": "join", "room": "lobby"}))
+            presence = await recv_type(bob, "presence")
+            assert presence["members"] == ["alice", "bob"]
+            for ws in (alice, bob):
+                await ws.close()
+
+    @pytest.mark.parametrize(
+        ("make_query", "status", "said"),
+        [
+            (lambda: "", 401, b"a token is required"),
+            (lambda: f"token={token('alice', lifetime=-120)}", 401, b"expired"),
+            (lambda: f"token={token('alice', key='another-key-another-key-another!!')}", 401, b""),
+            (lambda: f"token={token('alice', aud='elsewhere')}", 401, b"aud"),
+            (
+                lambda: (
+                    "token="
+                    + jwt.encode({"sub": "alice", "exp": time.time() + 60}, None, algorithm="none")
+                ),
+                401,
+                b"",
+            ),
+        ],
+        ids=["missing", "expired", "wrong-key", "wrong-audience", "alg-none"],
+    )
+    async def test_a_bad_token_is_401_at_the_handshake(
+        self, make_query: Callable[[], str], status: int, said: bytes
+    ) -> None:
+        async with running_server(app_server()) as server:
+            got, body = await refused(server, make_query())
+            assert got == status and said in body and body.strip()
+
+    async def test_first_message_auth_and_its_timeout(self) -> None:
+        async with running_server(app_server(), handshake_timeout=1) as server:
+            async with connect(url(server, "auth=message")) as ws:
+                await ws.send(json.dumps({"type": "auth", "token": token("carol")}))
+                assert (await recv_type(ws, "authenticated"))["username"] == "carol"
+                await ws.send(json.dumps({"type": "message", "message": "signed in"}))
+                assert (await recv_type(ws, "message"))["username"] == "carol"
+            async with connect(url(server, "auth=message")) as silent:
+                with pytest.raises(ConnectionClosed) as info:
+                    await recv_json(silent, timeout=5)
+                assert info.value.rcvd is not None and info.value.rcvd.code == 4401
+
+    async def test_an_expired_token_closes_4408_unless_refreshed(self) -> None:
+        async with running_server(app_server(jwt_leeway=0)) as server:
+            fresh = await open_as(server, "dave", lifetime=1)
+            stale = await open_as(server, "erin", lifetime=1)
+            await fresh.send(json.dumps({"type": "auth", "token": token("dave", lifetime=60)}))
+            assert (await recv_type(fresh, "authenticated"))["expires"] > time.time() + 30
+            with pytest.raises(ConnectionClosed) as info:
+                await recv_json(stale, timeout=5)
+            assert info.value.rcvd is not None and info.value.rcvd.code == 4408
+            await anyio.sleep(0.5)
+            await fresh.send(json.dumps({"type": "message", "message": "still here"}))
+            assert (await recv_type(fresh, "message"))["message"] == "still here"
+            await fresh.close()
+
+
+class TestPermissions:
+    async def test_a_direct_room_admits_only_its_two_users(self) -> None:
+        async with running_server(app_server()) as server:
+            alice = await open_as(server, "alice")
+            bob = await open_as(server, "bob")
+            carol = await open_as(server, "carol")
+            for ws in (alice, bob):
+                await ws.send(json.dumps({"type": "join", "room": "dm:alice:bob"}))
+                await recv_type(ws, "presence")
+            await carol.send(json.dumps({"type": "join", "room": "dm:alice:bob"}))
+            assert (await recv_type(carol, "error"))["code"] == "forbidden"
+            await alice.send(
+                json.dumps({"type": "message", "room": "dm:alice:bob", "message": "psst"})
+            )
+            assert (await recv_type(bob, "message"))["message"] == "psst"
+            status, _ = await refused(server, f"room=dm:alice:bob&token={token('carol')}")
+            assert status == 403
+            for ws in (alice, bob, carol):
+                await ws.close()
+
+    async def test_the_rooms_claim_limits_where_a_token_goes(self) -> None:
+        async with running_server(app_server()) as server:
+            ws = await open_as(server, "frank", query="room=team:dev", rooms=["team:*"])
+            await ws.send(json.dumps({"type": "join", "room": "secret"}))
+            assert (await recv_type(ws, "error"))["code"] == "forbidden"
+            await ws.send(json.dumps({"type": "join", "room": "team:ops"}))
+            assert (await recv_type(ws, "history"))["room"] == "team:ops"
+            await ws.close()
+
+
+class TestHooks:
+    async def test_on_message_rewrites_or_refuses_for_the_sender_only(self) -> None:
+        async def moderate(identity: Any, room: str, text: str) -> str:
+            if "spam" in text:
+                raise Rejection("moderated", "no spam in this room")
+            return text.replace("darn", "d**n")
+
+        async with running_server(app_server(on_message=moderate)) as server:
+            alice = await open_as(server, "alice")
+            bob = await open_as(server, "bob")
+            await alice.send(json.dumps({"type": "message", "message": "buy spam", "id": "m1"}))
+            error = await recv_type(alice, "error")
+            assert (error["code"], error["reason"], error["id"]) == (
+                "moderated",
+                "no spam in this room",
+                "m1",
+            )
+            await alice.send(json.dumps({"type": "message", "message": "darn it"}))
+            assert (await recv_type(bob, "message"))["message"] == "d**n it"  # not the spam
+            for ws in (alice, bob):
+                await ws.close()
+
+    async def test_typing_reaches_the_others_not_the_sender(self) -> None:
+        async with running_server(app_server()) as server:
+            alice = await open_as(server, "alice", name="Alice")
+            bob = await open_as(server, "bob")
+            for ws in (alice, bob):
+                await ws.send(json.dumps({"type": "join", "room": "lobby"}))
+                await recv_type(ws, "presence")
+            await alice.send(json.dumps({"type": "typing", "room": "lobby"}))
+            typing = await recv_type(bob, "typing")
+            assert typing == {
+                "type": "typing",
+                "room": "lobby",
+                "username": "alice",
+                "name": "Alice",
+            }
+            await alice.send(json.dumps({"type": "message", "message": "after typing"}))
+            assert (await recv_json(alice))["type"] == "message"  # no typing event of its own
+            for ws in (alice, bob):
+                await ws.close()
+
+    async def test_app_publish_is_marked_as_the_server_s(self) -> None:
+        async with running_server(app_server()) as server:
+            alice = await open_as(server, "alice")
+            publish = functools.partial(server.app.publish, username="ops")
+            position = await server.call(publish, "lobby", "maintenance at 5")
+            event = await recv_type(alice, "message")
+            assert (event["username"], event["server"], event["seq"]) == ("ops", True, position.seq)
+            await alice.close()
+
+
+async def ack_or_error(ws: ClientConnection, message_id: str) -> dict[str, Any]:
+    while True:
+        event = await recv_json(ws)
+        if event.get("id") == message_id and event["type"] in ("ack", "error"):
+            return event
+
+
+class TestPerUserLimit:
+    async def test_a_user_s_connections_share_one_limit(self) -> None:
+        async with running_server(app_server(), user_rate=0.01, user_burst=3) as server:
+            tabs = [await open_as(server, "gina") for _ in range(2)]
+            answers = []
+            for n in range(6):
+                ws = tabs[n % 2]
+                await ws.send(json.dumps({"type": "message", "message": f"m{n}", "id": f"m{n}"}))
+                answers.append((await ack_or_error(ws, f"m{n}"))["type"])
+            assert answers == ["ack", "ack", "ack", "error", "error", "error"]
+            for ws in tabs:
+                await ws.close()
