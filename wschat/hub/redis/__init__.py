@@ -6,7 +6,8 @@ Rooms shared by many nodes, on one Redis or on a Redis Cluster. The parts:
 - :mod:`.scripts`: the Lua scripts (the ``.lua`` files beside this module).
 - :mod:`.topology`: one Redis (one shard) or a Cluster (one shard per master).
 - :mod:`.messages`: publish (atomic, idempotent with message ids), history,
-  and the per-shard pub/sub readers that deliver in order and never hide a gap.
+  relay, subscriptions and gap filling: delivery in order that never hides a gap.
+- :mod:`.reader`: one pub/sub connection per shard and the task that reads it.
 - :mod:`.presence`: per-room leases, heartbeats, sweeps and heals.
 - :mod:`.backend`: :class:`RedisBackend`, which composes them.
 

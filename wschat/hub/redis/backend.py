@@ -21,9 +21,9 @@ from ..backend import (
     Delivery,
     History,
 )
-from .messages import FAILURES, Limits, Messages
+from .messages import Limits, Messages
 from .presence import Presence
-from .topology import CLUSTER_SCHEME, ClusterRedis, SingleRedis, Topology
+from .topology import CLUSTER_SCHEME, FAILURES, ClusterRedis, SingleRedis, Topology
 
 logger = logging.getLogger("wschat.hub.redis")
 

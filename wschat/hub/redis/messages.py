@@ -38,43 +38,28 @@ subscribed to disappears from Redis after ``idle_ttl``.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import secrets
-from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import anyio
 from anyio.abc import TaskGroup
-from redis.asyncio.client import PubSub
-from redis.crc import key_slot
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisClusterException, RedisError
 
 from ...chat import Position
 from ..backend import BackendUnavailable, ChatMessage, Delivery, History, message_payload
 from . import keys, scripts
-from .topology import COMMAND_TIMEOUT, Topology
+from .reader import ShardReader
+from .topology import COMMAND_TIMEOUT, FAILURES, Topology
 
 logger = logging.getLogger("wschat.hub.redis")
 
-# Errors that mean "Redis cannot answer now" (the cluster client raises
-# RedisClusterException, outside RedisError, when no node or slot answers).
-FAILURES = (RedisError, RedisClusterException, OSError)
 _EPOCH_MARK = "E"
 _RELAY_MARK = b"R"
-_RECONNECT_MIN = 0.05
-_RECONNECT_MAX = 1.0
-# The reader PINGs after this long without traffic and gives the connection up
-# after two unanswered intervals (TCP keepalive alone takes minutes).
-_PING_INTERVAL = 5.0
-_CLOSE_TIMEOUT = 2.0
 
 
 @dataclass(slots=True, eq=False)
-class _Room:
+class Room:
     """A subscribed room: its channel, its shard and the last position delivered here.
 
     ``epoch`` is None until the baseline is read ("" when the room had no epoch
@@ -132,8 +117,8 @@ class Messages:
         self.limits = limits
         self._emit = emit
         self._resubscribed = resubscribed
-        self.rooms: dict[str, _Room] = {}
-        self._readers: dict[str, _ShardReader] = {}
+        self.rooms: dict[str, Room] = {}
+        self._readers: dict[str, ShardReader] = {}
         self._group: TaskGroup | None = None
         self.reconnects = 0
         """How many times a pub/sub connection was re-established."""
@@ -242,7 +227,7 @@ class Messages:
                 shard = self.topology.shard_of(room)
             except FAILURES as exc:
                 raise BackendUnavailable(f"no Redis shard serves {room!r}: {exc}") from exc
-            state = self.rooms[room] = _Room(keys.channel(room).encode(), shard)
+            state = self.rooms[room] = Room(keys.channel(room).encode(), shard)
             try:
                 await self.baseline(room, state)
             except FAILURES as exc:
@@ -270,7 +255,7 @@ class Messages:
         if reader is not None:
             await reader.remove(room, state)
 
-    async def baseline(self, room: str, state: _Room) -> None:
+    async def baseline(self, room: str, state: Room) -> None:
         """Record the room's position before subscribing: later messages get delivered."""
         meta = keys.room_key(room, "meta")
         epoch, seq = await self.topology.commands.hmget(meta, ["epoch", "seq"])
@@ -278,15 +263,15 @@ class Messages:
             state.epoch = epoch.decode() if isinstance(epoch, bytes) else ""
             state.seq = int(seq) if seq is not None else 0
 
-    def _reader(self, shard: str) -> _ShardReader:
+    def _reader(self, shard: str) -> ShardReader:
         reader = self._readers.get(shard)
         if reader is None:
-            reader = self._readers[shard] = _ShardReader(self, shard)
+            reader = self._readers[shard] = ShardReader(self, shard)
             assert self._group is not None, "Messages.start() first"
             self._group.start_soon(reader.run, name=f"wschat redis reader {shard or 'main'}")
         return reader
 
-    async def reroute(self, reader: _ShardReader) -> None:
+    async def reroute(self, reader: ShardReader) -> None:
         """After a shard failed: move its rooms whose slot another master owns now."""
         try:
             await self.topology.refresh()
@@ -306,7 +291,7 @@ class Messages:
 
     # -- delivery ------------------------------------------------------------------
 
-    async def on_event(self, room: str, state: _Room, data: bytes) -> None:
+    async def on_event(self, room: str, state: Room, data: bytes) -> None:
         """One pub/sub message of ``room``: deliver it in order, filling any gap first."""
         bar = data.index(b"|")
         if bar == 0:  # presence: no position
@@ -335,14 +320,14 @@ class Messages:
             state.seq = seq
             self._emit(room, Delivery(data[bar2 + 1 :], seq))
 
-    async def on_subscribed(self, room: str, state: _Room) -> None:
+    async def on_subscribed(self, room: str, state: Room) -> None:
         """Redis confirmed ``room``'s subscription: deliver what it missed meanwhile."""
         await self.fill(room, state)
         if state.active.is_set():
             self._resubscribed(room)  # came back after a loss
         state.active.set()
 
-    async def fill(self, room: str, state: _Room) -> None:
+    async def fill(self, room: str, state: Room) -> None:
         """Deliver the stream's messages after the last one this node delivered.
 
         Emits a gap marker first when some of them are gone from Redis.
@@ -364,132 +349,3 @@ class Messages:
                 state.seq = entry_seq
                 self._emit(room, Delivery(payload, entry_seq))
         state.seq = max(state.seq, seq)  # what is behind the marker is not delivered later
-
-
-class _ShardReader:
-    """The pub/sub connection to one shard and the task that reads it."""
-
-    def __init__(self, messages: Messages, shard: str) -> None:
-        self.messages = messages
-        self.shard = shard
-        self.rooms: dict[str, _Room] = {}
-        self.pubsub: PubSub | None = None
-        self._unsubscribing: Counter[bytes] = Counter()
-        topology = messages.topology
-        self._sharded = topology.sharded
-        self._message_kind = "smessage" if topology.sharded else "message"
-        self._subscribed_kind = "ssubscribe" if topology.sharded else "subscribe"
-
-    async def add(self, room: str, state: _Room) -> None:
-        """Carry ``room`` on this shard (subscribe now if connected)."""
-        self.rooms[room] = state
-        pubsub = self.pubsub
-        if pubsub is not None and state.epoch is not None:
-            try:
-                await self._subscribe(pubsub, [state.channel])
-            except FAILURES as exc:  # the reader reconnects and subscribes it
-                logger.debug("subscribing %s failed: %s", room, exc)
-
-    async def remove(self, room: str, state: _Room) -> None:
-        """Stop carrying ``room``."""
-        if self.rooms.get(room) is state:
-            del self.rooms[room]
-        pubsub = self.pubsub
-        if pubsub is not None:
-            try:
-                if self._sharded:
-                    self._unsubscribing[state.channel] += 1
-                    await pubsub.sunsubscribe(state.channel)
-                else:
-                    await pubsub.unsubscribe(state.channel)
-            except FAILURES as exc:  # a reconnect leaves it out anyway
-                logger.debug("unsubscribing %s failed: %s", room, exc)
-
-    async def _subscribe(self, pubsub: PubSub, channels: list[bytes]) -> None:
-        if not self._sharded:
-            await pubsub.subscribe(*channels)
-            return
-        # One SSUBSCRIBE may name several channels only if they share a slot.
-        by_slot: defaultdict[int, list[bytes]] = defaultdict(list)
-        for name in channels:
-            by_slot[key_slot(name)].append(name)
-        for same_slot in by_slot.values():
-            await pubsub.ssubscribe(*same_slot)
-
-    async def run(self) -> None:
-        """Connect, subscribe every room of the shard and deliver; reconnect on failure."""
-        messages = self.messages
-        topology = messages.topology
-        delay = _RECONNECT_MIN
-        connected_before = False
-        while True:
-            pubsub = topology.pubsub(self.shard)
-            try:
-                await pubsub.connect()  # type: ignore[no-untyped-call]
-                for room, state in list(self.rooms.items()):
-                    if state.epoch is None:
-                        await messages.baseline(room, state)
-                # From here add() subscribes new rooms itself.
-                self.pubsub = pubsub
-                self._unsubscribing.clear()
-                channels = [s.channel for s in self.rooms.values() if s.epoch is not None]
-                if channels:
-                    await self._subscribe(pubsub, channels)
-                if connected_before:
-                    messages.reconnects += 1
-                    logger.info(
-                        "pub/sub reconnected to %s (%d rooms)",
-                        topology.where(self.shard),
-                        len(channels),
-                    )
-                connected_before = True
-                delay = _RECONNECT_MIN
-                await self._consume(pubsub)
-            except FAILURES as exc:
-                logger.warning("pub/sub connection to %s lost: %s", topology.where(self.shard), exc)
-            except Exception:  # a bug must not take the node down: start over
-                logger.exception("pub/sub reader failed; reconnecting")
-            finally:
-                self.pubsub = None
-                with anyio.move_on_after(_CLOSE_TIMEOUT, shield=True):
-                    with contextlib.suppress(*FAILURES):
-                        await pubsub.aclose()  # type: ignore[no-untyped-call]
-            await anyio.sleep(delay)
-            delay = min(delay * 2, _RECONNECT_MAX)
-            if topology.sharded:
-                await messages.reroute(self)
-
-    async def _consume(self, pubsub: PubSub) -> None:
-        """Deliver pub/sub messages until the connection fails."""
-        messages = self.messages
-        rooms = self.rooms
-        silent = 0
-        while True:
-            msg: dict[str, Any] | None = await pubsub.get_message(timeout=_PING_INTERVAL)
-            if msg is None:
-                silent += 1
-                if silent > 2:
-                    raise RedisConnectionError("pub/sub connection stopped answering PING")
-                await pubsub.ping()
-                continue
-            silent = 0
-            kind = msg["type"]
-            if kind == self._message_kind:
-                room = keys.room_of_channel(msg["channel"])
-                state = rooms.get(room)
-                if state is not None:
-                    await messages.on_event(room, state, msg["data"])
-            elif kind == self._subscribed_kind:
-                room = keys.room_of_channel(msg["channel"])
-                state = rooms.get(room)
-                if state is not None and state.epoch is not None:
-                    await messages.on_subscribed(room, state)
-            elif kind == "sunsubscribe":
-                name: bytes = msg["channel"]
-                if self._unsubscribing[name] > 0:
-                    self._unsubscribing[name] -= 1
-                    if not self._unsubscribing[name]:
-                        del self._unsubscribing[name]
-                elif keys.room_of_channel(name) in rooms:
-                    # Redis dropped the subscription itself: the slot moved.
-                    raise RedisConnectionError(f"{name.decode()} moved to another shard")

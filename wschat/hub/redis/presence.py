@@ -41,8 +41,8 @@ import anyio
 from ...chat import membership_event, presence_event
 from ..backend import BackendUnavailable, Delivery
 from . import keys, scripts
-from .messages import FAILURES, Limits
-from .topology import Topology
+from .messages import Limits
+from .topology import FAILURES, Topology
 
 logger = logging.getLogger("wschat.hub.redis")
 

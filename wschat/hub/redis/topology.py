@@ -36,6 +36,9 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .keys import channel
 
+# Errors that mean "Redis cannot answer now" (the cluster client raises
+# RedisClusterException, outside RedisError, when no node or slot answers).
+FAILURES = (RedisError, RedisClusterException, OSError)
 COMMAND_TIMEOUT = 5.0
 CONNECT_TIMEOUT = 2.0
 # redis-py's cluster client refuses (rather than waits) past this many
