@@ -209,6 +209,10 @@ def settings_from_args(args: argparse.Namespace) -> AppConfig:
     return AppConfig(**{f.name: getattr(args, f.name) for f in fields(AppConfig)})
 
 
+class _Unset(list[str]):
+    """The value of a flag the operator did not give (see :func:`explicit_settings`)."""
+
+
 def explicit_settings(argv: Sequence[str] | None) -> frozenset[str]:
     """The settings the operator gave on the ``serve`` command line or in ``WSCHAT_*``.
 
@@ -217,7 +221,9 @@ def explicit_settings(argv: Sequence[str] | None) -> frozenset[str]:
     argv = list(sys.argv[1:] if argv is None else argv)
     serve = flags.Parser(prog="wschat serve", add_help=False)
     add_serve_arguments(serve)
-    unset = object()
+    # A list, so that append flags (--allow-host, --allow-origin) can copy and extend it;
+    # a copy is not ``unset``, so such a flag counts as given.
+    unset: list[str] = _Unset()
     dests = [action.dest for action in serve._actions]
     # argparse leaves alone what the namespace already holds, unless the argument is given.
     namespace = argparse.Namespace(**dict.fromkeys(dests, unset))
@@ -368,9 +374,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             "with memory:// each worker would be a separate chat",
             2,
         )
-    if urlsplit(config.hub_url).scheme not in ("memory", "redis", "rediss"):
+    if urlsplit(config.hub_url).scheme not in ("memory", "redis", "rediss", "redis-cluster"):
         return fail(
-            f"unknown hub backend {config.hub_url!r}: use memory:// or redis://host:port/db", 2
+            f"unknown hub backend {config.hub_url!r}: use memory://, redis://host:port/db"
+            " or redis-cluster://host:port[,host:port...]",
+            2,
         )
     if bool(config.certfile) != bool(config.keyfile):
         return fail("--certfile and --keyfile go together", 2)
