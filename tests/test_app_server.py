@@ -22,7 +22,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from wschat.app import App, AppConfig, Rejection
 from wschat.server import Server, ServerConfig
 
-from .helpers import ServerHandle, running_server, ws_url
+from .helpers import RedisProcess, ServerHandle, running_server, ws_url
 from .test_server import recv_json, recv_type
 
 pytestmark = [pytest.mark.anyio, pytest.mark.every_loop]
@@ -321,3 +321,33 @@ class TestWebSocketPathProbe:
             async with connect(f"{base.replace('http', 'ws')}?token={token('amy')}"):
                 full = await http.get(f"{base}?token={token('ben')}")
                 assert (full.status_code, full.headers["retry-after"]) == (503, "5")
+
+
+@pytest.mark.redis
+@pytest.mark.every_loop(loops=("asyncio", "uvloop"))
+async def test_the_api_works_across_nodes_on_redis() -> None:
+    with RedisProcess() as redis:
+        async with (
+            running_server(api_server, hub_url=redis.url) as node_a,
+            running_server(api_server, hub_url=redis.url) as node_b,
+            connect(ws_url(node_b)) as reader,
+            httpx.AsyncClient(headers={"authorization": f"Bearer {API_KEY}"}) as http,
+        ):
+            await reader.send(json.dumps({"type": "join", "room": "lobby", "username": "kim"}))
+            await recv_type(reader, "presence")
+            base = f"http://127.0.0.1:{node_a.port}/api"
+            sent = await http.post(
+                f"{base}/rooms/lobby/messages", json={"username": "ops", "message": "across"}
+            )
+            assert sent.status_code == 201
+            event = await recv_type(reader, "message")
+            assert (event["message"], event["server"], event["seq"]) == (
+                "across",
+                True,
+                sent.json()["seq"],
+            )
+            assert (await http.get(f"{base}/rooms")).json() == {
+                "rooms": [{"room": "lobby", "members": 1}]
+            }
+            presence = await http.get(f"{base}/rooms/lobby/presence")
+            assert presence.json()["members"] == ["kim"]

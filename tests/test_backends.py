@@ -364,6 +364,16 @@ async def test_presence_counts_users_once(nodes: Nodes) -> None:
     assert await backend.presence("never") == []
 
 
+async def test_rooms_lists_rooms_with_users_counted_once(nodes: Nodes) -> None:
+    backend, _ = await nodes.new()
+    await backend.presence_join("lobby", "c1", "alice")
+    await backend.presence_join("lobby", "c2", "alice")
+    await backend.presence_join("team:dev", "c3", "bob")
+    await backend.presence_join("gone", "c4", "carol")
+    await backend.presence_leave("gone", "c4")
+    assert await backend.rooms() == {"lobby": 1, "team:dev": 1}
+
+
 async def test_presence_events_only_to_subscribers(nodes: Nodes) -> None:
     backend, recorder = await nodes.new()
     await backend.presence_join("lobby", "c1", "alice")
@@ -415,9 +425,11 @@ async def test_presence_across_nodes(redis_nodes: Nodes) -> None:
     await b.presence_leave("lobby", "b1")
     await rec_b.wait(lambda: len(rec_b.presence("lobby")) == 3)
     assert rec_b.presence("lobby") == [("joined", "alice"), ("joined", "bob"), ("left", "alice")]
+    assert await a.rooms() == {"lobby": 1}  # bob, on node b: every node lists every room
     # A node that closes takes its members with it.
     await b.aclose()
     assert await a.presence("lobby") == []
+    assert await a.rooms() == {}
 
 
 @pytest.mark.redis

@@ -422,3 +422,20 @@ def test_an_app_that_cannot_be_loaded_is_one_line(capsys: pytest.CaptureFixture[
     )
     assert main(["serve", "tests.app_without_typing:nothing"]) == 2
     assert "has no attribute 'nothing'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("url", "said"),
+    [
+        (
+            "redis://127.0.0.1:abc/0",
+            "bad hub URL 'redis://127.0.0.1:abc/0': Port could not be cast",
+        ),
+        ("redis-cluster://h:abc", "bad hub URL 'redis-cluster://h:abc'"),
+        ("bogus://", "unknown hub backend 'bogus://'"),
+    ],
+)
+def test_a_bad_hub_url_is_one_line(url: str, said: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["serve", "--hub", url]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("wschat: ") and said in err and err.count("\n") == 1

@@ -43,7 +43,12 @@ _METRICS_SYNC_INTERVAL = 1.0
 _OPTIONS: list[tuple[str, str, Callable[[str], Any], str]] = [
     ("--host", "host", text, "address to listen on"),
     ("--port", "port", port, "TCP port (0: any free port)"),
-    ("--hub", "hub_url", text, "hub backend: memory:// or redis://host:port/db"),
+    (
+        "--hub",
+        "hub_url",
+        text,
+        "hub backend: memory://, redis://host:port/db or redis-cluster://host:port[,host:port...]",
+    ),
     ("--max-message-size", "max_message_size", count, "chat message cap in bytes (1009 over it)"),
     ("--max-request-head", "max_request_head", count, "request line + headers cap in bytes (431)"),
     ("--handshake-timeout", "handshake_timeout", positive, "seconds to send a complete request"),
@@ -380,6 +385,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             " or redis-cluster://host:port[,host:port...]",
             2,
         )
+    try:
+        app.hub  # noqa: B018 - makes the backend, which checks its URL
+    except ValueError as exc:
+        return fail(f"bad hub URL {config.hub_url!r}: {exc}", 2)
     if bool(config.certfile) != bool(config.keyfile):
         return fail("--certfile and --keyfile go together", 2)
     try:

@@ -198,3 +198,12 @@ class Backend(Protocol):
         Raises:
             BackendUnavailable: The backend cannot be reached.
         """
+
+    async def rooms(self) -> dict[str, int]:
+        """Every room with users present on any node → how many users (each once).
+
+        For the HTTP API's ``GET /api/rooms``: may cost a pass over every room.
+
+        Raises:
+            BackendUnavailable: The backend cannot be reached.
+        """

@@ -21,6 +21,7 @@ from ..backend import (
     Delivery,
     History,
 )
+from .keys import room_key
 from .messages import Limits, Messages
 from .presence import Presence
 from .topology import CLUSTER_SCHEME, FAILURES, ClusterRedis, SingleRedis, Topology
@@ -243,3 +244,25 @@ class RedisBackend:
             BackendUnavailable: Redis cannot be read now.
         """
         return await self._presence.members(room)
+
+    async def rooms(self) -> dict[str, int]:
+        """Every room with users present on a live node, with how many (each user once).
+
+        SCANs for rooms' user counts on every shard, then reads each room's
+        presence (so a dead node's users do not count): a call for an
+        operator's API, not for a hot path.
+
+        Raises:
+            BackendUnavailable: Redis cannot be read now.
+        """
+        try:
+            keys = await self.topology.scan(room_key("*", "users"))
+        except FAILURES as exc:
+            raise BackendUnavailable(f"Redis cannot list rooms: {exc}") from exc
+        counts: dict[str, int] = {}
+        for key in keys:
+            room = key.decode()[len("wschat:{") : -len("}:users")]
+            members = await self.presence(room)
+            if members:
+                counts[room] = len(members)
+        return counts

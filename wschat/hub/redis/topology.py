@@ -87,6 +87,10 @@ class SingleRedis:
         """PUBLISH ``data`` on channel ``name``."""
         await self.commands.publish(name, data)
 
+    async def scan(self, pattern: str) -> list[bytes]:
+        """Every key matching ``pattern`` (SCAN: the server is never blocked for long)."""
+        return [key async for key in self.commands.scan_iter(match=pattern, count=1000)]
+
     async def refresh(self) -> None:
         """Nothing moves on one server."""
 
@@ -231,6 +235,10 @@ class ClusterRedis:
                 host=host, port=int(port), **self._auth, **_client_options()
             )
         return client.pubsub()
+
+    async def scan(self, pattern: str) -> list[bytes]:
+        """Every key matching ``pattern`` on every master (SCAN on each)."""
+        return [key async for key in self.cluster.scan_iter(match=pattern, count=1000)]
 
     async def refresh(self) -> None:
         """Read the slot map again (after a failover or a slot migration)."""
