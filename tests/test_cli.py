@@ -35,6 +35,7 @@ from wschat.cli import build_parser, config_from_args, main
 from wschat.server import ServerConfig
 
 from .helpers import ROOT, free_port, process_output, require, server_process, wait_for_port
+from .test_server import raw_http
 
 # A log line of the server (wschat's logging format), as opposed to an error line.
 LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ (DEBUG|INFO|WARNING) ")
@@ -439,3 +440,20 @@ def test_a_bad_hub_url_is_one_line(url: str, said: str, capsys: pytest.CaptureFi
     assert main(["serve", "--hub", url]) == 2
     err = capsys.readouterr().err
     assert err.startswith("wschat: ") and said in err and err.count("\n") == 1
+
+
+def test_the_loop_flag_picks_the_event_loop_and_refuses_what_cannot_work(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    for loop in ("asyncio", "uvloop", "trio"):
+        with server_process("--loop", loop) as (proc, port):
+            request = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+            status, _, body = anyio.run(raw_http, port, request)
+            assert (status, body) == (200, b"ok\n"), loop
+            expected = "writes=task" if loop == "trio" else "writes=direct"
+            deadline = time.monotonic() + 10
+            while expected not in process_output(proc) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert expected in process_output(proc), loop
+    assert main(["serve", "--loop", "trio", "--hub", "redis://127.0.0.1:1/0"]) == 2
+    assert "--loop trio needs the memory hub" in capsys.readouterr().err

@@ -110,6 +110,12 @@ _OPTIONS: list[tuple[str, str, Callable[[str], Any], str]] = [
     ("--certfile", "certfile", text, "TLS certificate (PEM): serve https:// and wss://"),
     ("--keyfile", "keyfile", text, "TLS private key (PEM, unencrypted)"),
     ("--workers", "workers", count, "processes sharing the port (needs a shared hub, e.g. redis)"),
+    (
+        "--loop",
+        "event_loop",
+        flags.event_loop,
+        "event loop: auto (uvloop when installed), asyncio, uvloop, or trio (memory hub only)",
+    ),
 ]
 
 
@@ -312,14 +318,18 @@ async def _sync_metrics_forever(server: Server) -> None:
 
 
 def run(app: App, on_ready: Callable[[], None] | None = None) -> None:
-    """Serve ``app`` on asyncio (uvloop when installed) until a signal.
+    """Serve ``app`` until a signal, on ``app.config.event_loop`` (auto: uvloop when installed).
 
     Raises:
         StartupError: The server could not start.
     """
-    backend_options = {"use_uvloop": True} if importlib.util.find_spec("uvloop") else {}
+    loop = app.config.event_loop
+    if loop == "auto":
+        loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+    backend = "trio" if loop == "trio" else "asyncio"
+    backend_options = {"use_uvloop": True} if loop == "uvloop" else {}
     try:
-        anyio.run(run_server, app, on_ready, backend="asyncio", backend_options=backend_options)
+        anyio.run(run_server, app, on_ready, backend=backend, backend_options=backend_options)
     except* StartupError as group:
         failure: BaseException = group
         while isinstance(failure, BaseExceptionGroup):
@@ -391,6 +401,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fail(f"bad hub URL {config.hub_url!r}: {exc}", 2)
     if bool(config.certfile) != bool(config.keyfile):
         return fail("--certfile and --keyfile go together", 2)
+    if config.event_loop == "uvloop" and not importlib.util.find_spec("uvloop"):
+        return fail("--loop uvloop: uvloop is not installed (pip install 'wschat[uvloop]')", 2)
+    if config.event_loop == "trio" and not config.hub_url.startswith("memory:"):
+        return fail("--loop trio needs the memory hub: the Redis backend runs on asyncio", 2)
     try:
         check_before_serving(config)
     except StartupError as exc:

@@ -131,6 +131,16 @@ def networks(text: str) -> list[str]:
     return [network(item) for item in text.split(",") if item.strip()]
 
 
+EVENT_LOOPS = ("auto", "asyncio", "uvloop", "trio")
+
+
+def event_loop(text: str) -> str:
+    """One of :data:`EVENT_LOOPS`, any case."""
+    if text.lower() not in EVENT_LOOPS:
+        raise ValueError(f"not an event loop (use one of {', '.join(EVENT_LOOPS)})")
+    return text.lower()
+
+
 def log_level(text: str) -> str:
     """One of :data:`LOG_LEVELS`, any case."""
     if text.lower() not in LOG_LEVELS:

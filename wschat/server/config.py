@@ -55,6 +55,9 @@ class ServerConfig:
         certfile: TLS certificate (PEM); serve https/wss when set.
         keyfile: TLS private key (PEM).
         workers: Processes sharing the port (SO_REUSEPORT); needs a shared backend.
+        event_loop: What ``wschat serve`` runs on: ``auto`` (uvloop when installed,
+            else asyncio), ``asyncio``, ``uvloop`` or ``trio`` (memory hub only:
+            redis-py is asyncio's).
     """
 
     host: str = "127.0.0.1"
@@ -112,3 +115,4 @@ class ServerConfig:
     certfile: str | None = None
     keyfile: str | None = None
     workers: int = 1
+    event_loop: str = "auto"
