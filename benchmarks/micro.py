@@ -225,6 +225,9 @@ class _IdleTransport:
 
     def abort(self) -> None: ...
 
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return default
+
 
 async def _real_members(n: int) -> list[Any]:
     from wschat.server.flusher import Flusher

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import random
 import shutil
 import socket
 import ssl
@@ -42,6 +43,9 @@ def free_port() -> int:
     index = int(worker[2:]) if worker[2:].isdigit() else 0
     share = len(PORTS) // max(workers, 1)
     first = PORTS.start + index * share
+    if _port_cursor < 0:
+        # A random start: two suites running at once (two checkouts) rarely meet.
+        _port_cursor = random.randrange(share)
     for _ in range(share):
         _port_cursor = (_port_cursor + 1) % share
         port = first + _port_cursor

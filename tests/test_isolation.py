@@ -8,6 +8,7 @@ lose nothing.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -16,6 +17,7 @@ import socket
 import struct
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -28,7 +30,16 @@ from websockets.asyncio.client import connect
 from wschat.server import Server, ServerConfig
 
 from . import helpers
-from .helpers import ServerHandle, free_port, running_server, tls_files, wait_for_port, ws_url
+from .helpers import (
+    ServerHandle,
+    free_port,
+    process_output,
+    running_server,
+    server_process,
+    tls_files,
+    wait_for_port,
+    ws_url,
+)
 from .test_limits import RawClient, assert_room_works, client_frame
 from .test_server import raw_http, recv_json, wait_members
 
@@ -323,3 +334,63 @@ def test_more_sockets_than_descriptors_pauses_accepting_and_the_server_lives(
 @pytest.fixture(autouse=True)
 def quiet_injected_failures(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="wschat")
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+HEALTHZ = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+
+
+def test_pipeliners_that_never_read_cost_bounded_memory() -> None:
+    """The issue's case: 20 clients each pipeline 5,000 `GET /app.js` and never read
+    (it grew the server by 501 MiB). Now the answers wait while 64 KiB of them
+    are unsent, and the write timeout (no progress) drops the clients."""
+    with server_process("--write-timeout", "1") as (proc, port):
+        assert anyio.run(raw_http, port, HEALTHZ)[0] == 200
+        before = rss_kib(proc.pid)
+        request = b"GET /app.js HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" * 5000
+        clients = []
+        for _ in range(20):
+            sock = socket.create_connection(("127.0.0.1", port))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.sendall(request)
+            clients.append(sock)
+        peak = before
+        deadline = time.monotonic() + 10
+        while process_output(proc).count("write timeout") < 20 and time.monotonic() < deadline:
+            peak = max(peak, rss_kib(proc.pid))
+            time.sleep(0.1)
+        assert peak - before < 40 * 1024, f"grew {peak - before} KiB"
+        # Dropped by the write timeout: reset, their unread answers discarded.
+        for sock in clients:
+            sock.settimeout(10)
+            with pytest.raises(ConnectionResetError):
+                while sock.recv(1 << 20):
+                    pass
+            sock.close()
+        assert process_output(proc).count("write timeout: no progress") == 20
+        assert anyio.run(raw_http, port, HEALTHZ)[:3:2] == (200, b"ok\n")
+        assert "Traceback" not in process_output(proc)
+
+
+async def test_a_plain_tcp_probe_of_the_tls_port_is_one_info_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    options, context = tls_files(tmp_path)
+    async with running_server(**options) as server:
+        status_line = b""
+        with anyio.fail_after(5):
+            stream = await anyio.connect_tcp("127.0.0.1", server.port)
+            async with stream:
+                await stream.send(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+                with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError, OSError):
+                    status_line = await stream.receive()
+        assert not status_line.startswith(b"HTTP/1.1 200")
+        await assert_room_works(server, ssl_context=context)
+    lines = [r for r in caplog.records if "TLS handshake failed" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].levelname == "INFO"

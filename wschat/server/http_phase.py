@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from urllib.parse import parse_qs
 
 import anyio
-from anyio.abc import ByteStream
+from anyio.abc import ByteStream, SocketAttribute
 from anyio.streams.tls import TLSStream
 
 from ..app import Admission, App, Rejection, UpgradeRequest, upgrade_refusal
@@ -35,7 +35,7 @@ from .http import CONTENT_TYPE_TEXT, Response, method_not_allowed
 from .metrics import Metrics
 from .ratelimit import KeyedRateLimiter, address_key, client_address, parse_networks
 from .routes import Routes
-from .writer import send_with_timeout
+from .writer import reset_on_close, send_with_timeout
 
 logger = logging.getLogger("wschat.server")
 
@@ -146,14 +146,26 @@ class HttpPhase:
                     elif isinstance(event, RequestRejected):
                         self.metrics.handshakes_rejected.labels(str(event.status)).inc()
                         logger.info("x %s refused: %d %s", address, event.status, event.reason)
-                await self._send(stream, conn)
+                if not await self._send(stream, conn, address):
+                    return None
             if conn.close_expected():
                 return None
 
-    async def _send(self, stream: ByteStream, conn: ServerConnection) -> None:
+    async def _send(self, stream: ByteStream, conn: ServerConnection, address: str) -> bool:
+        """Send the answers; False when the client took nothing for the write timeout
+        (a pipeliner that does not read: dropped, one info line)."""
         data = b"".join(conn.data_to_send())
         if data:
-            await send_with_timeout(stream, data, self.config.write_timeout)
+            try:
+                await send_with_timeout(stream, data, self.config.write_timeout)
+            except TimeoutError:
+                reset_on_close(stream.extra(SocketAttribute.raw_socket, None))
+                self.metrics.handshakes_rejected.labels("write_timeout").inc()
+                logger.info(
+                    "! %s write timeout: no progress for %gs", address, self.config.write_timeout
+                )
+                return False
+        return True
 
     def _client_key(self, request: WebSocketRequest, peer_ip: str) -> str:
         forwarded = ", ".join(v for k, v in request.headers if k == "x-forwarded-for")

@@ -27,12 +27,15 @@ of :data:`WRITE_SLICE` bytes, each a unit of progress.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import socket
+import struct
 from collections.abc import Callable
-from typing import Protocol, cast
+from typing import Any, Protocol, cast
 
 import anyio
-from anyio.abc import ByteStream
+from anyio.abc import ByteStream, SocketAttribute
 
 from .constants import DISCONNECTED
 from .flusher import Flusher
@@ -51,9 +54,30 @@ class WriteTransport(Protocol):
     def get_write_buffer_size(self) -> int: ...
     def is_closing(self) -> bool: ...
     def abort(self) -> None: ...
+    def get_extra_info(self, name: str, default: Any = None) -> Any: ...
 
 
-WRITE_TRANSPORT_METHODS = ("write", "get_write_buffer_size", "is_closing", "abort")
+WRITE_TRANSPORT_METHODS = (
+    "write",
+    "get_write_buffer_size",
+    "is_closing",
+    "abort",
+    "get_extra_info",
+)
+
+
+def reset_on_close(sock: socket.socket | None) -> None:
+    """Make closing ``sock`` send RST and drop what the kernel still holds for it.
+
+    A client dropped for not reading has up to megabytes in the kernel's send
+    buffer; a plain close would keep sending them (and keep the memory) until
+    the client reads them. ``SO_LINGER`` 0 discards them at once.
+    """
+    if sock is None:
+        return
+    # Closed already: OSError, or ValueError from uvloop's pseudo-socket of a closed transport.
+    with contextlib.suppress(OSError, ValueError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
 
 
 class Writer:
@@ -237,6 +261,7 @@ class TransportWriter(Writer):
         return super().stalled_for(now)
 
     def _abort(self) -> None:
+        reset_on_close(self._transport.get_extra_info("socket"))
         self._transport.abort()
 
     async def drain(self, deadline: float) -> bool:
@@ -277,6 +302,7 @@ class TaskWriter(Writer):
         self._wakeup.set()
 
     def _abort(self) -> None:
+        reset_on_close(self._stream.extra(SocketAttribute.raw_socket, None))
         self._scope.cancel()
         self._wakeup.set()
 
