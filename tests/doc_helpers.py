@@ -131,3 +131,16 @@ def sign_in(page: Page, login_url: str, username: str, password: str) -> None:
     page.click("#login button")
     expect(page.locator("#chat")).to_be_visible()
     expect(page.locator("#me")).not_to_be_empty()
+
+
+def say(page: Page, text: str) -> None:
+    """Send ``text`` from the login example's page."""
+    page.fill("#text", text)
+    page.click("#send button")
+
+
+def open_direct_room(page: Page, peer: str, room: str) -> None:
+    """On the login example's page, open the direct room with ``peer`` ("private chat with…")."""
+    page.fill("#peer", peer)
+    page.click("#dm")
+    expect(page.locator("#room")).to_have_text(room)

@@ -31,7 +31,7 @@ from tests.browser_helpers import (
     join,
     send,
 )
-from tests.doc_helpers import Processes, shell_env, sign_in, with_ports
+from tests.doc_helpers import Processes, open_direct_room, say, shell_env, sign_in, with_ports
 from tests.helpers import ROOT, free_port
 
 pytestmark = pytest.mark.browser
@@ -87,8 +87,7 @@ def test_jwt_login_example(processes: Processes, new_page: OpenPage, shot: Shot)
     expect(alice.locator("#room")).to_have_text("lobby")
     sign_in(bob, login_url, "bob", "builder")
     expect(alice.locator("#log")).to_contain_text("bob joined")
-    alice.fill("#text", "hi bob")
-    alice.click("#send button")
+    say(alice, "hi bob")
     expect(bob.locator("#log div").last).to_have_text("Alice: hi bob")
     bob.locator("#text").press_sequentially("hel", delay=30)
     expect(alice.locator("#typing")).to_have_text("Bob is typing…")
@@ -96,13 +95,10 @@ def test_jwt_login_example(processes: Processes, new_page: OpenPage, shot: Shot)
 
     # A direct room: each opens it from "private chat with…"; both land in dm:alice:bob.
     for page, peer in ((alice, "bob"), (bob, "alice")):
-        page.fill("#peer", peer)
-        page.click("#dm")
-        expect(page.locator("#room")).to_have_text("dm:alice:bob")
+        open_direct_room(page, peer, "dm:alice:bob")
         expect(page.locator("#log")).to_contain_text("here: ")
     expect(alice.locator("#log")).to_contain_text("bob joined")
-    bob.fill("#text", "just us")
-    bob.click("#send button")
+    say(bob, "just us")
     expect(alice.locator("#log div").last).to_have_text("Bob: just us")
     shot(alice, "direct-room")
 

@@ -30,7 +30,16 @@ import pytest
 
 from tests import browser_helpers
 from tests.browser_helpers import OpenPage, Shot, expect
-from tests.doc_helpers import Processes, exported, shell, shell_env, sign_in, with_ports
+from tests.doc_helpers import (
+    Processes,
+    exported,
+    open_direct_room,
+    say,
+    shell,
+    shell_env,
+    sign_in,
+    with_ports,
+)
 from tests.helpers import ROOT, free_port
 
 if TYPE_CHECKING:
@@ -106,11 +115,6 @@ def processes(tmp_path: Path) -> Iterator[Processes]:
 
 def is_authenticated(payload: str | bytes) -> bool:
     return bool(json.loads(payload).get("type") == "authenticated")
-
-
-def say(page: Page, text: str) -> None:
-    page.fill("#text", text)
-    page.click("#send button")
 
 
 def messages(page: Page) -> list[str]:
@@ -198,9 +202,7 @@ def test_the_tutorial_works_as_written(
 
     # 3. A private room
     for page, peer in ((alice, "bob"), (bob, "alice")):
-        page.fill("#peer", peer)
-        page.click("#dm")
-        expect(page.locator("#room")).to_have_text("dm:alice:bob")
+        open_direct_room(page, peer, "dm:alice:bob")
     expect(alice.locator("#log")).to_contain_text("bob joined")
     say(bob, "only for you")
     expect(alice.locator("#log div").last).to_have_text("Bob: only for you")
