@@ -83,6 +83,8 @@ class OpenPage:
         self.artifacts = artifacts
         self.contexts: list[tuple[str, BrowserContext]] = []
         self.problems: list[str] = []
+        self.refusals_expected: list[str] = []
+        """URL paths whose error answers a test provokes on purpose (e.g. a wrong password)."""
 
     def __call__(self, name: str, viewport: dict[str, int] | None = None) -> Page:
         context = self.browser.new_context(viewport=viewport or DESKTOP)  # type: ignore[arg-type]
@@ -102,8 +104,8 @@ class OpenPage:
             url = message.location.get("url", "")
             # A missing asset (a module not in STATIC_FILES, say) or a CSP violation; the
             # page's own probe of a refused /ws answers with an error status on purpose.
-            failed_load = "the server responded with a status of" in message.text and (
-                "/ws" not in url
+            failed_load = "the server responded with a status of" in message.text and not any(
+                path in url for path in ["/ws", *self.refusals_expected]
             )
             if failed_load or "Content Security Policy" in message.text:
                 self.problems.append(f"{name}: {message.text} {url}")
@@ -234,12 +236,15 @@ def expect_message_once(page: Page, username: str, text: str) -> None:
 class ChatClient:
     """A chat user on the ``websockets`` library (not the page), for other people in a room."""
 
-    def __init__(self, port: int, username: str, room: str = "lobby") -> None:
-        self.username = username
+    def __init__(
+        self, port: int, username: str, room: str = "lobby", token: str | None = None
+    ) -> None:
+        self.username = username  # with a token: the token's user (its sub)
         # Unbounded queue: a client that reads little still reads the server's close frame.
         self._stack = contextlib.ExitStack()
+        url = f"ws://127.0.0.1:{port}/ws?room={room}" + (f"&token={token}" if token else "")
         self.socket: ClientConnection = self._stack.enter_context(
-            connect(f"ws://127.0.0.1:{port}/ws?room={room}", max_queue=None, close_timeout=2)
+            connect(url, max_queue=None, close_timeout=2)
         )
         self.join(room)
 

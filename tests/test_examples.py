@@ -2,9 +2,9 @@
 
 The login server runs for real on a loopback port and is driven by httpx; the
 tokens it issues are checked by the example chat app's own verifier. The
-moderation hook and the bot's answers are called as the server will call them.
-(End-to-end runs of each example, through ``wschat serve module:app``, come with
-the server integration.)
+moderation hook and the bot's answers are called as the server calls them.
+Each example run end to end, as its README says, is in test_examples_run.py;
+the tutorial that walks through them, in test_tutorial.py.
 """
 
 from __future__ import annotations

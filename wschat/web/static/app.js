@@ -25,7 +25,9 @@ import { Typing } from './typing.js';
 const HISTORY_WAIT_MS = 5_000; // give up holding live messages back for a history after this
 const MAX_ITEMS = 500; // per room in memory; the oldest are dropped beyond this
 const STICK_TO_BOTTOM_PX = 48; // "at the bottom" tolerance for auto-scroll
-const ROOM_PATTERN = /^[A-Za-z0-9_-]{1,64}$/; // same rule as the server
+// Same rule as the server: 1-128 of A-Z a-z 0-9 _ - :, not ':' first (team:dev, dm:alice:bob).
+const ROOM_PATTERN = /^[A-Za-z0-9_-][A-Za-z0-9_:-]{0,127}$/;
+const ROOM_RULE = 'Room names use 1-128 letters (A-Z, a-z), digits, _, - or :, not : first.';
 const JOIN_RETRY_MS = 1_500; // a join dropped by the rate limit is sent again after this
 const SAVE_DELAY_MS = 200;
 const MISSED_NOTICE = 'Some messages were missed while you were away';
@@ -62,7 +64,7 @@ const state = {
   status: 'disconnected', // connecting | connected | disconnected
   username: '', // the name we join as, in the server's normal form ('' until chosen)
   token: '', // a sign-in token, when the server wants one
-  identity: null, // {sub, name} read from the token
+  identity: null, // {sub, name}: read from the token, then as the server said (`authenticated`)
   rooms: new Map(), // name -> room (see newRoom)
   order: [], // room names, in the order of the room list
   active: '', // the room on screen
@@ -83,7 +85,8 @@ const newRoom = (name, saved = {}) => ({
 });
 
 const activeRoom = () => state.rooms.get(state.active) ?? null;
-const myName = () => state.identity?.sub ?? state.username;
+// Signed in: the token's user (as the server confirmed it); else the chosen name.
+const myName = () => (state.token ? (state.identity?.sub ?? '') : state.username);
 const isOwn = (username) => username !== '' && username === myName();
 const displayName = (event) => String(event.name || event.username || '');
 
@@ -105,7 +108,7 @@ const saveNow = () => {
   });
   const params = new URLSearchParams();
   if (state.active) params.set('room', state.active);
-  if (state.username && !state.identity) params.set('username', state.username);
+  if (state.username && !state.token) params.set('username', state.username);
   history.replaceState(null, '', `${location.pathname}${location.search}${params.size ? `#${params}` : ''}`);
 };
 const scheduleSave = () => {
@@ -155,6 +158,7 @@ const isOpen = () => connection.isOpen();
 
 const sendJoin = (room) => {
   const join = { type: 'join', room: room.name };
+  // With a token, only the token's user (no stale name from before the sign-in).
   if (myName()) join.username = myName();
   if (room.position) join.since = { epoch: room.position.epoch, seq: room.position.seq };
   room.awaitingHistory = true;
@@ -183,6 +187,10 @@ const connectionLost = (failSends = '') => {
 // -- Incoming events ------------------------------------------------------------
 
 const onEvent = (event) => {
+  if (event.type === 'authenticated') {
+    onAuthenticated(event);
+    return;
+  }
   if (event.type === 'error') {
     onError(event);
     return;
@@ -362,7 +370,7 @@ const onJoinRefused = (room, event) => {
 
 const onTyping = (room, event) => {
   const username = String(event.username ?? '');
-  if (username && !isOwn(username)) typing.heard(room.name, username);
+  if (username && !isOwn(username)) typing.heard(room.name, username, displayName(event));
 };
 
 const onAck = (event) => outbox.acked(event.id);
@@ -554,8 +562,20 @@ const renderIdentity = () => {
   els.username.required = !signedIn;
   els.identity.hidden = !signedIn;
   els.identityName.textContent = state.identity ? state.identity.name : 'a token';
-  if (state.identity && state.identity.name !== state.identity.sub) {
-    els.identityName.title = state.identity.sub;
+  els.identityName.title = state.identity && state.identity.name !== state.identity.sub ? state.identity.sub : '';
+};
+
+// The server accepted the token: who it says the user is wins over what the
+// page read from the token (an opaque token says nothing; a hook may rename).
+const onAuthenticated = (event) => {
+  const sub = String(event.username ?? '');
+  if (!sub) return;
+  const changed = state.identity?.sub !== sub;
+  state.identity = { sub, name: String(event.name || sub) };
+  renderIdentity();
+  if (changed) {
+    renderConversation(); // which messages are one's own
+    renderMembers();
   }
 };
 
@@ -612,7 +632,7 @@ els.username.addEventListener('input', checkNameField);
 els.room.addEventListener('input', () => {
   const room = els.room.value.trim();
   const bad = room !== '' && !ROOM_PATTERN.test(room);
-  els.roomNote.textContent = bad ? 'Room names use 1-64 letters (A-Z, a-z), digits, _ or -.' : '';
+  els.roomNote.textContent = bad ? ROOM_RULE : '';
   els.roomNote.classList.toggle('error-text', bad);
   els.room.setAttribute('aria-invalid', bad ? 'true' : 'false');
 });
@@ -634,7 +654,7 @@ els.joinForm.addEventListener('submit', (e) => {
   }
   const roomName = els.room.value.trim() || 'lobby';
   if (!ROOM_PATTERN.test(roomName)) {
-    els.roomNote.textContent = 'Room names use 1-64 letters (A-Z, a-z), digits, _ or -.';
+    els.roomNote.textContent = ROOM_RULE;
     els.roomNote.classList.add('error-text');
     els.room.focus();
     return;
@@ -779,7 +799,7 @@ const start = () => {
   }
   setStatus('disconnected');
 
-  if (state.order.length && myName()) {
+  if (state.order.length && (myName() || state.token)) {
     // Name and rooms known: rejoin at once, from where the page left off.
     connection.connect();
     els.message.focus();
