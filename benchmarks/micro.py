@@ -12,8 +12,8 @@ Each figure is the best of ``--repeat`` timeit repeats, per operation:
 - chat: ``parse_command`` and ``ChatSession.handle`` on a client message,
   ``message_event`` encoding the broadcast, ``format_time``;
 - hub: ``await hub.say(...)`` under anyio with a MemoryBackend and N members,
-  (a) fake members whose ``send`` appends to a list, (b) real ClientConnections
-  with their Outbox (no writer running); per-recipient cost is the slope
+  (a) fake members whose ``send`` appends to a list, (b) real Peers with their
+  TransportWriter (no flusher running); per-recipient cost is the slope
   between N = 10 and N = 10,000.
 """
 
@@ -209,27 +209,45 @@ def _drain(member: Any) -> None:
     if isinstance(member, FakeMember):
         member.box.clear()
     else:
-        member.outbox.discard()
+        member.writer.discard()
+
+
+class _IdleTransport:
+    """A transport that takes nothing: the flusher never runs in this benchmark."""
+
+    def write(self, data: bytes) -> None: ...
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def is_closing(self) -> bool:
+        return False
+
+    def abort(self) -> None: ...
 
 
 async def _real_members(n: int) -> list[Any]:
-    from wschat.server.client import ClientConnection
+    from wschat.server.flusher import Flusher
     from wschat.server.metrics import Metrics
-    from wschat.server.outbox import Outbox
+    from wschat.server.peer import Peer
     from wschat.server.ratelimit import TokenBucket
+    from wschat.server.writer import TransportWriter
 
     rng = random.Random(SEED)
     metrics = Metrics(lambda: {"rooms": 0, "members": 0, "broadcasts": 0, "deliveries": 0})
+    flusher = Flusher(lambda written: None)
     now = anyio.current_time()
     members = []
     for i in range(n):
+        writer = TransportWriter(1024 * 1024, _IdleTransport(), flusher)
+        writer.release()
         members.append(
-            ClientConnection(
+            Peer(
                 conn_id=f"real-{i}",
-                peer="127.0.0.1:1",
+                address="127.0.0.1:1",
                 path="/ws",
                 conn=open_server_connection(rng),
-                outbox=Outbox(1024 * 1024),
+                writer=writer,
                 session=ChatSession(ROOM),
                 bucket=TokenBucket(0, 20, now),
                 strikes=TokenBucket(0, 20, now),
@@ -350,7 +368,7 @@ def main() -> int:
     ]
     labels = {
         "fake": "fake members (send = list.append)",
-        "real": "real ClientConnection + Outbox (no writer)",
+        "real": "real Peer + TransportWriter (no flusher)",
     }
     for kind, result in hub.items():
         cells = " | ".join(f"{result['per_say'][n] * 1e6:,.1f} µs" for n in sizes)

@@ -42,29 +42,34 @@ RESULTS = servers.HERE / "results"
 COMPONENTS: list[tuple[str, tuple[str, ...]]] = [
     ("metrics (prometheus_client)", ("prometheus_client",)),
     # flusher path (92b9503+): one transport.write per dirty connection per batch
-    ("flush: Outbox.take (join queued frames)", ("take (wschat/server/outbox.py",)),
+    ("flush: Writer.take (join queued frames)", ("take (wschat/server/writer.py",)),
     (
         "flush: transport.write (uvloop -> send(2), kernel loopback)",
-        ("write_now (wschat/server/client.py",),
+        ("write_now (wschat/server/writer.py",),
     ),
     ("flush: Flusher loop", ("wschat/server/flusher.py",)),
     # writer-task path (974a021, and TLS/trio now)
     ("writer: write-timeout scope (anyio fail_after/CancelScope)", ("fail_after", "CancelScope")),
     ("writer: stream.send (anyio SocketStream -> transport.write)", ("send (anyio", "_sockets")),
-    ("writer: Outbox.get (wait for wakeup, new Event)", ("get (wschat/server/outbox.py",)),
-    ("writer: _write_loop own code", ("_write_loop",)),
+    (
+        "writer: TaskWriter.run own code",
+        ("run (wschat/server/writer.py", "_send (wschat/server/writer.py"),
+    ),
     # fan-out
-    ("fan-out: Outbox.put", ("put (wschat/server/outbox.py", "set (anyio")),
+    (
+        "fan-out: Writer.put",
+        ("put (wschat/server/writer.py", "_queued (wschat/server/writer.py", "set (anyio"),
+    ),
     ("fan-out: PreparedMessage.frame", ("frame (wschat/hub/hub.py",)),
-    ("fan-out: ClientConnection.send", ("send (wschat/server/client.py",)),
+    ("fan-out: Peer.send", ("send (wschat/server/peer.py",)),
     ("fan-out: Hub._deliver loop", ("_deliver (wschat/hub/hub.py",)),
     # once per message
     ("publish: JSON encode, history (MemoryBackend.publish)", ("publish (wschat/hub/memory.py",)),
     ("publish: Hub.say (timestamp)", ("say (wschat/hub/hub.py", "format_time")),
     ("reader: chat parse (session.handle / parse_command)", ("wschat/chat/", "replace (data")),
     ("reader: wsproto / ServerConnection.receive_data", ("wsproto", "wschat/protocol/")),
-    ("reader: receive + _read_loop + _on_event", ("_read_loop", "_receive (wschat", "_on_")),
-    ("keepalive / watchdog", ("_keepalive", "_watchdog", "_check (wschat")),
+    ("reader: receive + _read_loop + _on_event", ("_read_loop", "receive (wschat", "_on_")),
+    ("keepalive / watchdog", ("wschat/server/watchdog.py",)),
     ("event loop, task switches (asyncio/uvloop/anyio)", ("asyncio", "uvloop", "anyio")),
 ]
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import io
 import os
-import platform
+import re
 import resource
 import shutil
 import signal
@@ -18,12 +19,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from host import cpu_seconds, machine, rss_kib, system_cpu, wait_quiet
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 PYTHON = sys.executable
 
-SERVERS = ("wschat", "websockets")
+SERVERS = ("wschat", "picows", "websockets")
+PEERS = ("picows", "websockets")  # benchmarks/peers/<name>_server.py
 VARIANTS = ("duck", "trace")  # benchmarks/experiments/wschat_variants.py
+__all__ = ["cpu_seconds", "machine", "rss_kib", "system_cpu", "wait_quiet"]  # from host.py
 
 _SOURCES: dict[str, Path] = {}
 
@@ -31,17 +36,17 @@ _SOURCES: dict[str, Path] = {}
 def parse_kind(kind: str) -> tuple[str | None, str | None]:
     """Split a server name into (wschat source, experiment variant).
 
-    ``websockets``: the peer (no source). ``wschat``: a snapshot of the working
-    tree's ``wschat/``. ``wschat@REV``: ``wschat/`` as of git revision REV.
+    ``websockets``, ``picows``: the peers (no source). ``wschat``: a snapshot of
+    the working tree's ``wschat/``. ``wschat@REV``: ``wschat/`` as of git revision REV.
     ``...+VARIANT``: that source run through ``experiments/wschat_variants.py``.
     """
-    if kind == "websockets":
+    if kind in PEERS:
         return None, None
     base, _, variant = kind.partition("+")
     name, _, rev = base.partition("@")
     if name != "wschat" or (variant and variant not in VARIANTS):
         raise ValueError(
-            f"unknown server {kind!r}: websockets, wschat, wschat@REV, "
+            f"unknown server {kind!r}: {', '.join(PEERS)}, wschat, wschat@REV, "
             f"wschat[@REV]+{'|'.join(VARIANTS)}"
         )
     return (rev or "worktree"), (variant or None)
@@ -114,39 +119,79 @@ def _git(*args: str) -> str:
     return ""
 
 
-def command(kind: str, host: str, port: int) -> tuple[list[str], Path | None]:
+@dataclass(frozen=True)
+class Options:
+    """How a server is run beyond its name: compression, hub, rate limit.
+
+    Attributes:
+        compression: Offer permessage-deflate the server's way (wschat: ``--compression``
+            where the flag exists, otherwise the server's negotiate-when-offered default;
+            websockets: its default ``compression="deflate"``; picows has none).
+        hub_url: wschat's ``--hub`` (None: the memory hub).
+        rate: wschat's ``--rate``/``--burst`` (0: no limit, the limiter skipped).
+        extra: More ``wschat serve`` flags (experiments; not for the peers).
+    """
+
+    compression: bool = False
+    hub_url: str | None = None
+    rate: float = 0.0
+    extra: tuple[str, ...] = ()  # more wschat flags, for experiments
+
+
+@functools.cache
+def _serve_flags(src: Path) -> frozenset[str]:
+    """The long flags ``wschat serve --help`` of this source lists."""
+    env = dict(os.environ, PYTHONPATH=str(src))
+    text = subprocess.run(
+        [PYTHON, "-m", "wschat", "serve", "--help"],
+        cwd=src,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout
+    return frozenset(re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", text))
+
+
+def compression_flags(src: Path, compression: bool) -> list[str]:
+    """wschat's flags for compression on or off, before and after issue 9's ``--compression``.
+
+    Before issue 9 the server negotiates deflate whenever a client offers it and has
+    only ``--no-compression``; with issue 9 compression is off unless ``--compression``.
+    """
+    flags = _serve_flags(src)
+    if compression:
+        return ["--compression"] if "--compression" in flags else []
+    return ["--no-compression"] if "--no-compression" in flags else []
+
+
+def command(
+    kind: str, host: str, port: int, options: Options = Options()
+) -> tuple[list[str], Path | None]:
     """The command line that serves ``kind`` on ``host:port``, and its wschat source."""
     spec, variant = parse_kind(kind)
     if spec is None:
-        return [
-            PYTHON,
-            str(HERE / "peers" / "websockets_server.py"),
-            "--host",
-            host,
-            "--port",
-            str(port),
-        ], None
+        argv = [PYTHON, str(HERE / "peers" / f"{kind}_server.py"), "--host", host, "--port"]
+        argv.append(str(port))
+        if options.compression and kind == "websockets":
+            argv.append("--deflate")
+        return argv, None
+    src = source(spec)
     program = (
         [PYTHON, str(HERE / "experiments" / "wschat_variants.py"), variant]
         if variant
         else [PYTHON, "-m", "wschat"]
     )
-    return [
-        *program,
-        "serve",
-        "--host",
-        host,
-        "--port",
-        str(port),
-        "--rate",
-        "0",
-        "--no-compression",
-        "--max-connections",
-        "12000",
-        # one log line per connection is not what is measured here
-        "--log-level",
-        "warning",
-    ], source(spec)
+    argv = [*program, "serve", "--host", host, "--port", str(port)]
+    argv += ["--rate", f"{options.rate:g}"]
+    if options.rate:
+        argv += ["--burst", str(max(1, int(options.rate)))]
+    argv += compression_flags(src, options.compression)
+    if options.hub_url:
+        argv += ["--hub", options.hub_url]
+    argv += options.extra
+    # one log line per connection is not what is measured here
+    return [*argv, "--max-connections", "12000", "--log-level", "warning"], src
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -177,6 +222,7 @@ class ServerProcess:
     port: int
     process: subprocess.Popen[bytes]
     log: Path
+    argv: list[str]
 
     @property
     def pid(self) -> int:
@@ -192,12 +238,18 @@ class ServerProcess:
                 self.process.wait(5)
 
 
-def start(kind: str, cpu: int | None, log_dir: Path, host: str = "127.0.0.1") -> ServerProcess:
+def start(
+    kind: str,
+    cpu: int | None,
+    log_dir: Path,
+    host: str = "127.0.0.1",
+    options: Options = Options(),
+) -> ServerProcess:
     """Start a server pinned to ``cpu``; return once it accepts TCP connections."""
     port = free_port(host)
     log_dir.mkdir(parents=True, exist_ok=True)
     log = log_dir / f"{kind.replace('/', '_')}-{port}.log"
-    argv, src = command(kind, host, port)
+    argv, src = command(kind, host, port, options)
     env = dict(os.environ)
     if src is not None:
         env["PYTHONPATH"] = os.pathsep.join([str(src), *filter(None, [env.get("PYTHONPATH")])])
@@ -210,7 +262,7 @@ def start(kind: str, cpu: int | None, log_dir: Path, host: str = "127.0.0.1") ->
             stderr=subprocess.STDOUT,
             preexec_fn=lambda: _pin(cpu),
         )
-    server = ServerProcess(kind, host, port, process, log)
+    server = ServerProcess(kind, host, port, process, log, argv)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -224,113 +276,57 @@ def start(kind: str, cpu: int | None, log_dir: Path, host: str = "127.0.0.1") ->
     raise TimeoutError(f"{kind} did not start listening within 30 s")
 
 
-def cpu_seconds(pid: int) -> float:
-    """CPU time used so far by every thread of ``pid`` (ns-precise, from schedstat)."""
-    total = 0
-    try:
-        tasks = os.listdir(f"/proc/{pid}/task")
-    except FileNotFoundError:
-        return 0.0
-    for task in tasks:
-        with (
-            contextlib.suppress(FileNotFoundError, ProcessLookupError),
-            open(f"/proc/{pid}/task/{task}/schedstat") as f,
-        ):
-            total += int(f.read().split()[0])
-    if total:
-        return total / 1e9
-    # no schedstat (some kernels): utime + stime in clock ticks
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+@dataclass
+class RedisServer:
+    """A private ``redis-server`` on a free loopback port (no persistence), for ``--hub``."""
+
+    port: int
+    process: subprocess.Popen[bytes]
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
 
 
-def system_cpu() -> dict[str, float]:
-    """Busy and steal seconds of all CPUs so far (/proc/stat), to spot foreign load.
-
-    busy = user + nice + system. What is busy beyond the CPU time of the
-    benchmark's own processes was used by something else on the machine and may
-    have skewed a run. (irq and softirq time are left out: loopback traffic's
-    own softirq work would show up there and look foreign.)
-    """
-    with open("/proc/stat") as f:
-        fields = f.readline().split()[1:]
-    tick = os.sysconf("SC_CLK_TCK")
-    user, nice, system = (int(x) for x in fields[:3])
-    steal = int(fields[7]) if len(fields) > 7 else 0
-    return {"busy": (user + nice + system) / tick, "steal": steal / tick}
-
-
-def wait_quiet(
-    ours: list[int], threshold: float = 10.0, patience: float = 60.0, sample: float = 0.5
-) -> float:
-    """Wait (at most ``patience`` s) until other processes use < ``threshold`` % CPU.
-
-    Returns the last measured foreign CPU %. The machine may be shared (tests,
-    builds): starting a phase while something else runs would skew it.
-    """
-    deadline = time.monotonic() + patience
-    while True:
-        before = system_cpu()["busy"] - sum(cpu_seconds(p) for p in ours)
-        time.sleep(sample)
-        after = system_cpu()["busy"] - sum(cpu_seconds(p) for p in ours)
-        other = max(0.0, 100 * (after - before) / sample)
-        if other < threshold or time.monotonic() > deadline:
-            return other
-
-
-def rss_kib(pid: int) -> int:
-    """Resident set size of ``pid`` in KiB (VmRSS)."""
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for {pid}")
-
-
-def machine() -> dict[str, object]:
-    """What the numbers were measured on."""
-    model = platform.processor() or "?"
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        for line in subprocess.run(
-            ["lscpu"], capture_output=True, text=True, timeout=10
-        ).stdout.splitlines():
-            if line.startswith("Model name:"):
-                model = line.split(":", 1)[1].strip()
-    versions: dict[str, str] = {}
-    from importlib import metadata
-
-    for name in ("wschat", "websockets", "uvloop", "anyio", "wsproto", "h11", "msgspec"):
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            versions[name] = metadata.version(name)
-    commit = ""
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "wschat"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout.strip()
-        if dirty:
-            commit += "+dirty"
-    return {
-        "cpu_model": model,
-        "cpus": os.cpu_count(),
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "packages": versions,
-        "commit": commit,
-    }
+def start_redis(cpu: int | None, log_dir: Path) -> RedisServer:
+    """Start ``redis-server`` pinned to ``cpu``; return once it answers PING."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError("redis-server not found (Debian: apt-get install redis-server)")
+    port = free_port()
+    log_dir.mkdir(parents=True, exist_ok=True)
+    with open(log_dir / f"redis-{port}.log", "wb") as out:
+        process = subprocess.Popen(
+            [
+                *(binary, "--port", str(port), "--bind", "127.0.0.1"),
+                *("--save", "", "--appendonly", "no", "--maxclients", "20000"),
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            preexec_fn=lambda: _pin(cpu),
+        )
+    redis = RedisServer(port, process)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"redis-server exited with {process.returncode}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1) as s:
+            s.sendall(b"PING\r\n")
+            if s.recv(16).startswith(b"+PONG"):
+                return redis
+        time.sleep(0.05)
+    redis.stop()
+    raise TimeoutError("redis-server did not answer PING within 20 s")

@@ -27,12 +27,31 @@ ROOT = Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
 
+# Ports for servers the tests start, below the kernel's ephemeral range (32768+,
+# where client sockets get theirs) and split between pytest-xdist's workers, so
+# that two workers never pick the same free port at the same time.
+PORTS = range(20_000, 32_000)
+_port_cursor = -1
+
+
 def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A TCP port free on 127.0.0.1 right now, from this test worker's own share."""
+    global _port_cursor
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    index = int(worker[2:]) if worker[2:].isdigit() else 0
+    share = len(PORTS) // max(workers, 1)
+    first = PORTS.start + index * share
+    for _ in range(share):
+        _port_cursor = (_port_cursor + 1) % share
+        port = first + _port_cursor
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in this worker's share")
 
 
 def require(condition: bool, what: str) -> None:

@@ -279,9 +279,16 @@ class TestExecute:
         assert [m["seq"] for m in page["messages"]] == [2, 3]
         assert all(m["server"] is True for m in page["messages"])
 
-    async def test_list_rooms_needs_a_backend_that_can(self, app: App) -> None:
-        status, error = await call(app, "GET", "/api/rooms")
-        assert (status, error["error"]) == (501, "not_supported")
+    async def test_list_rooms_counts_each_user_once(self, app: App) -> None:
+        backend = app.hub.backend
+        await backend.presence_join("lobby", "c1", "amy")
+        await backend.presence_join("lobby", "c2", "amy")
+        await backend.presence_join("dev", "c3", "bo")
+        status, listing = await call(app, "GET", "/api/rooms")
+        assert status == 200
+        assert listing == {
+            "rooms": [{"room": "dev", "members": 1}, {"room": "lobby", "members": 1}]
+        }
 
     async def test_backend_down_is_503(self) -> None:
         app = App(settings=AppConfig(api_key=KEY), hub=Hub(RedisBackend("redis://127.0.0.1:1/0")))

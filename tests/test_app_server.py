@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 import anyio
+import httpx
 import jwt
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
@@ -21,7 +22,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from wschat.app import App, AppConfig, Rejection
 from wschat.server import Server, ServerConfig
 
-from .helpers import ServerHandle, running_server, ws_url
+from .helpers import RedisProcess, ServerHandle, running_server, ws_url
 from .test_server import recv_json, recv_type
 
 pytestmark = [pytest.mark.anyio, pytest.mark.every_loop]
@@ -130,12 +131,13 @@ class TestIdentity:
 
     async def test_an_expired_token_closes_4408_unless_refreshed(self) -> None:
         async with running_server(app_server(jwt_leeway=0)) as server:
-            fresh = await open_as(server, "dave", lifetime=1)
-            stale = await open_as(server, "erin", lifetime=1)
+            # (exp is whole seconds: 2 s from now is at least 1 s away)
+            fresh = await open_as(server, "dave", lifetime=2)
+            stale = await open_as(server, "erin", lifetime=2)
             await fresh.send(json.dumps({"type": "auth", "token": token("dave", lifetime=60)}))
             assert (await recv_type(fresh, "authenticated"))["expires"] > time.time() + 30
             with pytest.raises(ConnectionClosed) as info:
-                await recv_json(stale, timeout=5)
+                await recv_json(stale, timeout=6)
             assert info.value.rcvd is not None and info.value.rcvd.code == 4408
             await anyio.sleep(0.5)
             await fresh.send(json.dumps({"type": "message", "message": "still here"}))
@@ -244,3 +246,108 @@ class TestPerUserLimit:
             assert answers == ["ack", "ack", "ack", "error", "error", "error"]
             for ws in tabs:
                 await ws.close()
+
+
+API_KEY = "api-key-for-the-tests-0123456789"
+
+
+def api_server(config: ServerConfig) -> Server:
+    return Server(app=App(config, AppConfig(api_key=API_KEY)))
+
+
+class TestHttpApi:
+    async def test_publish_presence_history_and_rooms(self) -> None:
+        async with running_server(api_server) as server:
+            base = f"http://127.0.0.1:{server.port}/api"
+            headers = {"authorization": f"Bearer {API_KEY}"}
+            async with connect(ws_url(server)) as ws, httpx.AsyncClient(headers=headers) as http:
+                await ws.send(json.dumps({"type": "join", "room": "lobby", "username": "amy"}))
+                await recv_type(ws, "presence")
+                sent = await http.post(
+                    f"{base}/rooms/lobby/messages", json={"username": "bot", "message": "hello"}
+                )
+                assert sent.status_code == 201
+                position = sent.json()
+                event = await recv_type(ws, "message")
+                assert (event["username"], event["message"], event["server"]) == (
+                    "bot",
+                    "hello",
+                    True,
+                )
+                assert (position["room"], position["seq"], position["epoch"]) == (
+                    "lobby",
+                    event["seq"],
+                    event["epoch"],
+                )
+                presence = await http.get(f"{base}/rooms/lobby/presence")
+                assert presence.json() == {"room": "lobby", "members": ["amy"]}
+                history = (await http.get(f"{base}/rooms/lobby/history?limit=5")).json()
+                assert [m["message"] for m in history["messages"]] == ["hello"]
+                rooms = (await http.get(f"{base}/rooms")).json()
+                assert rooms == {"rooms": [{"room": "lobby", "members": 1}]}
+
+    async def test_bad_calls_get_clear_answers(self) -> None:
+        async with running_server(api_server) as server, httpx.AsyncClient() as http:
+            base = f"http://127.0.0.1:{server.port}/api"
+            assert (await http.get(f"{base}/rooms")).status_code == 401
+            http.headers["authorization"] = f"Bearer {API_KEY}"
+            long = await http.post(
+                f"{base}/rooms/lobby/messages", json={"username": "bot", "message": "x" * 5000}
+            )
+            assert (long.status_code, long.json()["error"]) == (400, "bad_message")
+            room = await http.post(
+                f"{base}/rooms/no%20spaces/messages", json={"username": "b", "message": "m"}
+            )
+            assert (room.status_code, room.json()["error"]) == (400, "bad_room")
+            huge = await http.post(f"{base}/rooms/lobby/messages", content=b"{" * 70_000)
+            assert huge.status_code == 413
+        async with running_server() as plain, httpx.AsyncClient() as http:
+            # No --api-key: the whole /api/ tree is not there.
+            assert (await http.get(f"http://127.0.0.1:{plain.port}/api/rooms")).status_code == 404
+
+
+class TestWebSocketPathProbe:
+    async def test_a_plain_request_gets_the_upgrade_s_answer(self) -> None:
+        async with (
+            running_server(app_server(), max_connections=1) as server,
+            httpx.AsyncClient() as http,
+        ):
+            base = f"http://127.0.0.1:{server.port}/ws"
+            missing = await http.get(base)
+            assert (missing.status_code, "token is required" in missing.text) == (401, True)
+            assert (await http.get(f"{base}?room=bad%20room")).status_code == 400
+            with_token = await http.get(f"{base}?token={token('amy')}")
+            assert with_token.status_code == 426 and with_token.headers["upgrade"] == "websocket"
+            async with connect(f"{base.replace('http', 'ws')}?token={token('amy')}"):
+                full = await http.get(f"{base}?token={token('ben')}")
+                assert (full.status_code, full.headers["retry-after"]) == (503, "5")
+
+
+@pytest.mark.redis
+@pytest.mark.every_loop(loops=("asyncio", "uvloop"))
+async def test_the_api_works_across_nodes_on_redis() -> None:
+    with RedisProcess() as redis:
+        async with (
+            running_server(api_server, hub_url=redis.url) as node_a,
+            running_server(api_server, hub_url=redis.url) as node_b,
+            connect(ws_url(node_b)) as reader,
+            httpx.AsyncClient(headers={"authorization": f"Bearer {API_KEY}"}) as http,
+        ):
+            await reader.send(json.dumps({"type": "join", "room": "lobby", "username": "kim"}))
+            await recv_type(reader, "presence")
+            base = f"http://127.0.0.1:{node_a.port}/api"
+            sent = await http.post(
+                f"{base}/rooms/lobby/messages", json={"username": "ops", "message": "across"}
+            )
+            assert sent.status_code == 201
+            event = await recv_type(reader, "message")
+            assert (event["message"], event["server"], event["seq"]) == (
+                "across",
+                True,
+                sent.json()["seq"],
+            )
+            assert (await http.get(f"{base}/rooms")).json() == {
+                "rooms": [{"room": "lobby", "members": 1}]
+            }
+            presence = await http.get(f"{base}/rooms/lobby/presence")
+            assert presence.json()["members"] == ["kim"]

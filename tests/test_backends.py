@@ -1,13 +1,15 @@
-"""The shared backend suite: every hub backend must pass it (memory and Redis).
+"""The shared backend suite: every hub backend must pass it (memory, Redis, Redis Cluster).
 
 The Redis cases start a private ``redis-server`` (skipped locally when it is
-missing, a failure under CI=true). Two-node cases run two RedisBackend
-instances on one Redis.
+missing, a failure under CI=true); the Cluster cases run on a real three-master
+Redis Cluster (``tests/redis_cluster.py``). Two-node cases run two RedisBackend
+instances on one Redis, and on the Cluster.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
@@ -20,6 +22,7 @@ from wschat.hub import Backend, ChatMessage, Delivery, MemoryBackend
 from wschat.hub.redis import RedisBackend
 
 from .helpers import redis_server
+from .redis_cluster import RedisClusterProcess, redis_cluster_fixture  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.anyio
 
@@ -46,9 +49,10 @@ class Recorder:
         """(type, username) of the joined/left events of ``room``."""
         out = []
         for r, d in self.events:
-            if r == room and d.seq is None:
+            if r == room and d.seq is None and not d.gap:
                 event = decode_event(d.payload)
-                out.append((event["type"], event["username"]))
+                if event["type"] in ("joined", "left"):
+                    out.append((event["type"], event["username"]))
         return out
 
     async def wait(self, predicate: Callable[[], bool], timeout: float = WAIT) -> None:
@@ -82,7 +86,7 @@ class Nodes:
             backend = MemoryBackend(clock=self.clock, **options)
         else:
             assert self.url is not None
-            backend = RedisBackend(self.url, **options)
+            backend = RedisBackend(self.url, **options)  # redis:// or redis-cluster://
         recorder = Recorder()
         await backend.start(recorder, self.group)
         self.backends.append(backend)
@@ -120,15 +124,21 @@ async def flush(url: str) -> None:
         await client.aclose()
 
 
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
-async def nodes(request: pytest.FixtureRequest) -> AsyncIterator[Nodes]:
-    url: str | None = None
-    if request.param == "redis":
-        url = request.getfixturevalue("redis_url")
-        assert url is not None
+async def redis_or_cluster_url(kind: str, request: pytest.FixtureRequest) -> str:
+    """A flushed Redis (``redis``) or Redis Cluster (``cluster``) URL."""
+    if kind == "redis":
+        url: str = request.getfixturevalue("redis_url")
         await flush(url)
+        return url
+    cluster: RedisClusterProcess = request.getfixturevalue("redis_cluster")
+    cluster.healthy()
+    return cluster.url
+
+
+@asynccontextmanager
+async def started_nodes(kind: str, url: str | None) -> AsyncIterator[Nodes]:
     async with anyio.create_task_group() as group:
-        made = Nodes(request.param, url, group)
+        made = Nodes(kind, url, group)
         try:
             yield made
         finally:
@@ -138,18 +148,25 @@ async def nodes(request: pytest.FixtureRequest) -> AsyncIterator[Nodes]:
             group.cancel_scope.cancel()
 
 
-@pytest.fixture
-async def redis_nodes(redis_url: str) -> AsyncIterator[Nodes]:
-    await flush(redis_url)
-    async with anyio.create_task_group() as group:
-        made = Nodes("redis", redis_url, group)
-        try:
-            yield made
-        finally:
-            with anyio.fail_after(WAIT):
-                for backend in made.backends:
-                    await backend.aclose()
-            group.cancel_scope.cancel()
+REDIS_KINDS = [
+    pytest.param("redis", marks=pytest.mark.redis),
+    pytest.param("cluster", marks=pytest.mark.redis),
+]
+
+
+@pytest.fixture(params=["memory", *REDIS_KINDS])
+async def nodes(request: pytest.FixtureRequest) -> AsyncIterator[Nodes]:
+    url = None if request.param == "memory" else await redis_or_cluster_url(request.param, request)
+    async with started_nodes(request.param, url) as made:
+        yield made
+
+
+@pytest.fixture(params=REDIS_KINDS)
+async def redis_nodes(request: pytest.FixtureRequest) -> AsyncIterator[Nodes]:
+    """Nodes on one Redis, then on the Cluster."""
+    url = await redis_or_cluster_url(request.param, request)
+    async with started_nodes(request.param, url) as made:
+        yield made
 
 
 def say(i: int, username: str = "alice") -> ChatMessage:
@@ -195,6 +212,49 @@ async def test_delivers_subscribed_rooms_only_and_unsubscribe_stops(nodes: Nodes
     await backend.subscribe("a")
     await backend.publish("a", say(4))
     await recorder.wait(lambda: recorder.seqs("a") == [1, 3])
+
+
+# -- idempotent publish ------------------------------------------------------------
+
+
+def said(username: str, message_id: str | None, text: str = "hi") -> ChatMessage:
+    return ChatMessage(username, text, TIME, message_id)
+
+
+async def test_retry_with_the_same_id_returns_the_original_position(nodes: Nodes) -> None:
+    backend, recorder = await nodes.new()
+    # Another node of the same deployment sees the same ids (memory: one node).
+    other = backend if nodes.kind == "memory" else (await nodes.new())[0]
+    await backend.subscribe("lobby")
+    first = await backend.publish("lobby", said("alice", "m1"))
+    assert await backend.publish("lobby", said("alice", "m1")) == first
+    assert await other.publish("lobby", said("alice", "m1", "typed again")) == first
+    # Per sender: bob's "m1" is his own message, not a retry of alice's.
+    bobs = await other.publish("lobby", said("bob", "m1"))
+    assert bobs == Position(first.epoch, 2)
+    # Per room: the same id elsewhere is another message.
+    assert (await backend.publish("elsewhere", said("alice", "m1"))).seq == 1
+    # Without ids nothing is deduplicated.
+    assert (await backend.publish("lobby", said("alice", None))).seq == 3
+    assert (await backend.publish("lobby", said("alice", None))).seq == 4
+    await nodes.settle(backend, recorder)
+    assert recorder.seqs("lobby") == [1, 2, 3, 4]  # each published once
+    history = await backend.history("lobby", None)
+    assert [decode_event(m).get("id") for m in history.messages] == ["m1", "m1", None, None]
+    assert [decode_event(m)["username"] for m in history.messages[:2]] == ["alice", "bob"]
+
+
+async def test_remembered_ids_are_bounded_in_count_and_time(nodes: Nodes) -> None:
+    ttl = 0.5
+    backend, _ = await nodes.new(dedup_ttl=ttl, dedup_size=3)
+    for n in range(1, 5):  # m1..m4: only the last three are remembered
+        assert (await backend.publish("lobby", said("alice", f"m{n}"))).seq == n
+    assert (await backend.publish("lobby", said("alice", "m4"))).seq == 4
+    assert (await backend.publish("lobby", said("alice", "m2"))).seq == 2
+    assert (await backend.publish("lobby", said("alice", "m1"))).seq == 5  # forgotten: new
+    await nodes.elapse(ttl * 1.5)
+    assert (await backend.publish("lobby", said("alice", "m4"))).seq == 6  # expired: new
+    assert (await backend.publish("lobby", said("alice", "m4"))).seq == 6
 
 
 # -- history and recovery --------------------------------------------------------
@@ -304,6 +364,16 @@ async def test_presence_counts_users_once(nodes: Nodes) -> None:
     assert await backend.presence("never") == []
 
 
+async def test_rooms_lists_rooms_with_users_counted_once(nodes: Nodes) -> None:
+    backend, _ = await nodes.new()
+    await backend.presence_join("lobby", "c1", "alice")
+    await backend.presence_join("lobby", "c2", "alice")
+    await backend.presence_join("team:dev", "c3", "bob")
+    await backend.presence_join("gone", "c4", "carol")
+    await backend.presence_leave("gone", "c4")
+    assert await backend.rooms() == {"lobby": 1, "team:dev": 1}
+
+
 async def test_presence_events_only_to_subscribers(nodes: Nodes) -> None:
     backend, recorder = await nodes.new()
     await backend.presence_join("lobby", "c1", "alice")
@@ -355,18 +425,21 @@ async def test_presence_across_nodes(redis_nodes: Nodes) -> None:
     await b.presence_leave("lobby", "b1")
     await rec_b.wait(lambda: len(rec_b.presence("lobby")) == 3)
     assert rec_b.presence("lobby") == [("joined", "alice"), ("joined", "bob"), ("left", "alice")]
+    assert await a.rooms() == {"lobby": 1}  # bob, on node b: every node lists every room
     # A node that closes takes its members with it.
     await b.aclose()
     assert await a.presence("lobby") == []
+    assert await a.rooms() == {}
 
 
 @pytest.mark.redis
-async def test_dead_node_members_removed(redis_url: str, redis_nodes: Nodes) -> None:
+async def test_dead_node_members_removed(redis_nodes: Nodes) -> None:
     ttl = 1.0
     a, rec_a = await redis_nodes.new(presence_ttl=ttl)
     await a.subscribe("lobby")
     await a.presence_join("lobby", "a1", "alice")
-    doomed = RedisBackend(redis_url, presence_ttl=ttl)
+    assert redis_nodes.url is not None
+    doomed = RedisBackend(redis_nodes.url, presence_ttl=ttl)
     async with anyio.create_task_group() as doomed_group:
         await doomed.start(Recorder(), doomed_group)
         await doomed.presence_join("lobby", "d1", "dave")

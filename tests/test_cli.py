@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -332,7 +333,10 @@ def test_good_tls_files_serve(tls_files: dict[str, str]) -> None:
         _,
     ):
         assert proc.poll() is None
-        assert "serving" in process_output(proc)
+        deadline = time.monotonic() + 10  # the line follows the bind by a moment
+        while "serving https://" not in process_output(proc) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "serving https://" in process_output(proc)
 
 
 # -- signals and descriptor limits ------------------------------------------------
@@ -418,3 +422,20 @@ def test_an_app_that_cannot_be_loaded_is_one_line(capsys: pytest.CaptureFixture[
     )
     assert main(["serve", "tests.app_without_typing:nothing"]) == 2
     assert "has no attribute 'nothing'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("url", "said"),
+    [
+        (
+            "redis://127.0.0.1:abc/0",
+            "bad hub URL 'redis://127.0.0.1:abc/0': Port could not be cast",
+        ),
+        ("redis-cluster://h:abc", "bad hub URL 'redis-cluster://h:abc'"),
+        ("bogus://", "unknown hub backend 'bogus://'"),
+    ],
+)
+def test_a_bad_hub_url_is_one_line(url: str, said: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["serve", "--hub", url]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("wschat: ") and said in err and err.count("\n") == 1

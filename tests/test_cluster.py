@@ -1,7 +1,10 @@
-"""Several wschat nodes (real processes) on one real redis-server: order, failures, workers.
+"""Several wschat nodes (real processes) on one Redis and on a Redis Cluster.
 
-Nodes are ``python -m wschat serve --hub redis://…`` subprocesses; clients are the
-``websockets`` library. Each test starts its own redis-server on a free port.
+Order across nodes, a killed node, a restarted Redis, a Cluster master down
+while the others serve, workers. Nodes are ``python -m wschat serve --hub
+redis://…`` (or ``redis-cluster://…``) subprocesses; clients are the
+``websockets`` library. One Redis is a private redis-server per test; the
+Cluster is the shared three-master one (``tests/redis_cluster.py``).
 """
 
 from __future__ import annotations
@@ -19,10 +22,16 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from .helpers import RedisProcess, server_process
+from .redis_cluster import (  # noqa: F401 (fixtures)
+    Deployment,
+    RedisClusterProcess,
+    deployment_fixture,
+    redis_cluster_fixture,
+)
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
 
-PRESENCE_TTL = 2.0
+PRESENCE_TTL = 1.0
 
 
 @contextmanager
@@ -40,7 +49,9 @@ def nodes(redis_url: str, count: int, *extra: str) -> Iterator[list[tuple[Any, i
 
 @asynccontextmanager
 async def client(port: int) -> AsyncIterator[ClientConnection]:
-    async with connect(f"ws://127.0.0.1:{port}/ws") as ws:
+    # No bound on websockets' receive queue: a client closed while others'
+    # `left` events are unread would wait out its close timeout (10 s) behind them.
+    async with connect(f"ws://127.0.0.1:{port}/ws", max_queue=None) as ws:
         yield ws
 
 
@@ -62,14 +73,25 @@ async def join(
     if since is not None:
         command["since"] = since
     await ws.send(json.dumps(command))
-    history = await next_event(ws, "history")
-    await next_event(ws, "presence")
+    history = await next_event(ws, "history", room=room)
+    await next_event(ws, "presence", room=room)
     return history
 
 
-async def test_every_client_gets_every_message_in_the_same_order_on_every_node() -> None:
-    per_sender = 15
-    with RedisProcess() as server, nodes(server.url, 3) as running:
+def spread_rooms(deployment: Deployment, request: pytest.FixtureRequest) -> list[str]:
+    """Three rooms: on the Cluster, one on each master."""
+    if deployment.kind == "cluster":
+        cluster: RedisClusterProcess = request.getfixturevalue("redis_cluster")
+        return cluster.rooms_on_every_shard()
+    return ["room0", "room1", "room2"]
+
+
+async def test_every_client_gets_every_room_in_one_order_on_every_node(
+    deployment: Deployment, request: pytest.FixtureRequest
+) -> None:
+    rooms = spread_rooms(deployment, request)
+    per_sender = 10
+    with nodes(deployment.url, 3) as running:
         async with AsyncExitStack() as stack:
             clients = [
                 await stack.enter_async_context(client(port))
@@ -77,37 +99,49 @@ async def test_every_client_gets_every_message_in_the_same_order_on_every_node()
                 for _ in range(2)
             ]
             for index, ws in enumerate(clients):
-                await join(ws, f"c{index}")
+                for room in rooms:
+                    await join(ws, f"c{index}", room=room)
             senders = clients[::2]  # one per node
-            received: list[list[tuple[int, str]]] = [[] for _ in clients]
+            total = per_sender * len(senders) * len(rooms)
+            received: list[dict[str, list[tuple[int, str]]]] = [
+                {room: [] for room in rooms} for _ in clients
+            ]
 
             async def collect(index: int) -> None:
-                while len(received[index]) < per_sender * len(senders):
+                for _ in range(total):
                     event = await next_event(clients[index], "message")
-                    received[index].append((event["seq"], event["message"]))
+                    received[index][event["room"]].append((event["seq"], event["message"]))
 
             async def send(index: int) -> None:
                 for n in range(per_sender):
-                    await senders[index].send(
-                        json.dumps({"type": "message", "message": f"s{index}-{n}"})
-                    )
+                    for room in rooms:
+                        await senders[index].send(
+                            json.dumps(
+                                {"type": "message", "room": room, "message": f"s{index}-{n}"}
+                            )
+                        )
 
             async with anyio.create_task_group() as group:
                 for index in range(len(clients)):
                     group.start_soon(collect, index)
                 for index in range(len(senders)):
                     group.start_soon(send, index)
-    total = per_sender * 3
-    first = received[0]
-    assert [seq for seq, _ in first] == list(range(1, total + 1))
-    assert sorted(text for _, text in first) == sorted(
-        f"s{i}-{n}" for i in range(3) for n in range(per_sender)
-    )
-    assert all(other == first for other in received)  # same order everywhere
+    per_room = per_sender * len(senders)
+    for room in rooms:
+        first = received[0][room]
+        assert [seq for seq, _ in first] == list(range(1, per_room + 1))
+        assert sorted(text for _, text in first) == sorted(
+            f"s{i}-{n}" for i in range(len(senders)) for n in range(per_sender)
+        )
+        assert all(other[room] == first for other in received)  # same order everywhere
 
 
-async def test_killed_node_leaves_presence_and_its_clients_recover_elsewhere() -> None:
-    with RedisProcess() as server, nodes(server.url, 3) as running:
+# Node leases on the Cluster: test_backends.py::test_dead_node_members_removed[cluster].
+@pytest.mark.parametrize("deployment", ["redis"], indirect=True)
+async def test_killed_node_leaves_presence_and_its_clients_recover_elsewhere(
+    deployment: Deployment,
+) -> None:
+    with nodes(deployment.url, 3) as running:
         (_, port_a), (_, port_b), (proc_c, port_c) = running
         async with client(port_a) as alice, client(port_b) as bob:
             await join(alice, "alice")
@@ -140,8 +174,19 @@ async def test_killed_node_leaves_presence_and_its_clients_recover_elsewhere() -
             ]
 
 
-async def test_redis_restart_refuses_then_recovers_and_reports_lost_history() -> None:
-    with RedisProcess() as server, nodes(server.url, 2) as running:
+async def expect_resync(ws: ClientConnection) -> None:
+    """The node closes ``ws`` with 1012: reconnect and recover."""
+    with pytest.raises(ConnectionClosed) as info:
+        await next_event(ws, "never", timeout=30)
+    assert info.value.rcvd is not None and info.value.rcvd.code == 1012
+
+
+# On the Cluster, a master restart is the next test (its rooms only).
+@pytest.mark.parametrize("deployment", ["redis"], indirect=True)
+async def test_redis_restart_refuses_then_recovers_and_reports_lost_history(
+    deployment: Deployment,
+) -> None:
+    with nodes(deployment.url, 2) as running:
         (_, port_a), (_, port_b) = running
         async with client(port_a) as alice, client(port_b) as bob:
             await join(alice, "alice")
@@ -150,16 +195,16 @@ async def test_redis_restart_refuses_then_recovers_and_reports_lost_history() ->
             event = await next_event(bob, "message")
             old_position = {"epoch": event["epoch"], "seq": event["seq"]}
 
+            server = deployment.owner("lobby")
             server.stop()
-            await alice.send(json.dumps({"type": "message", "message": "while down"}))
+            await alice.send(json.dumps({"type": "message", "message": "while down", "id": "m2"}))
             error = await next_event(alice, "error", timeout=15)
             assert error["code"] == "unavailable"  # refused, never accepted and lost
+            assert error["id"] == "m2"
 
             server.start()  # same port, empty: history is gone
             for ws in (alice, bob):  # the nodes notice and make their members resync
-                with pytest.raises(ConnectionClosed) as info:
-                    await next_event(ws, "never", timeout=30)
-                assert info.value.rcvd is not None and info.value.rcvd.code == 1012
+                await expect_resync(ws)
 
         async with client(port_a) as alice, client(port_b) as bob:
             recovered = await join(bob, "bob", since=old_position)
@@ -168,6 +213,48 @@ async def test_redis_restart_refuses_then_recovers_and_reports_lost_history() ->
             await alice.send(json.dumps({"type": "message", "message": "after"}))
             got = await next_event(bob, "message")
             assert got["message"] == "after" and got["epoch"] != old_position["epoch"]
+
+
+async def test_a_cluster_master_down_refuses_its_rooms_and_the_others_keep_chatting(
+    redis_cluster: RedisClusterProcess,
+) -> None:
+    redis_cluster.healthy()
+    doomed, *others = redis_cluster.rooms_on_every_shard()
+    master = redis_cluster.owner(doomed)
+    with nodes(redis_cluster.url, 2) as running:
+        (_, port_a), (_, port_b) = running
+        async with client(port_a) as alice, client(port_b) as bob:
+            for room in (doomed, *others):
+                await join(alice, "alice", room=room)
+                await join(bob, "bob", room=room)
+            positions = {}
+            for room in others:
+                await alice.send(json.dumps({"type": "message", "room": room, "message": "1"}))
+                event = await next_event(bob, "message", room=room)
+                positions[room] = {"epoch": event["epoch"], "seq": event["seq"]}
+
+            master.stop(kill=True)
+            await alice.send(
+                json.dumps({"type": "message", "room": doomed, "message": "x", "id": "d1"})
+            )
+            error = await next_event(alice, "error", timeout=15)
+            assert (error["code"], error["id"]) == ("unavailable", "d1")
+            for room in others:  # the other masters' rooms are not disturbed
+                await alice.send(json.dumps({"type": "message", "room": room, "message": "2"}))
+                assert (await next_event(bob, "message", room=room))["message"] == "2"
+
+            master.start()  # empty: the doomed room's history is gone
+            for ws in (alice, bob):
+                await expect_resync(ws)
+
+        async with client(port_b) as bob:
+            for room in others:  # recovered completely: nothing of theirs was lost
+                recovered = await join(bob, "bob", since=positions[room], room=room)
+                assert recovered["complete"] is True
+                assert [m["message"] for m in recovered["messages"]] == ["2"]
+            await join(bob, "bob", room=doomed)
+            await bob.send(json.dumps({"type": "message", "room": doomed, "message": "back"}))
+            assert (await next_event(bob, "message", room=doomed))["message"] == "back"
 
 
 async def test_workers_share_one_port_on_redis() -> None:

@@ -150,15 +150,59 @@ class TestPlainHttp:
         assert response.header("allow") == "GET"
         assert conn.close_expected()
 
-    def test_request_body_is_discarded_and_the_next_request_parsed(self) -> None:
+    def test_request_body_comes_with_the_request_then_the_next_is_parsed(self) -> None:
         conn = ServerConnection()
         data = http_request("/form", method="POST", body=b"x=1") + http_request("/next")
         events = receive(conn, data)
-        assert [(e.method, e.path) for e in events if isinstance(e, HttpRequest)] == [
-            ("POST", "/form")
-        ]
+        requests = [e for e in events if isinstance(e, HttpRequest)]
+        assert [(e.method, e.path, e.body) for e in requests] == [("POST", "/form", b"x=1")]
         conn.send_response(405, b"nope", headers=(("allow", "GET"),))
         assert [e.path for e in conn.events_received() if isinstance(e, HttpRequest)] == ["/next"]
+
+    def test_a_body_split_across_reads_and_chunked_is_read_whole(self) -> None:
+        conn = ServerConnection()
+        head = b"POST /api/x HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n"
+        assert receive(conn, head) == []
+        assert receive(conn, b"5\r\nhello\r\n") == []
+        (request,) = receive(conn, b"6\r\n world\r\n0\r\n\r\n")
+        assert isinstance(request, HttpRequest) and request.body == b"hello world"
+
+    def test_a_body_over_the_cap_is_413_and_not_read(self) -> None:
+        # Announced too long: refused before a byte of it is read.
+        conn = ServerConnection(max_request_body=10)
+        head = b"POST /api/x HTTP/1.1\r\nHost: localhost\r\nContent-Length: 11\r\n\r\n"
+        events = receive(conn, head)
+        assert events == [RequestRejected(413, "request body over 10 bytes")]
+        assert single_response(conn).status == 413 and conn.close_expected()
+        # Chunked: refused once it passes the cap.
+        conn = ServerConnection(max_request_body=10)
+        head = b"POST /api/x HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n"
+        events = receive(conn, head + b"8\r\n12345678\r\n8\r\n12345678\r\n")
+        assert events == [RequestRejected(413, "request body over 10 bytes")]
+        assert conn.close_expected()
+
+    def test_expect_100_continue_is_answered_before_the_body(self) -> None:
+        conn = ServerConnection()
+        head = http_request(
+            "/api/x", method="POST", headers=[("Expect", "100-continue"), ("Content-Length", "2")]
+        )
+        assert receive(conn, head) == []
+        assert b"".join(conn.data_to_send()).startswith(b"HTTP/1.1 100 ")
+        (request,) = receive(conn, b"{}")
+        assert isinstance(request, HttpRequest) and request.body == b"{}"
+
+    def test_a_plain_request_to_a_websocket_path_is_the_callers_to_answer(self) -> None:
+        # A page's fetch() of /ws after a failed upgrade: no Upgrade, no key.
+        conn = ServerConnection()
+        (request,) = receive(conn, http_request("/ws?room=x"))
+        assert isinstance(request, HttpRequest) and (request.path, request.query) == (
+            "/ws",
+            "room=x",
+        )
+        # An upgrade attempt with a part missing is still refused by the protocol.
+        conn = ServerConnection()
+        events = receive(conn, http_request("/ws", headers=[("Upgrade", "websocket")]))
+        assert isinstance(events[0], RequestRejected) and events[0].status == 400
 
     def test_close_response_ends_the_connection(self) -> None:
         conn = ServerConnection()

@@ -144,7 +144,9 @@ class TestHostCheck:
     async def test_allowed_name_and_subdomain_pattern(self) -> None:
         async with running_server(allowed_hosts=("chat.example.com", "*.corp.example")) as server:
             port = server.port
-            await open_websocket(port, f"chat.example.com:{port}", f"https://chat.example.com:{port}")
+            await open_websocket(
+                port, f"chat.example.com:{port}", f"https://chat.example.com:{port}"
+            )
             await open_websocket(port, f"eu.corp.example:{port}", f"http://eu.corp.example:{port}")
             assert (await get(port, "/", host=f"corp.example:{port}")).status_code == 421
             assert (await get(port, "/", host=f"attacker.example:{port}")).status_code == 421

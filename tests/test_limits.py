@@ -211,6 +211,26 @@ class TestKeepalive:
             assert await raw.close_code() == 1011
             await wait_members(server, 0)
 
+    async def test_clients_that_connect_together_are_not_pinged_together(self) -> None:
+        async with running_server(ping_interval=1.0, pong_wait=30) as server:
+            clients = [await RawClient.open(server.port) for _ in range(20)]
+            started = anyio.current_time()
+            first_ping: list[float] = []
+
+            async def wait_ping(client: RawClient) -> None:
+                opcode, _ = await client.next_frame()
+                assert opcode == 0x9
+                first_ping.append(anyio.current_time() - started)
+
+            with anyio.fail_after(5):
+                async with anyio.create_task_group() as group:
+                    for client in clients:
+                        group.start_soon(wait_ping, client)
+            # Spread over the interval, not all in one watchdog tick.
+            assert max(first_ping) - min(first_ping) > 0.3, sorted(first_ping)
+            for client in clients:
+                await client.stream.aclose()
+
     async def test_client_that_answers_pings_stays(self) -> None:
         async with (
             running_server(ping_interval=0.2, pong_wait=0.6) as server,

@@ -154,6 +154,25 @@ class TestChat:
             await ws.send(json.dumps({"username": "ok", "message": "still here"}))
             assert (await recv_type(ws, "message"))["message"] == "still here"
 
+    async def test_a_name_that_looks_like_a_present_one_is_refused(self) -> None:
+        async with (
+            running_server() as server,
+            connect(ws_url(server)) as alice,
+            connect(ws_url(server)) as mimic,
+            connect(ws_url(server)) as tab,
+        ):
+            await join(alice, "lobby", "alice")
+            await mimic.send(json.dumps({"type": "join", "room": "lobby", "username": "ALICE"}))
+            error = await recv_type(mimic, "error")
+            assert error["code"] == "name_confusable" and "alice" in error["reason"]
+            await mimic.send(json.dumps({"username": "a1ice", "message": "it is me"}))
+            assert (await recv_type(mimic, "error"))["code"] == "name_confusable"
+            # Unbound again: a name that looks like no one is fine, and it is in the room.
+            await join(mimic, "lobby", "mallory")
+            await join(tab, "lobby", "alice")  # the same name (another tab) is not a look-alike
+            await tab.send(json.dumps({"type": "message", "message": "second tab"}))
+            assert (await recv_type(mimic, "message"))["username"] == "alice"
+
     async def test_message_with_id_is_acknowledged_to_its_sender_only(self) -> None:
         async with (
             running_server() as server,
@@ -239,7 +258,12 @@ class TestHandshakeRejections:
                 405,
                 b"method not allowed",
             ),
-            (b"POST /ws HTTP/1.1\r\nHost: [::1]\r\nContent-Length: 0\r\n\r\n", 405, b"GET"),
+            (
+                b"POST /ws HTTP/1.1\r\nHost: [::1]\r\nContent-Length: 0\r\n"
+                b"Connection: close\r\n\r\n",
+                405,
+                b"GET",
+            ),
             (b"GET / HTTP/1.1\r\nHost: [::1]\r\nX-Big: " + b"a" * 20000 + b"\r\n\r\n", 431, b""),
             (b"NOT HTTP AT ALL\r\n\r\n", 400, b""),
         ],

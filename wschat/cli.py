@@ -24,6 +24,7 @@ import anyio
 from . import __version__, flags
 from .app import CLI_OPTIONS as APP_OPTIONS
 from .app import App, AppConfig, AppLoadError, AppRecipe, ConfigError
+from .client import commands as client_commands
 from .flags import count, count_or_zero, non_negative, port, positive, text
 from .server import Server, ServerConfig
 from .server.descriptors import connection_cap, raise_open_file_limit
@@ -42,7 +43,12 @@ _METRICS_SYNC_INTERVAL = 1.0
 _OPTIONS: list[tuple[str, str, Callable[[str], Any], str]] = [
     ("--host", "host", text, "address to listen on"),
     ("--port", "port", port, "TCP port (0: any free port)"),
-    ("--hub", "hub_url", text, "hub backend: memory:// or redis://host:port/db"),
+    (
+        "--hub",
+        "hub_url",
+        text,
+        "hub backend: memory://, redis://host:port/db or redis-cluster://host:port[,host:port...]",
+    ),
     ("--max-message-size", "max_message_size", count, "chat message cap in bytes (1009 over it)"),
     ("--max-request-head", "max_request_head", count, "request line + headers cap in bytes (431)"),
     ("--handshake-timeout", "handshake_timeout", positive, "seconds to send a complete request"),
@@ -129,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=flags.HelpFormatter,
     )
     add_serve_arguments(serve)
+    client_commands.add_commands(commands)  # wschat chat, wschat say
     return parser
 
 
@@ -223,6 +230,10 @@ def settings_from_args(args: argparse.Namespace) -> AppConfig:
     return AppConfig(**{f.name: getattr(args, f.name) for f in fields(AppConfig)})
 
 
+class _Unset(list[str]):
+    """The value of a flag the operator did not give (see :func:`explicit_settings`)."""
+
+
 def explicit_settings(argv: Sequence[str] | None) -> frozenset[str]:
     """The settings the operator gave on the ``serve`` command line or in ``WSCHAT_*``.
 
@@ -231,7 +242,9 @@ def explicit_settings(argv: Sequence[str] | None) -> frozenset[str]:
     argv = list(sys.argv[1:] if argv is None else argv)
     serve = flags.Parser(prog="wschat serve", add_help=False)
     add_serve_arguments(serve)
-    unset = object()
+    # A list, so that append flags (--allow-host, --allow-origin) can copy and extend it;
+    # a copy is not ``unset``, so such a flag counts as given.
+    unset: list[str] = _Unset()
     dests = [action.dest for action in serve._actions]
     # argparse leaves alone what the namespace already holds, unless the argument is given.
     namespace = argparse.Namespace(**dict.fromkeys(dests, unset))
@@ -359,6 +372,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``wschat`` command."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command in client_commands.COMMANDS:
+        return client_commands.run_command(args)
     try:
         recipe = AppRecipe(
             args.app,
@@ -376,10 +391,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             "with memory:// each worker would be a separate chat",
             2,
         )
-    if urlsplit(config.hub_url).scheme not in ("memory", "redis", "rediss"):
+    if urlsplit(config.hub_url).scheme not in ("memory", "redis", "rediss", "redis-cluster"):
         return fail(
-            f"unknown hub backend {config.hub_url!r}: use memory:// or redis://host:port/db", 2
+            f"unknown hub backend {config.hub_url!r}: use memory://, redis://host:port/db"
+            " or redis-cluster://host:port[,host:port...]",
+            2,
         )
+    try:
+        app.hub  # noqa: B018 - makes the backend, which checks its URL
+    except ValueError as exc:
+        return fail(f"bad hub URL {config.hub_url!r}: {exc}", 2)
     if bool(config.certfile) != bool(config.keyfile):
         return fail("--certfile and --keyfile go together", 2)
     try:

@@ -2,52 +2,38 @@
 
 Connect to ws://HOST:PORT/ws?room=NAME; send {"username": "u1", "message": "..."} (with or
 without "type": "message"); every member of the room, sender included, receives
-{"type":"message","room","seq","epoch","username","message","time"}.
+{"type":"message","room","seq","epoch","username","message","time"} (chat.py).
+Compression is off unless --deflate turns on the library's default permessage-deflate.
 """
 
 import argparse
 import asyncio
-import json
-import secrets
-import urllib.parse
-from datetime import UTC, datetime
 
+from chat import event, room_of
 from websockets.asyncio.server import broadcast, serve
 
 ROOMS: dict[str, set] = {}
-SEQS: dict[str, int] = {}
-EPOCH = secrets.token_hex(6)
 
 
 async def handler(ws):
-    query = urllib.parse.parse_qs(urllib.parse.urlsplit(ws.request.path).query)
-    room = query.get("room", ["lobby"])[0]
+    room = room_of(ws.request.path)
     members = ROOMS.setdefault(room, set())
     members.add(ws)
     try:
         async for text in ws:
-            obj = json.loads(text)
-            user, message = obj.get("username"), obj.get("message")
-            if not isinstance(user, str) or not isinstance(message, str) or len(message) > 4096:
-                continue
-            SEQS[room] = seq = SEQS.get(room, 0) + 1
-            now = datetime.now(UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
-            event = {
-                "type": "message",
-                "room": room,
-                "seq": seq,
-                "epoch": EPOCH,
-                "username": user,
-                "message": message,
-                "time": now,
-            }
-            broadcast(members, json.dumps(event, separators=(",", ":")))
+            out = event(room, text)
+            if out is not None:
+                broadcast(members, out)
     finally:
         members.discard(ws)
 
 
-async def main(host: str, port: int) -> None:
-    async with serve(handler, host, port, compression=None, max_size=65536, backlog=4096) as server:
+async def main(host: str, port: int, deflate: bool) -> None:
+    # compression="deflate" is the library's default (context takeover, server window 2**12)
+    compression = "deflate" if deflate else None
+    async with serve(
+        handler, host, port, compression=compression, max_size=65536, backlog=4096
+    ) as server:
         await server.serve_forever()
 
 
@@ -55,10 +41,11 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--deflate", action="store_true", help="the default permessage-deflate")
     args = parser.parse_args()
     try:
         import uvloop  # same event loop as wschat gets, for a fair comparison
 
-        uvloop.run(main(args.host, args.port))
+        uvloop.run(main(args.host, args.port, args.deflate))
     except ImportError:
-        asyncio.run(main(args.host, args.port))
+        asyncio.run(main(args.host, args.port, args.deflate))

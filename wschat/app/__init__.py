@@ -12,7 +12,6 @@ from .api import (
     GetPresence,
     ListRooms,
     PostMessage,
-    RoomDirectory,
     is_api_path,
 )
 from .app import App, upgrade_refusal
@@ -77,7 +76,6 @@ __all__ = [
     "Rejection",
     "Relay",
     "Reply",
-    "RoomDirectory",
     "UpgradeRequest",
     "close_deadline",
     "default_authorize",

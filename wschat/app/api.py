@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import hmac
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote
 
 import msgspec
@@ -93,18 +93,6 @@ class ListRooms:
 
 ApiCall = PostMessage | GetPresence | GetHistory | ListRooms
 API_CALLS = (PostMessage, GetPresence, GetHistory, ListRooms)
-
-
-@runtime_checkable
-class RoomDirectory(Protocol):
-    """What a backend needs to answer ``GET /api/rooms`` (not yet in the Backend protocol)."""
-
-    async def rooms(self) -> dict[str, int]:
-        """Every room with present users on any node → how many users (each once).
-
-        Raises:
-            BackendUnavailable: The backend cannot be reached.
-        """
 
 
 def is_api_path(path: str) -> bool:
@@ -197,12 +185,7 @@ async def execute(call: ApiCall, hub: Hub) -> Response:
             return json_response(
                 200, history_event(call.room, messages, history.position, history.complete)
             )
-        backend = hub.backend
-        if not isinstance(backend, RoomDirectory):
-            return api_error(
-                501, "not_supported", f"the {type(backend).__name__} hub cannot list rooms"
-            )
-        counts = await backend.rooms()
+        counts = await hub.backend.rooms()
         rooms = [{"room": room, "members": count} for room, count in sorted(counts.items())]
         return json_response(200, {"rooms": rooms})
     except BackendUnavailable as exc:

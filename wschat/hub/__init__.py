@@ -26,26 +26,32 @@ def open_backend(
     presence_ttl: float = DEFAULT_PRESENCE_TTL,
     max_idle_rooms: int = DEFAULT_MAX_IDLE_ROOMS,
 ) -> Backend:
-    """Make the backend a URL names: ``memory://`` or ``redis://host:port/db``.
+    """Make the backend a URL names.
+
+    ``memory://``, ``redis://host:port/db`` (or ``rediss://``), or
+    ``redis-cluster://host:port[,host:port...]``.
 
     ``max_idle_rooms`` bounds the memory backend's rooms nobody is in.
 
     Raises:
-        ValueError: The URL names no known backend.
+        ValueError: The URL names no known backend, or is malformed.
     """
     scheme = urlsplit(url).scheme
     if scheme == "memory":
         return MemoryBackend(
             history_size=history_size, history_ttl=history_ttl, max_idle_rooms=max_idle_rooms
         )
-    if scheme in ("redis", "rediss"):
+    if scheme in ("redis", "rediss", "redis-cluster"):
         from .redis import RedisBackend
 
         backend: Backend = RedisBackend(
             url, history_size=history_size, history_ttl=history_ttl, presence_ttl=presence_ttl
         )
         return backend
-    raise ValueError(f"unknown hub backend {url!r}: expected memory:// or redis://host:port/db")
+    raise ValueError(
+        f"unknown hub backend {url!r}: expected memory://, redis://host:port/db"
+        " or redis-cluster://host:port[,host:port...]"
+    )
 
 
 __all__ = [

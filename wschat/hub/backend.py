@@ -25,6 +25,14 @@ DEFAULT_HISTORY_SIZE = 100
 # Centrifugo's presence_ttl is 60 s; half of it removes a dead node's members sooner
 # while a node heartbeats every third of it.
 DEFAULT_PRESENCE_TTL = 30.0
+# Idempotent publish: a retried message (same sender, same id) within this window
+# returns the original position. Precedents: Centrifugo keeps idempotent publish
+# results for 5 minutes, NATS JetStream's duplicate window is 2 minutes. A client
+# retries within seconds, or after a reconnect: 5 minutes covers both.
+DEFAULT_DEDUP_TTL = 300.0
+# ...and among the last this many ids of the room (the bound on what a room keeps:
+# a room busier than ~3 messages with ids a second remembers them for less long).
+DEFAULT_DEDUP_SIZE = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +154,11 @@ class Backend(Protocol):
     async def publish(self, room: str, message: ChatMessage) -> Position:
         """Assign the next position in ``room``, store it in history and deliver it.
 
+        Idempotent for messages with an ``id``: when the same ``(username, id)``
+        was published in ``room`` within the backend's dedup TTL (and is among
+        the room's last dedup-size ids), this returns the original position and
+        publishes nothing.
+
         Raises:
             BackendUnavailable: The message was not published.
         """
@@ -181,6 +194,15 @@ class Backend(Protocol):
 
     async def presence(self, room: str) -> list[str]:
         """The usernames present in ``room`` (each once).
+
+        Raises:
+            BackendUnavailable: The backend cannot be reached.
+        """
+
+    async def rooms(self) -> dict[str, int]:
+        """Every room with users present on any node → how many users (each once).
+
+        For the HTTP API's ``GET /api/rooms``: may cost a pass over every room.
 
         Raises:
             BackendUnavailable: The backend cannot be reached.

@@ -15,7 +15,13 @@ Joining is ordered so that a member never misses or reorders a message
 between history and live delivery: the member first goes into a per-room
 ``joining`` buffer that collects live events, then history is read, sent, and
 the buffered events newer than history are flushed before the member joins the
-room proper.
+room proper. History is read on another connection than live delivery, so it
+can be ahead of it: live messages the member already got in history (seq at
+or below the history position) are dropped for that member until a newer one
+arrives (a per-member *floor*).
+
+A gap marker from the backend (live messages lost on the way to this node)
+reaches joining members too: their history may predate the loss.
 """
 
 from __future__ import annotations
@@ -108,6 +114,8 @@ class Hub:
         self._clock = clock
         self._rooms: dict[str, set[Member]] = {}
         self._joining: dict[str, dict[Member, list[tuple[int | None, PreparedMessage]]]] = {}
+        self._floors: dict[str, dict[Member, int]] = {}
+        self._last_seq: dict[str, int] = {}
         self._member_rooms: dict[Member, set[str]] = {}
         self._present: dict[Member, set[str]] = {}
         self._subscribed: set[str] = set()
@@ -180,6 +188,9 @@ class Hub:
         for seq, message in buffer:
             if seq is None or seq > retained.position.seq:
                 member.send(message)
+        if retained.position.seq > self._last_seq.get(room, 0):
+            # Live delivery is behind history: what history covered is still to come.
+            self._floors.setdefault(room, {})[member] = retained.position.seq
         self._rooms.setdefault(room, set()).add(member)
         await self._update_presence(member, room)
         try:
@@ -218,17 +229,30 @@ class Hub:
         members = self._rooms.get(room)
         if members is not None:
             members.discard(member)
+        self._drop_floor(room, member)
         present = self._present.get(member)
         if present is not None and room in present:
             present.discard(room)
-            await self.backend.presence_leave(room, member.conn_id)
+            try:
+                await self.backend.presence_leave(room, member.conn_id)
+            except Exception:
+                # The room must still be released; the backend's presence of a
+                # dead connection expires with its node's heartbeat.
+                logger.exception("! presence leave of %s from %s failed", member.conn_id, room)
         await self._release(room)
 
     async def disconnect(self, member: Member) -> None:
-        """Remove every trace of ``member``: all rooms, presence, subscriptions."""
+        """Remove every trace of ``member``: all rooms, presence, subscriptions.
+
+        Never raises: a failure in one room is logged and the other rooms are
+        still left.
+        """
         try:
             for room in list(self._member_rooms.get(member, ())):
-                await self.leave(member, room)
+                try:
+                    await self.leave(member, room)
+                except Exception:
+                    logger.exception("! leaving %s for %s failed", room, member.conn_id)
         finally:
             for room in self._member_rooms.pop(member, ()):
                 members = self._rooms.get(room)
@@ -279,30 +303,70 @@ class Hub:
         if not members and not joining:
             return
         if delivery.gap:
-            for member in list(members or ()):
+            self._floors.pop(room, None)
+            self._last_seq.pop(room, None)
+            for member in [*(members or ()), *(joining or ())]:
                 member.missed(room)
             return
         started = time.perf_counter()
         message = PreparedMessage(delivery.payload)
+        seq = delivery.seq
+        if seq is not None:
+            self._last_seq[room] = seq
         if members:
             if delivery.origin is not None:
                 for member in members:
                     if not member.legacy and member.conn_id != delivery.origin:
                         member.send(message)
-            elif delivery.seq is None:
+                self.deliveries += len(members)
+            elif seq is None:
                 for member in members:
                     if not member.legacy:
                         member.send(message)
+                self.deliveries += len(members)
             else:
-                for member in members:
-                    member.send(message)
-            self.deliveries += len(members)
+                floors = self._floors.get(room)
+                if floors is None:
+                    for member in members:
+                        member.send(message)
+                    self.deliveries += len(members)
+                else:
+                    self._send_above_floors(room, members, floors, seq, message)
         if joining:
             for buffer in joining.values():
                 buffer.append((delivery.seq, message))
         self.broadcasts += 1
         if self.fanout_observer is not None:
             self.fanout_observer(time.perf_counter() - started)
+
+    def _send_above_floors(
+        self,
+        room: str,
+        members: set[Member],
+        floors: dict[Member, int],
+        seq: int,
+        message: PreparedMessage,
+    ) -> None:
+        """Send to every member but those that already got ``seq`` in their history."""
+        sent = 0
+        for member in members:
+            floor = floors.get(member)
+            if floor is None or seq > floor:
+                member.send(message)
+                sent += 1
+        self.deliveries += sent
+        for member, floor in list(floors.items()):
+            if seq >= floor:
+                del floors[member]  # live delivery has caught up with its history
+        if not floors:
+            del self._floors[room]
+
+    def _drop_floor(self, room: str, member: Member) -> None:
+        floors = self._floors.get(room)
+        if floors is not None:
+            floors.pop(member, None)
+            if not floors:
+                del self._floors[room]
 
     # -- subscriptions ---------------------------------------------------------
 
@@ -331,12 +395,16 @@ class Hub:
             ):
                 self._subscribed.discard(room)
                 self._rooms.pop(room, None)
+                self._last_seq.pop(room, None)
+                self._floors.pop(room, None)
                 try:
                     await self.backend.unsubscribe(room)
                 except BackendError as exc:
                     # Harmless: deliveries for a room with no members are dropped,
                     # and a later join subscribes again.
                     logger.warning("! unsubscribe %s failed: %s", room, exc)
+                except Exception:
+                    logger.exception("! unsubscribe %s failed", room)
         if not self._rooms.get(room) and not self._lock(room).locked():
             self._room_locks.pop(room, None)
 

@@ -28,6 +28,8 @@ from anyio.abc import TaskGroup
 
 from ..chat import Position, membership_event
 from .backend import (
+    DEFAULT_DEDUP_SIZE,
+    DEFAULT_DEDUP_TTL,
     DEFAULT_HISTORY_SIZE,
     ChatMessage,
     Deliver,
@@ -52,6 +54,8 @@ class _Room:
     history: deque[tuple[int, bytes, float]] = field(default_factory=deque)
     connections: dict[str, str] = field(default_factory=dict)  # conn_id -> username
     users: Counter[str] = field(default_factory=Counter)
+    # (username, message id) -> (seq, monotonic time published), oldest first
+    ids: OrderedDict[tuple[str, str], tuple[int, float]] = field(default_factory=OrderedDict)
 
 
 class MemoryBackend:
@@ -64,6 +68,8 @@ class MemoryBackend:
             no history left forgotten first, then the least recently used); 0
             forgets a room as soon as nobody is in it.
         clock: Monotonic clock, injectable for tests.
+        dedup_ttl: Seconds a message id is remembered (idempotent publish).
+        dedup_size: Message ids remembered per room.
     """
 
     def __init__(
@@ -72,10 +78,14 @@ class MemoryBackend:
         history_ttl: float | None = None,
         max_idle_rooms: int = DEFAULT_MAX_IDLE_ROOMS,
         clock: Callable[[], float] = time.monotonic,
+        dedup_ttl: float = DEFAULT_DEDUP_TTL,
+        dedup_size: int = DEFAULT_DEDUP_SIZE,
     ) -> None:
         self.history_size = history_size
         self.history_ttl = history_ttl
         self.max_idle_rooms = max_idle_rooms
+        self.dedup_ttl = dedup_ttl
+        self.dedup_size = dedup_size
         self._clock = clock
         self._rooms: dict[str, _Room] = {}
         # Rooms nobody is in, least recently used first (values unused): those
@@ -157,12 +167,27 @@ class MemoryBackend:
             self._deliver(room, delivery)
 
     async def publish(self, room: str, message: ChatMessage) -> Position:
-        """Assign the next seq, keep the message in history and deliver it."""
+        """Assign the next seq, keep the message in history and deliver it.
+
+        A retry of a message id (same sender) within ``dedup_ttl`` returns the
+        original position and publishes nothing.
+        """
         state = self._room(room)
+        now = self._clock()
+        ids = state.ids
+        while ids and next(iter(ids.values()))[1] <= now - self.dedup_ttl:
+            ids.popitem(last=False)
+        if message.id is not None:
+            seen = ids.get((message.username, message.id))
+            if seen is not None:
+                return Position(state.epoch, seen[0])
+            ids[(message.username, message.id)] = (state.seq + 1, now)
+            while len(ids) > self.dedup_size:
+                ids.popitem(last=False)
         state.seq += 1
         position = Position(state.epoch, state.seq)
         payload = message_payload(room, position, message)
-        state.history.append((state.seq, payload, self._clock()))
+        state.history.append((state.seq, payload, now))
         while len(state.history) > self.history_size:
             state.history.popleft()
         self._expire(state)
@@ -211,6 +236,10 @@ class MemoryBackend:
             del state.users[username]
             self._emit(room, Delivery(membership_event("left", room, username), None))
         self._settle(room)
+
+    async def rooms(self) -> dict[str, int]:
+        """Every room someone is in, with how many users (each once)."""
+        return {room: len(state.users) for room, state in self._rooms.items() if state.users}
 
     async def presence(self, room: str) -> list[str]:
         """Usernames present in ``room``."""

@@ -64,6 +64,11 @@ DEFAULT_MAX_REQUEST_HEAD = 16 * 1024
 # asyncio's transports call pause_writing() at a 64 KiB high-water mark.
 DEFAULT_MAX_PENDING_OUTPUT = 64 * 1024
 
+# Request bodies (the HTTP API's JSON) are read whole, up to this; over it: 413.
+# Precedents: nginx's client_max_body_size is 1 MiB; a chat message is 4096
+# characters, so 64 KiB holds any API call with room to spare.
+DEFAULT_MAX_REQUEST_BODY = 64 * 1024
+
 SERVER_HEADER: Final = ("server", "wschat")
 
 STATUS_TEXT: Final = {
@@ -72,6 +77,7 @@ STATUS_TEXT: Final = {
     403: "Forbidden",
     404: "Not Found",
     405: "Method Not Allowed",
+    413: "Content Too Large",
     421: "Misdirected Request",
     426: "Upgrade Required",
     431: "Request Header Fields Too Large",
@@ -109,6 +115,8 @@ class ServerConnection(WebSocketConnection):
             ``127.0.0.1`` and ``[::1]`` only (see ``HostPolicy.for_bind``).
         max_pending_output: Response bytes waiting in ``data_to_send()`` over
             which pipelined requests are not parsed.
+        max_request_body: Cap on a request body; over it: 413, and the
+            connection closes (the rest is not read).
     """
 
     def __init__(
@@ -118,6 +126,7 @@ class ServerConnection(WebSocketConnection):
         max_request_head: int = DEFAULT_MAX_REQUEST_HEAD,
         host_policy: HostPolicy | None = None,
         max_pending_output: int = DEFAULT_MAX_PENDING_OUTPUT,
+        max_request_body: int = DEFAULT_MAX_REQUEST_BODY,
     ) -> None:
         super().__init__(State.HTTP)
         self.websocket_paths = frozenset(websocket_paths)
@@ -125,7 +134,11 @@ class ServerConnection(WebSocketConnection):
         self.host_policy = host_policy or HostPolicy()
         self.max_request_head = max_request_head
         self.max_pending_output = max_pending_output
+        self.max_request_body = max_request_body
         self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=max_request_head)
+        self._reading: tuple[str, str, str, Headers] | None = None  # a request, body to come
+        self._body: list[bytes] = []
+        self._body_size = 0
         self._pending_request: tuple[str, str, Headers] | None = None
         self._awaiting_response = False
         self._answered_with_error = False
@@ -248,14 +261,17 @@ class ServerConnection(WebSocketConnection):
                 return
             if isinstance(event, h11.Request):
                 self._on_request(event)
+            elif isinstance(event, h11.Data):
+                self._on_body(event.data)
             elif isinstance(event, h11.EndOfMessage):
                 if self._pending_request is not None:
                     self._on_upgrade_request()
                     return
+                if self._reading is not None:
+                    self._on_request_read()
             elif isinstance(event, h11.ConnectionClosed):
                 self._set_state(State.CLOSED)
                 return
-            # h11.Data: a request body nobody asked for; discard it.
 
     def _pending_output(self) -> int:
         return sum(len(chunk) for chunk in self._out)
@@ -277,7 +293,7 @@ class ServerConnection(WebSocketConnection):
             # RFC 9110 15.5.20: 421, the server does not answer for this authority.
             self._reject(421, f"host not allowed: {host or '(empty)'} (see --allow-host)")
             return
-        if path in self.websocket_paths:
+        if path in self.websocket_paths and _tries_to_upgrade(headers):
             version = request.http_version.decode("latin-1")
             self._pending_request = (path, query, headers)
             rejection = check_websocket_request(
@@ -287,8 +303,33 @@ class ServerConnection(WebSocketConnection):
                 self._pending_request = None
                 self._reject(rejection.status, rejection.reason, rejection.headers)
             return
+        length = header_value(headers, "content-length")
+        if length is not None and length.strip().isdigit() and int(length) > self.max_request_body:
+            self._reject(413, f"request body over {self.max_request_body} bytes")
+            return
+        self._reading = (request.method.decode("latin-1"), path, query, headers)
+        self._body, self._body_size = [], 0
+        if self._h11.client_is_waiting_for_100_continue:
+            # RFC 9110 10.1.1: the client waits for this before it sends the body.
+            self._send_h11(h11.InformationalResponse(status_code=100, headers=[]))
+
+    def _on_body(self, data: bytes) -> None:
+        if self._reading is None:
+            return  # the body of a request already refused: not kept
+        self._body_size += len(data)
+        if self._body_size > self.max_request_body:
+            self._reading, self._body = None, []
+            self._reject(413, f"request body over {self.max_request_body} bytes")
+            return
+        self._body.append(data)
+
+    def _on_request_read(self) -> None:
+        assert self._reading is not None
+        method, path, query, headers = self._reading
+        body = b"".join(self._body)
+        self._reading, self._body = None, []
         self._awaiting_response = True
-        self._events.append(HttpRequest(request.method.decode("latin-1"), path, query, headers))
+        self._events.append(HttpRequest(method, path, query, headers, body))
 
     def _reject(self, status: int, reason: str, headers: Headers = ()) -> None:
         """Answer the current request ourselves and close (RequestRejected)."""
@@ -356,6 +397,17 @@ class ServerConnection(WebSocketConnection):
         # h11's "closed" flag cannot be set here: EOF while the upgrade was
         # pending already closed the connection (receive_eof).
         trailing, _ = self._h11.trailing_data
+        # The HTTP phase is over: h11's state and buffers are not kept for the
+        # connection's life (a server holds thousands of these).
+        del self._h11
         self._open_websocket(
             ConnectionType.SERVER, deflate, max_message_size, accept_binary, trailing
         )
+
+
+def _tries_to_upgrade(headers: Headers) -> bool:
+    """Whether a request to a WebSocket path is a (perhaps broken) upgrade attempt,
+    rather than a plain request such as a page's ``fetch`` of the same URL."""
+    return any(
+        name in ("upgrade", "sec-websocket-key", "sec-websocket-version") for name, _ in headers
+    )

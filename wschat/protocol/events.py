@@ -15,22 +15,27 @@ Headers = tuple[tuple[str, str], ...]
 
 @dataclass(frozen=True, slots=True)
 class HttpRequest:
-    """A plain HTTP request (not a WebSocket upgrade).
+    """A plain HTTP request (not a WebSocket upgrade), body read in full.
 
     The caller must answer it with ``conn.send_response(...)`` before the next
-    request on the same keep-alive connection is parsed.
+    request on the same keep-alive connection is parsed. A request to a
+    WebSocket path that does not try to upgrade (no ``Upgrade: websocket``, no
+    ``Sec-WebSocket-Key``: a browser's ``fetch``, a curl) comes out as one too:
+    the caller says why it would refuse the upgrade, or 426.
 
     Attributes:
         method: The request method, e.g. ``"GET"``.
         path: The path part of the target, e.g. ``"/"``.
         query: The raw query string (without ``?``), or ``""``.
         headers: Request headers, names lower-cased.
+        body: The request body (``b""`` for none), at most ``max_request_body``.
     """
 
     method: str
     path: str
     query: str
     headers: Headers
+    body: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)

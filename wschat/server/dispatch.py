@@ -26,7 +26,7 @@ from ..app import (
     Relay,
     Reply,
 )
-from ..chat import ack_event, error_event, peek_message_id
+from ..chat import ChatError, ack_event, check_distinct, error_event, peek_message_id
 from ..hub import BackendUnavailable, Hub
 from .config import ServerConfig
 from .metrics import Metrics
@@ -77,6 +77,8 @@ class ChatDispatch:
         outcome = await app_session.handle(text, time.time())
         message_id = outcome.id if isinstance(outcome, Publish) else None
         try:
+            if not await self._names_distinct(peer, outcome, had_username, rooms_before):
+                return
             if not had_username and session.username is not None:
                 await self.hub.update_presence(peer)
             await self._carry_out(peer, outcome, now)
@@ -88,6 +90,39 @@ class ChatDispatch:
         except Exception:
             logger.exception("! conn %s: %s failed", peer.conn_id, type(outcome).__name__)
             peer.close(1011, "internal error")
+
+    async def _names_distinct(
+        self, peer: Peer, outcome: Outcome, had_username: bool, rooms_before: set[str]
+    ) -> bool:
+        """A name a client chose must not look like another present in its rooms
+        (UTS #39): checked when the name is bound (every room the connection is
+        in) and on joining a room. Names from tokens are the app's and not checked.
+
+        On a look-alike the frame is undone (the name unbound, the room not
+        joined), the client told ``name_confusable``, and False returned.
+        """
+        session, app_session = peer.session, peer.app_session
+        assert session is not None and app_session is not None
+        username = session.username
+        if username is None or (app_session.identity and app_session.identity.authenticated):
+            return True
+        if not had_username:
+            rooms = set(session.rooms)
+        elif isinstance(outcome, JoinRoom) and outcome.room not in rooms_before:
+            rooms = {outcome.room}
+        else:
+            return True
+        try:
+            for room in sorted(rooms):
+                check_distinct(username, await self.hub.backend.presence(room), room)
+        except ChatError as exc:
+            if not had_username:
+                session.username = None
+            session.rooms.intersection_update(rooms_before)
+            message_id = outcome.id if isinstance(outcome, Publish) else None
+            peer.send_event(error_event(exc.code, exc.reason, message_id))
+            return False
+        return True
 
     async def _carry_out(self, peer: Peer, outcome: Outcome, now: float) -> None:
         if isinstance(outcome, Publish):

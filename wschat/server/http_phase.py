@@ -32,7 +32,7 @@ from ..protocol import (
 )
 from .config import ServerConfig
 from .constants import CHAT_PATH, DISCONNECTED, ECHO_PATH, RECEIVE_SIZE
-from .http import CONTENT_TYPE_TEXT, Response
+from .http import CONTENT_TYPE_TEXT, Response, method_not_allowed
 from .metrics import Metrics
 from .ratelimit import KeyedRateLimiter, address_key, client_address, parse_networks
 from .routes import Routes
@@ -90,6 +90,7 @@ class HttpPhase:
         """The TLS context, when serving https/wss (set at start-up)."""
         self._open_websockets = open_websockets
         self._draining = draining
+        self._websocket_paths = frozenset({CHAT_PATH, ECHO_PATH} if config.echo else {CHAT_PATH})
         self._proxies = parse_networks(config.trusted_proxies)
         self._connects = KeyedRateLimiter(
             config.connect_rate, config.connect_burst, config.address_table_size
@@ -133,7 +134,10 @@ class HttpPhase:
             while events := conn.events_received():
                 for event in events:
                     if isinstance(event, HttpRequest):
-                        response = self.routes.answer(event)
+                        if event.path in self._websocket_paths:
+                            response = await self._probe(event, address)
+                        else:
+                            response = await self.routes.answer(event)
                         conn.send_response(
                             response.status, response.body, response.content_type, response.headers
                         )
@@ -162,8 +166,7 @@ class HttpPhase:
         self, conn: ServerConnection, request: WebSocketRequest, address: str, peer_ip: str
     ) -> Upgrade | None:
         """Accept a valid upgrade, or refuse it on server grounds: the address's
-        connection rate, the room, the app (who it is, whether it may enter),
-        draining, capacity.
+        connection rate, then :meth:`_refusal`'s.
 
         Nothing awaits between the capacity check and the peer's registration,
         so the capacity check cannot race.
@@ -175,25 +178,12 @@ class HttpPhase:
             reason = "too many connections from your address"
             self._refuse(conn, address, _text(429, reason, _retry(retry)), "address_rate")
             return None
-        admission: Admission | None = None
-        if request.path == CHAT_PATH:
-            try:
-                room = url_room(request.query)
-            except ChatError as exc:
-                self._refuse(conn, address, _text(400, exc.reason), "bad_room")
-                return None
-            try:
-                admission = await self._admit(request, address, room)
-            except Rejection as rejection:
-                self._refuse(conn, address, upgrade_refusal(rejection), f"app_{rejection.status}")
-                return None
-        if self._draining():
-            refusal = _text(503, "server is shutting down", _retry("5"))
-            self._refuse(conn, address, refusal, "draining")
-            return None
-        if self._open_websockets() >= self.config.max_connections:
-            refusal = _text(503, "too many connections", _retry("5"))
-            self._refuse(conn, address, refusal, "capacity")
+        refusal, admission = await self._refusal(
+            request.path, request.query, request.headers, address
+        )
+        if refusal is not None:
+            response, label = refusal
+            self._refuse(conn, address, response, label)
             return None
         echo = request.path == ECHO_PATH
         config = self.config
@@ -210,8 +200,43 @@ class HttpPhase:
             return {"compressions": 0, "deflate_settings": 0}
         return self.deflate.statistics()
 
-    async def _admit(self, request: WebSocketRequest, address: str, room: str) -> Admission:
-        upgrade = UpgradeRequest(request.path, request.query, request.headers, address)
+    async def _refusal(
+        self, path: str, query: str, headers: Headers, address: str
+    ) -> tuple[tuple[Response, str] | None, Admission | None]:
+        """Why an upgrade to ``path`` would be refused (the answer and its metrics
+        label), or None and the app's admission: the room, the app (who it is,
+        whether it may enter), draining, capacity; in that order."""
+        admission: Admission | None = None
+        if path == CHAT_PATH:
+            try:
+                room = url_room(query)
+            except ChatError as exc:
+                return (_text(400, exc.reason), "bad_room"), None
+            try:
+                admission = await self._admit(path, query, headers, address, room)
+            except Rejection as rejection:
+                return (upgrade_refusal(rejection), f"app_{rejection.status}"), None
+        if self._draining():
+            return (_text(503, "server is shutting down", _retry("5")), "draining"), None
+        if self._open_websockets() >= self.config.max_connections:
+            return (_text(503, "too many connections", _retry("5")), "capacity"), None
+        return None, admission
+
+    async def _probe(self, request: HttpRequest, address: str) -> Response:
+        """A plain request to a WebSocket path (a page asking why its upgrade failed):
+        the refusal the upgrade would get, else 426 (RFC 9110 15.5.22)."""
+        if request.method not in ("GET", "HEAD"):
+            return method_not_allowed("GET, HEAD")
+        refusal, _ = await self._refusal(request.path, request.query, request.headers, address)
+        if refusal is not None:
+            return refusal[0]
+        headers = (("upgrade", "websocket"), ("connection", "Upgrade"))
+        return _text(426, "this is a WebSocket endpoint: connect with a WebSocket client", headers)
+
+    async def _admit(
+        self, path: str, query: str, headers: Headers, address: str, room: str
+    ) -> Admission:
+        upgrade = UpgradeRequest(path, query, headers, address)
         try:
             with anyio.fail_after(self.config.handshake_timeout):
                 return await self.app.admit(upgrade, room)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import random
 import time
 from collections.abc import Callable
 
@@ -119,7 +120,9 @@ class ConnectionPump:
             )
             upgrade = await self.http.serve(stream, conn, address, peer_ip)
             if upgrade is not None:
-                await self._serve_websocket(stream, conn, upgrade, address)
+                websocket = self._serve_websocket(stream, conn, upgrade, address)
+                del upgrade  # its request's headers are not kept for the connection's life
+                await websocket
         except DISCONNECTED:
             pass
         except Exception:
@@ -133,7 +136,8 @@ class ConnectionPump:
     async def _serve_websocket(
         self, stream: ByteStream, conn: ServerConnection, upgrade: Upgrade, address: str
     ) -> None:
-        request = upgrade.request
+        request, admission, client_key = upgrade.request, upgrade.admission, upgrade.client_key
+        del upgrade
         config = self.config
         now = anyio.current_time()
         chat = request.path == CHAT_PATH
@@ -150,10 +154,14 @@ class ConnectionPump:
             strikes=TokenBucket(STRIKE_REFILL if config.rate > 0 else 0, config.burst, now),
             metrics=self.metrics,
             close_timeout=config.close_timeout,
-            client_key=upgrade.client_key,
+            client_key=client_key,
         )
-        if peer.session is not None and upgrade.admission is not None:
-            peer.app_session = self.app.open_session(peer.session, upgrade.admission, time.time())
+        # Pings spread over the interval: clients that connected together (after
+        # a restart) are not all pinged in one tick.
+        peer.last_ping -= random.random() * config.ping_interval
+        if peer.session is not None and admission is not None:
+            peer.app_session = self.app.open_session(peer.session, admission, time.time())
+        del admission
         del request  # its headers are not needed for the connection's life
         self.peers.add(peer)
         self.metrics.connections_open.inc()

@@ -75,7 +75,7 @@ class Server:
             self.app,
             self.hub,
             self.metrics,
-            Routes(self.metrics, lambda: self.draining),
+            Routes(self.app, self.metrics, lambda: self.draining),
             self._flusher,
             self.node_id,
             lambda: self.draining,

@@ -1,0 +1,74 @@
+"""A Python client for wschat: async, reconnecting, recovering what it missed.
+
+::
+
+    import anyio
+    import wschat.client
+
+    async def main() -> None:
+        async with wschat.client.connect("ws://127.0.0.1:8080/ws",
+                                         room="lobby", username="bot") as chat:
+            await chat.say("hello")
+            async for event in chat:
+                if isinstance(event, wschat.client.Message) and not event.mine:
+                    print(event.username, event.text)
+
+    anyio.run(main)
+
+It runs on asyncio, uvloop and trio (through anyio). The sans-IO half (the
+WebSocket client connection) is :mod:`wschat.protocol.client`; the chat state
+across connections is :class:`~wschat.client.session.ClientSession`.
+"""
+
+from .backoff import Backoff
+from .client import ChatClient, connect
+from .errors import (
+    ClientError,
+    ConnectError,
+    ConnectionClosedError,
+    HandshakeRejectedError,
+    JoinError,
+    SayError,
+)
+from .events import (
+    Ack,
+    Disconnected,
+    Error,
+    Event,
+    Gap,
+    History,
+    Joined,
+    Left,
+    Message,
+    Position,
+    Presence,
+    Reconnected,
+    Typing,
+)
+from .supervisor import TokenSource
+
+__all__ = [
+    "Ack",
+    "Backoff",
+    "ChatClient",
+    "ClientError",
+    "ConnectError",
+    "ConnectionClosedError",
+    "Disconnected",
+    "Error",
+    "Event",
+    "Gap",
+    "HandshakeRejectedError",
+    "History",
+    "JoinError",
+    "Joined",
+    "Left",
+    "Message",
+    "Position",
+    "Presence",
+    "Reconnected",
+    "SayError",
+    "TokenSource",
+    "Typing",
+    "connect",
+]

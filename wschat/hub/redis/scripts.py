@@ -1,0 +1,54 @@
+"""The backend's Lua scripts, read from the ``.lua`` files beside this module.
+
+Each script is ``common.lua`` followed by its own file, read once at import.
+A script runs with EVALSHA; a Redis that does not know it yet (just started,
+or restarted, or a Cluster shard that never ran it) answers NOSCRIPT, and the
+script is sent in full once with EVAL, which also caches it there. EVAL and
+EVALSHA are routed by their first key, so on a Cluster each runs on the shard
+that owns the room.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from importlib.resources import files
+from typing import Any
+
+from redis.exceptions import NoScriptError
+
+_HERE = files(__package__)
+_COMMON = (_HERE / "common.lua").read_text(encoding="utf-8")
+
+
+class Script:
+    """One Lua script, run on the Redis (or Cluster shard) that owns its keys.
+
+    Args:
+        name: The file name without ``.lua``.
+    """
+
+    __slots__ = ("name", "sha", "text")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.text = _COMMON + "\n" + (_HERE / f"{name}.lua").read_text(encoding="utf-8")
+        self.sha = hashlib.sha1(self.text.encode()).hexdigest()
+
+    async def __call__(self, client: Any, keys: list[str], args: list[Any]) -> Any:
+        """Run with ``keys`` (every key the script touches) and ``args`` on ``client``.
+
+        ``client`` is a ``redis.asyncio`` Redis or RedisCluster.
+        """
+        try:
+            return await client.evalsha(self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            return await client.eval(self.text, len(keys), *keys, *args)
+
+
+PUBLISH = Script("publish")
+READ = Script("read")
+PRESENCE_JOIN = Script("presence_join")
+PRESENCE_LEAVE = Script("presence_leave")
+PRESENCE_LIST = Script("presence_list")
+PRESENCE_HEAL = Script("presence_heal")
+ROOM_BEAT = Script("room_beat")
