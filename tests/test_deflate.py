@@ -1,10 +1,10 @@
 """permessage-deflate (RFC 7692) as wschat negotiates it, bytes in and bytes out.
 
-What each offer gets; the compressed frame, inflated here with zlib (the
-reference, not our code); messages under the size threshold left plain; one
-compression per broadcast for every member of a setting; the bounds on what
-a client can make the server inflate. Then the operator's switch: off unless
-``--compression``.
+What each offer gets (off unless asked for: see test_protocol's RFC 7692 class);
+the compressed frame, inflated here with zlib (the reference, not our code);
+messages under the size threshold left plain; one compression per broadcast for
+every member of a setting; the bounds on what a client can make the server
+inflate. Then the operator's switch: off unless ``--compression``.
 """
 
 from __future__ import annotations
@@ -179,13 +179,6 @@ class TestNegotiation:
         assert receive(conn, raw_frame(OP_TEXT, b"plain")) == [TextReceived("plain")]
         conn.send_text("x" * 500)
         assert conn.data_to_send() == [encode_text_frame(b"x" * 500)]  # RSV1 clear
-
-    def test_off_unless_a_policy_is_given(self) -> None:
-        conn = ServerConnection()
-        receive(conn, handshake_request(extensions=CHROMIUM))
-        conn.accept_websocket()
-        (response,) = parse_http_responses(conn.data_to_send()).responses
-        assert response.header("sec-websocket-extensions") is None
 
     @pytest.mark.parametrize(
         "settings",
