@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Run the Autobahn|Testsuite against `wschat serve --echo` and print its summary.
+# Run the Autobahn|Testsuite against `wschat serve --echo --compression` and print its
+# summary (sections 12 and 13 test permessage-deflate, which is off by default).
 #   .ci/conformance.sh [PROFILE]   PROFILE: full (default), core, fast, or case patterns
 # Installs the suite first when missing (shared/tools/autobahn/setup.sh).
 # Exit 0 only when no case FAILED and none is NON-STRICT (issue 8 item 7): run.sh
@@ -13,7 +14,7 @@ PY=${PYTHON:-$HERE/.venv/bin/python}
 PORT=$("$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 LOG=$(mktemp /tmp/wschat-conformance.XXXXXX.log)
 SUMMARY=$(mktemp /tmp/wschat-conformance.XXXXXX.txt)
-"$PY" -m wschat serve --host 127.0.0.1 --port "$PORT" --echo --rate 0 --address-rate 0 --connect-rate 0 --log-level warning >"$LOG" 2>&1 &
+"$PY" -m wschat serve --host 127.0.0.1 --port "$PORT" --echo --compression --rate 0 --address-rate 0 --connect-rate 0 --log-level warning >"$LOG" 2>&1 &
 SERVER=$!
 trap 'kill $SERVER 2>/dev/null || true; wait $SERVER 2>/dev/null || true; rm -f "$SUMMARY"' EXIT
 for _ in $(seq 100); do

@@ -230,6 +230,53 @@ def expect_message_once(page: Page, username: str, text: str) -> None:
     expect(line.locator(".time")).not_to_have_text("")
 
 
+# -- permessage-deflate as Chromium negotiates it ------------------------------------
+
+# Chromium's offer (Edge's too), and wschat's answer to it under --compression.
+CHROMIUM_DEFLATE_OFFER = "permessage-deflate; client_max_window_bits"
+DEFLATE_ANSWER = (
+    "permessage-deflate; server_no_context_takeover; client_no_context_takeover; "
+    "client_max_window_bits=10"
+)
+# For tests that run against the server with and without --compression.
+with_and_without_compression = pytest.mark.parametrize(
+    "compression", [False, True], ids=["plain", "deflate"]
+)
+
+
+def compression_flags(compression: bool) -> list[str]:
+    """``wschat serve`` flags for the ``compression`` parameter."""
+    return ["--compression"] if compression else []
+
+
+class Handshakes:
+    """A page's WebSocket handshakes as Chromium's network stack saw them (DevTools)."""
+
+    def __init__(self, page: Page) -> None:
+        self.offers: list[str | None] = []
+        self.answers: list[str | None] = []
+        session = page.context.new_cdp_session(page)
+        session.on("Network.webSocketWillSendHandshakeRequest", self._request)
+        session.on("Network.webSocketHandshakeResponseReceived", self._response)
+        session.send("Network.enable")
+
+    def _request(self, event: dict[str, Any]) -> None:
+        self.offers.append(_header(event["request"]["headers"], "sec-websocket-extensions"))
+
+    def _response(self, event: dict[str, Any]) -> None:
+        self.answers.append(_header(event["response"]["headers"], "sec-websocket-extensions"))
+
+    def assert_negotiated(self, compression: bool) -> None:
+        """Chromium offered deflate every time, and got the answer ``compression`` calls for."""
+        assert self.answers, "no WebSocket handshake seen"
+        assert set(self.offers) == {CHROMIUM_DEFLATE_OFFER}, self.offers
+        assert set(self.answers) == {DEFLATE_ANSWER if compression else None}, self.answers
+
+
+def _header(headers: dict[str, str], name: str) -> str | None:
+    return next((v for k, v in headers.items() if k.lower() == name), None)
+
+
 # -- an independent client --------------------------------------------------------
 
 

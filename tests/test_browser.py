@@ -18,7 +18,9 @@ from tests import browser_helpers
 from tests.browser_helpers import (
     RECONNECT_TIMEOUT_MS,
     SETTLED,
+    Handshakes,
     OpenPage,
+    compression_flags,
     expect,
     expect_members,
     expect_message_once,
@@ -26,6 +28,7 @@ from tests.browser_helpers import (
     expect_texts,
     join,
     send,
+    with_and_without_compression,
 )
 from tests.helpers import free_port, server_process
 
@@ -76,9 +79,11 @@ class SocketCutter:
 # -- tests ----------------------------------------------------------------------
 
 
-def test_two_users_chat_both_ways(new_page: OpenPage) -> None:
-    with server_process() as (_, port):
+@with_and_without_compression
+def test_two_users_chat_both_ways(new_page: OpenPage, compression: bool) -> None:
+    with server_process(*compression_flags(compression)) as (_, port):
         alice, bob = new_page("alice"), new_page("bob")
+        handshakes = Handshakes(alice)
         join(alice, port, "alice")
         join(bob, port, "bob")
         expect_members(alice, ["alice", "bob"])
@@ -97,6 +102,9 @@ def test_two_users_chat_both_ways(new_page: OpenPage) -> None:
         # Own messages are marked as such.
         expect(alice.locator("#messages .message.own .text")).to_have_text(["hi bob"])
         expect(bob.locator("#messages .message.own .text")).to_have_text(["hello alice"])
+        # Off by default: Chromium's offer gets no extension; with --compression it gets
+        # the shared setting, and every message above came compressed.
+        handshakes.assert_negotiated(compression)
 
 
 def test_pages_reconnect_after_server_restart(new_page: OpenPage) -> None:

@@ -15,6 +15,8 @@ from redis.asyncio import Redis
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+import wschat.client
+from wschat.client import History, Message
 from wschat.hub import ChatMessage
 from wschat.hub.redis import RedisBackend
 
@@ -105,16 +107,20 @@ async def test_live_messages_lost_by_the_node_make_members_resync() -> None:
 
 
 async def test_history_bigger_than_the_outbox_limit_still_joins() -> None:
-    async with running_server(outbox_limit=64 * 1024) as server, connect(ws_url(server)) as writer:
-        await join(writer, "w")
-        for _ in range(20):  # each ~24 KB encoded: 480 KB of history
-            await writer.send(json.dumps({"type": "message", "message": "\x01" * 4096}))
-            await next_event(writer, "message")
-        async with connect(ws_url(server), max_size=None) as reader:
-            history = await join(reader, "r")
-            assert len(history["messages"]) == 20
-            await reader.send(json.dumps({"type": "message", "message": "still here"}))
-            assert (await next_event(reader, "message"))["message"] == "still here"
+    # wschat's own client: this is about what a user gets, not the wire.
+    url = None
+    async with running_server(outbox_limit=64 * 1024) as server:
+        url = ws_url(server)
+        async with wschat.client.connect(url, username="w") as writer:
+            for _ in range(20):  # each ~24 KB encoded: 480 KB of history
+                await writer.say("\x01" * 4096)
+        big = 1 << 20
+        async with wschat.client.connect(url, username="r", max_message_size=big) as reader:
+            history = await anext(e async for e in reader if isinstance(e, History))
+            assert len(history.messages) == 20
+            await reader.say("still here")
+            mine = await anext(e async for e in reader if isinstance(e, Message))
+            assert (mine.text, mine.mine) == ("still here", True)
 
 
 async def test_empty_or_repeated_room_in_url_is_400() -> None:

@@ -368,8 +368,11 @@ class TestSlowConsumer:
     async def test_non_reader_closed_with_1013_others_get_everything(self) -> None:
         messages = 400
         text = "z" * 1000
+        # Compressed, the readers' copies are ~30 bytes (calibrated so when compression
+        # was on by default): uncompressed, 400 KB read on this busy loop would pass
+        # the 64 KiB limit for the readers too.
         async with running_server(
-            outbox_limit=64 * 1024, write_timeout=2, close_timeout=1
+            outbox_limit=64 * 1024, write_timeout=2, close_timeout=1, compression=True
         ) as server:
             stream = await anyio.connect_tcp("127.0.0.1", server.port)
             sock = stream.extra(anyio.abc.SocketAttribute.raw_socket)

@@ -25,9 +25,11 @@ from tests.browser_helpers import (
     RECONNECT_TIMEOUT_MS,
     VIEWPORTS,
     ChatClient,
+    Handshakes,
     OpenPage,
     Proxy,
     Shot,
+    compression_flags,
     expect,
     expect_member,
     expect_members,
@@ -37,6 +39,7 @@ from tests.browser_helpers import (
     join_another,
     page_url,
     send,
+    with_and_without_compression,
 )
 from tests.helpers import RedisProcess, server_process
 from wschat.chat.names import UsernameRefused, enforce_username
@@ -270,11 +273,14 @@ def test_typing_shown_to_the_other_user_and_cleared(new_page: OpenPage, shot: Sh
 # -- reloads ------------------------------------------------------------------------------
 
 
+@with_and_without_compression
 def test_reload_restores_rooms_and_shows_what_was_missed_exactly_once(
-    new_page: OpenPage, shot: Shot
+    new_page: OpenPage, shot: Shot, compression: bool
 ) -> None:
-    with server_process() as (_, port):
+    # History (the big payload, compressed under --compression) after a reload.
+    with server_process(*compression_flags(compression)) as (_, port):
         alice = new_page("alice")
+        handshakes = Handshakes(alice)
         join(alice, port, "alice", "lobby")
         join_another(alice, "dev")
         bob = ChatClient(port, "bob", "lobby")
@@ -314,6 +320,7 @@ def test_reload_restores_rooms_and_shows_what_was_missed_exactly_once(
         assert bob.wait_for_message("dev", "back")["username"] == "alice"
         shot(alice, "dev-after-reload")
         bob.close()
+        handshakes.assert_negotiated(compression)
 
 
 # -- reasons ------------------------------------------------------------------------------

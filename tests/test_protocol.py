@@ -682,17 +682,27 @@ class TestRfc7692PermessageDeflate:
     def test_offer_is_accepted_in_the_101(self) -> None:
         conn = ServerConnection()
         receive(conn, handshake_request(extensions=self.OFFER))
-        conn.accept_websocket()
+        conn.accept_websocket(compression=True)
         (response,) = parse_http_responses(conn.data_to_send()).responses
         accepted = response.header("sec-websocket-extensions")
         assert accepted is not None
         assert accepted.split(";")[0].strip() == "permessage-deflate"
         assert conn.compressed
 
+    def test_offer_is_declined_by_default(self) -> None:
+        # Compression is off unless asked for (issue 9): Chromium's offer gets no extension.
+        conn = ServerConnection()
+        receive(conn, handshake_request(extensions=self.OFFER))
+        conn.accept_websocket()
+        (response,) = parse_http_responses(conn.data_to_send()).responses
+        assert response.status == 101
+        assert response.header("sec-websocket-extensions") is None
+        assert not conn.compressed and conn.deflater is None
+
     def test_compressed_messages_round_trip(self) -> None:
         conn, client = open_pair(offer=self.OFFER)
         assert client.extensions  # the client really negotiated deflate
-        for i in range(3):  # context takeover across messages
+        for i in range(3):  # no context is kept: each message compressed alone
             text = f"message {i}: " + "compressible " * 50
             data = client.send(wse.TextMessage(text))
             assert data[0] & 0x40, "RSV1: the client compressed it"

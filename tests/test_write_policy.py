@@ -188,11 +188,15 @@ class TestWriteTimeoutMeansNoProgress:
     @TRANSPORTS
     async def test_a_reader_too_far_behind_is_told_1013(self, tls: bool, tmp_path: Path) -> None:
         options, context = tls_options(tls, tmp_path)
+        # The sender (websockets) receives its own 600 messages too, compressed (~126
+        # bytes each, the raw reader offers no deflate) and queued faster than they are
+        # flushed: 75 KB at most, under the limit. Uncompressed they would be 660 KB.
         async with running_server(
             small_send_buffers,
-            outbox_limit=32 * 1024,
+            outbox_limit=96 * 1024,
             write_timeout=1.5,
             close_timeout=10,
+            compression=True,
             **options,
         ) as server:
             reader = await RawClient.open(server.port, ssl_context=context, rcvbuf=16384)

@@ -116,6 +116,12 @@ _OPTIONS: list[tuple[str, str, Callable[[str], Any], str]] = [
         flags.event_loop,
         "event loop: auto (uvloop when installed), asyncio, uvloop, or trio (memory hub only)",
     ),
+    (
+        "--compression-min-size",
+        "compression_min_size",
+        count_or_zero,
+        "with --compression, messages shorter than this many bytes go out uncompressed",
+    ),
 ]
 
 
@@ -202,10 +208,11 @@ def add_serve_arguments(serve: argparse.ArgumentParser) -> None:
         help="also serve /echo, a WebSocket echo endpoint for conformance tests [env WSCHAT_ECHO]",
     )
     serve.add_argument(
-        "--no-compression",
-        action="store_true",
-        default=flags.env_default("no_compression", flags.boolean, False),
-        help="do not negotiate permessage-deflate [env WSCHAT_NO_COMPRESSION]",
+        "--compression",
+        action=argparse.BooleanOptionalAction,
+        default=_compression_default(),
+        help="negotiate permessage-deflate with clients that offer it, compressed once per "
+        "broadcast; --no-compression (the default) declines it [env WSCHAT_COMPRESSION]",
     )
     serve.add_argument(
         "--log-level",
@@ -213,6 +220,15 @@ def add_serve_arguments(serve: argparse.ArgumentParser) -> None:
         default=flags.env_default("log_level", flags.log_level, "info"),
         help=f"logging level: {', '.join(flags.LOG_LEVELS)} [env WSCHAT_LOG_LEVEL]",
     )
+
+
+def _compression_default() -> object:
+    # WSCHAT_NO_COMPRESSION=1 was the way to turn compression off while it was on by
+    # default: still read, and it wins over WSCHAT_COMPRESSION.
+    legacy = flags.env_default("no_compression", flags.boolean, False)
+    if legacy is not False:
+        return False if legacy is True else legacy  # True, or the BadEnvironment to report
+    return flags.env_default("compression", flags.boolean, _DEFAULTS.compression)
 
 
 def settings_from_args(args: argparse.Namespace) -> AppConfig:
@@ -239,13 +255,10 @@ def explicit_settings(argv: Sequence[str] | None) -> frozenset[str]:
     # argparse leaves alone what the namespace already holds, unless the argument is given.
     namespace = argparse.Namespace(**dict.fromkeys(dests, unset))
     given = vars(serve.parse_args(argv[1:], namespace=namespace))
-    names = {"no_compression": "compression"}
     settings = {f.name for f in fields(ServerConfig)} | {f.name for f in fields(AppConfig)}
-    chosen = {
-        names.get(dest, dest)
-        for dest in dests
-        if given.get(dest) is not unset or flags.env(dest) is not None
-    }
+    chosen = {dest for dest in dests if given.get(dest) is not unset or flags.env(dest) is not None}
+    if flags.env("no_compression") is not None:
+        chosen.add("compression")
     return frozenset(chosen & settings)
 
 
@@ -262,7 +275,6 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
     values = {k: v for k, v in vars(args).items() if k in names}
     values["allowed_origins"] = tuple(args.allowed_origins)
     values["allowed_hosts"] = tuple(args.allowed_hosts)
-    values["compression"] = not args.no_compression
     if args.trusted_proxies is None:
         values["trusted_proxies"] = _DEFAULTS.trusted_proxies
     else:

@@ -5,8 +5,9 @@ Theory of operation
 The Hub is the node-local owner of rooms (the Go chat's Hub). A member's
 message goes to ``backend.publish``; the backend assigns its position and
 delivers it back to every subscribed node, this one included, through
-:meth:`Hub._deliver`. There the event is framed once (:class:`PreparedMessage`)
-and the same bytes are handed to every local member. Handing over never
+:meth:`Hub._deliver`. There the event is framed once (:class:`PreparedMessage`;
+once per compression setting for members with permessage-deflate) and the
+same bytes are handed to every local member. Handing over never
 blocks: a member whose outbox is full closes itself (slow consumer); the room
 goes on at full speed.
 
@@ -39,21 +40,26 @@ from ..chat import (
     history_event,
     presence_event,
 )
-from ..protocol import encode_text_frame
+from ..protocol import MessageDeflater, encode_text_frame
 from .backend import Backend, BackendError, ChatMessage, Delivery
 
 logger = logging.getLogger("wschat.hub")
 
 
 class PreparedMessage:
-    """A broadcast, encoded once: JSON payload, text frame and text made on first use."""
+    """A broadcast, encoded once: the JSON payload, and each frame made on first use.
 
-    __slots__ = ("_frame", "_text", "payload")
+    The plain text frame is the same for every uncompressed member; a
+    compressed frame is the same for every member that negotiated the same
+    :class:`~wschat.protocol.MessageDeflater`, so it is made once per deflater.
+    """
+
+    __slots__ = ("_deflated", "_frame", "payload")
 
     def __init__(self, payload: bytes) -> None:
         self.payload = payload
         self._frame: bytes | None = None
-        self._text: str | None = None
+        self._deflated: dict[MessageDeflater, bytes] | None = None
 
     @property
     def frame(self) -> bytes:
@@ -62,12 +68,15 @@ class PreparedMessage:
             self._frame = encode_text_frame(self.payload)
         return self._frame
 
-    @property
-    def text(self) -> str:
-        """The payload as text (for members that encode per connection, e.g. deflate)."""
-        if self._text is None:
-            self._text = self.payload.decode()
-        return self._text
+    def frame_for(self, deflater: MessageDeflater) -> bytes:
+        """The frame for members that negotiated ``deflater``: compressed once for all of them."""
+        frames = self._deflated
+        if frames is None:
+            frames = self._deflated = {}
+        frame = frames.get(deflater)
+        if frame is None:
+            frame = frames[deflater] = deflater.frame(self.payload)
+        return frame
 
 
 class Member(Protocol):

@@ -6,6 +6,7 @@ Nothing here does I/O or reads a clock; see :class:`ServerConnection` and
 
 from .client import DEFAULT_MAX_REJECTION_BODY, ClientConnection
 from .connection import DEFAULT_MAX_PENDING_OUTPUT, DEFAULT_MAX_REQUEST_HEAD, ServerConnection
+from .deflate import DEFAULT_COMPRESSION_MIN_SIZE, DeflatePolicy, MessageDeflater
 from .errors import LocalProtocolError, ProtocolError
 from .events import (
     BinaryReceived,
@@ -26,6 +27,7 @@ from .state import State
 from .websocket import DEFAULT_MAX_MESSAGE_SIZE, WebSocketConnection
 
 __all__ = [
+    "DEFAULT_COMPRESSION_MIN_SIZE",
     "DEFAULT_MAX_MESSAGE_SIZE",
     "DEFAULT_MAX_PENDING_OUTPUT",
     "DEFAULT_MAX_REJECTION_BODY",
@@ -33,6 +35,7 @@ __all__ = [
     "BinaryReceived",
     "ClientConnection",
     "ConnectionClosed",
+    "DeflatePolicy",
     "Event",
     "HandshakeAccepted",
     "HandshakeRejected",
@@ -40,6 +43,7 @@ __all__ = [
     "HostPolicy",
     "HttpRequest",
     "LocalProtocolError",
+    "MessageDeflater",
     "OriginPolicy",
     "PongReceived",
     "ProtocolError",

@@ -21,6 +21,9 @@ h11 read past the request (often the first frame) are handed to wsproto.
 From there on :class:`~.websocket.WebSocketConnection`, the base shared with
 the client side, runs the WebSocket phase: it answers pings, echoes closes,
 reassembles fragmented messages and enforces the size cap (1003, 1007, 1009).
+permessage-deflate is negotiated only when ``accept_websocket`` is given a
+:class:`~.deflate.DeflatePolicy`; then :attr:`ServerConnection.deflater` is the
+compressor this connection shares with every other of the same setting.
 """
 
 from __future__ import annotations
@@ -29,9 +32,8 @@ from typing import Final
 
 import h11
 from wsproto import ConnectionType
-from wsproto.handshake import server_extensions_handshake
 
-from .deflate import CappedPerMessageDeflate
+from .deflate import DeflatePolicy, MessageDeflater, ServerPerMessageDeflate
 from .errors import LocalProtocolError
 from .events import (
     Headers,
@@ -141,6 +143,9 @@ class ServerConnection(WebSocketConnection):
         self._awaiting_response = False
         self._answered_with_error = False
         self._request_method = b""  # of the request being answered
+        self.deflater: MessageDeflater | None = None
+        """The shared compressor of the negotiated permessage-deflate (None: no
+        extension): a broadcast's frame for this connection is ``deflater.frame(payload)``."""
 
     # -- inputs --------------------------------------------------------------
 
@@ -350,14 +355,17 @@ class ServerConnection(WebSocketConnection):
         self,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         accept_binary: bool = False,
-        compression: bool = True,
+        compression: bool | DeflatePolicy = False,
     ) -> None:
         """Accept the pending upgrade: send the 101 and start framing.
 
         Args:
             max_message_size: Cap on a reassembled, decompressed message; over it: 1009.
             accept_binary: Whether binary messages are allowed (else 1003).
-            compression: Negotiate permessage-deflate when the client offers it.
+            compression: Negotiate permessage-deflate when the client offers it,
+                with this :class:`~.deflate.DeflatePolicy` (``True``: a default
+                one for this connection alone). Off by default. Give every
+                connection the same policy so broadcasts are compressed once.
 
         Raises:
             LocalProtocolError: No upgrade request is pending.
@@ -373,18 +381,14 @@ class ServerConnection(WebSocketConnection):
             (b"connection", b"Upgrade"),
             (b"sec-websocket-accept", accept_token(key).encode("ascii")),
         ]
-        deflate: CappedPerMessageDeflate | None = None
-        if compression:
-            offer = CappedPerMessageDeflate(max_size=max_message_size)
-            try:
-                accepted = server_extensions_handshake(offered_extensions(headers), [offer])
-            except ValueError:
-                # RFC 7692 5: a server MUST decline an offer with invalid parameters;
-                # wsproto raises on some of them (e.g. client_max_window_bits=abc).
-                accepted = None
+        deflate: ServerPerMessageDeflate | None = None
+        if compression is not False:
+            policy = DeflatePolicy() if compression is True else compression
+            accepted = policy.accept(offered_extensions(headers), max_message_size)
             if accepted is not None:
-                response_headers.append((b"sec-websocket-extensions", accepted))
-                deflate = offer
+                answer, deflate = accepted
+                response_headers.append((b"sec-websocket-extensions", answer.encode("ascii")))
+                self.deflater = deflate.deflater
         self._send_h11(
             h11.InformationalResponse(
                 status_code=101, headers=response_headers, reason=b"Switching Protocols"

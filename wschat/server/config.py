@@ -5,7 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..hub.memory import DEFAULT_MAX_IDLE_ROOMS
-from ..protocol import DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_MAX_REQUEST_HEAD
+from ..protocol import (
+    DEFAULT_COMPRESSION_MIN_SIZE,
+    DEFAULT_MAX_MESSAGE_SIZE,
+    DEFAULT_MAX_REQUEST_HEAD,
+)
 
 
 @dataclass(slots=True)
@@ -20,7 +24,10 @@ class ServerConfig:
         allowed_hosts: Host names answered besides the bound address and loopback
             names (``*.example.com`` for subdomains, ``*`` for any); others get 421.
         echo: Serve ``/echo`` (for the Autobahn conformance suite).
-        compression: Negotiate permessage-deflate when offered.
+        compression: Negotiate permessage-deflate when a client offers it
+            (compressed once per broadcast, see :mod:`wschat.protocol.deflate`).
+        compression_min_size: With ``compression``, messages shorter than this
+            many bytes go out uncompressed.
         max_message_size: Chat endpoint cap on a message, bytes (1009 over it).
         echo_max_message_size: ``/echo`` cap; Autobahn's 9.* cases send 16 MiB.
         max_request_head: Request line + headers cap, bytes (431 over it).
@@ -66,7 +73,10 @@ class ServerConfig:
     allowed_origins: tuple[str, ...] = ()
     allowed_hosts: tuple[str, ...] = ()
     echo: bool = False
-    compression: bool = True
+    # Off, as in Socket.IO (since v3), Phoenix and Centrifugo: it costs CPU per
+    # broadcast and saves bytes mostly on big payloads (history).
+    compression: bool = False
+    compression_min_size: int = DEFAULT_COMPRESSION_MIN_SIZE
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
     # Autobahn 9.1.6 and 9.2.6 send 16 MiB messages; leave room for them.
     echo_max_message_size: int = 16 * 1024 * 1024 + 1024

@@ -23,6 +23,7 @@ from anyio.streams.tls import TLSStream
 from ..app import Admission, App, Rejection, UpgradeRequest, upgrade_refusal
 from ..chat import DEFAULT_ROOM, ChatError, validate_room
 from ..protocol import (
+    DeflatePolicy,
     Headers,
     HttpRequest,
     RequestRejected,
@@ -94,6 +95,8 @@ class HttpPhase:
         self._connects = KeyedRateLimiter(
             config.connect_rate, config.connect_burst, config.address_table_size
         )
+        self.deflate = DeflatePolicy(config.compression_min_size) if config.compression else None
+        """The permessage-deflate policy every WebSocket shares (None: compression off)."""
 
     async def start_tls(self, stream: ByteStream, address: str) -> ByteStream | None:
         """The TLS handshake, when serving TLS; None when it failed (logged as one line)."""
@@ -199,9 +202,15 @@ class HttpPhase:
         conn.accept_websocket(
             max_message_size=config.echo_max_message_size if echo else config.max_message_size,
             accept_binary=echo,
-            compression=config.compression,
+            compression=self.deflate or False,
         )
         return Upgrade(request, client_key, admission)
+
+    def deflate_statistics(self) -> dict[str, int]:
+        """Messages compressed and compression settings negotiated (zero when off)."""
+        if self.deflate is None:
+            return {"compressions": 0, "deflate_settings": 0}
+        return self.deflate.statistics()
 
     async def _refusal(
         self, path: str, query: str, headers: Headers, address: str

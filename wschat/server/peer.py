@@ -89,7 +89,8 @@ class Peer:
         self.strikes = strikes
         self._metrics = metrics
         self.close_timeout = close_timeout
-        self.deflate = conn.compressed
+        self.deflate = conn.deflater
+        """The permessage-deflate compressor this client shares, or None."""
         self.open = True
         self.close_code: int | None = None
         """The close code this server sent, if it started the close."""
@@ -115,12 +116,9 @@ class Peer:
         """Queue a broadcast; close as a slow consumer when the backlog is full."""
         if not self.open:
             return
-        if self.deflate:
-            # permessage-deflate keeps per-connection compressor state: encode here.
-            self.conn.send_text(message.text)
-            frame = b"".join(self.conn.data_to_send())
-        else:
-            frame = message.frame
+        deflater = self.deflate
+        # Shared with every member of the same setting: at most a dict lookup here.
+        frame = message.frame if deflater is None else message.frame_for(deflater)
         try:
             if self.writer.put(frame):
                 return

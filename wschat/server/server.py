@@ -96,7 +96,8 @@ class Server:
         return self._pump.peers
 
     def statistics(self) -> dict[str, Any]:
-        """Counters: sockets open (HTTP phase included), the socket cap, WebSockets, failures."""
+        """Counters: sockets open (HTTP phase included), the socket cap, WebSockets,
+        failures, messages compressed (permessage-deflate)."""
         listener = self._listener
         return {
             "sockets": listener.open_sockets if listener else 0,
@@ -104,6 +105,7 @@ class Server:
             "websockets": len(self._pump.peers),
             "accept_failures": listener.accept_failures if listener else 0,
             "write_failures": self._flusher.failures,
+            **self._pump.http.deflate_statistics(),
         }
 
     # -- lifecycle -------------------------------------------------------------

@@ -10,9 +10,12 @@ is put into it, and the same rules hold whichever subclass carries the bytes:
   the transport or the writer task holds and the kernel has not taken yet.
   :meth:`Writer.put` refuses (returns False, queues nothing) when the backlog
   would pass the limit, and the caller closes the client as a slow consumer.
-  One item larger than the limit still goes into an empty backlog, so a big
-  history never makes a room unjoinable. The close frame goes in through
-  :meth:`Writer.put_final`, past the limit, once.
+  One item larger than the limit itself (a big history reply) is still taken
+  when no other such item is waiting, and does not count: the limit covers
+  everything else, before and behind it (the presence list and live messages
+  that follow a history reply). So a big history never makes a room
+  unjoinable, and a client holds at most the limit plus that one item. The
+  close frame goes in through :meth:`Writer.put_final`, past the limit, once.
 - **The write timeout means no progress**: :meth:`Writer.stalled_for` is how
   long the backlog has been non-empty while the kernel took nothing. The
   watchdog drops a client stalled for the write timeout; a slow but steady
@@ -90,8 +93,11 @@ class Writer:
     __slots__ = (
         "_chunks",
         "_final",
+        "_oversized_end",
+        "_oversized_start",
         "_progress_at",
         "_size",
+        "_total",
         "aborted",
         "held",
         "limit",
@@ -102,6 +108,9 @@ class Writer:
         self.limit = limit
         self._chunks: list[bytes] = []
         self._size = 0
+        self._total = 0  # bytes ever queued
+        # Where the last item bigger than the limit lies in the stream of _total bytes.
+        self._oversized_start = self._oversized_end = 0
         self._final = False
         self.aborted = False
         self._progress_at = anyio.current_time()
@@ -165,12 +174,18 @@ class Writer:
             return True
         if self.limit:
             backlog = self._size + self.unsent()
-            if backlog and backlog + len(data) > self.limit:
+            # Bytes leave the backlog in order: the first (_total - backlog) have left.
+            oversized_rest = min(
+                max(self._oversized_end - (self._total - backlog), 0),
+                self._oversized_end - self._oversized_start,
+            )
+            if len(data) > self.limit:
+                if oversized_rest:
+                    return self._final  # one such item at a time
+                self._oversized_start, self._oversized_end = self._total, self._total + len(data)
+            elif backlog - oversized_rest + len(data) > self.limit:
                 return self._final
-        self._chunks.append(data)
-        self._size += len(data)
-        if self._size == len(data) and not self.held:
-            self._queued()
+        self._append(data)
         return True
 
     def put_final(self, data: bytes) -> None:
@@ -181,8 +196,12 @@ class Writer:
         self._final = True
         if self.aborted or not data:
             return
+        self._append(data)
+
+    def _append(self, data: bytes) -> None:
         self._chunks.append(data)
         self._size += len(data)
+        self._total += len(data)
         if self._size == len(data) and not self.held:
             self._queued()
 
