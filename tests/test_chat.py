@@ -39,15 +39,8 @@ from wschat.chat import (
     validate_room,
     validate_username,
 )
-from wschat.chat.names import (
-    RULES,
-    UsernameRefused,
-    check_distinct,
-    confusable,
-    enforce_username,
-    find_confusable,
-    skeleton,
-)
+from wschat.chat.confusables import check_distinct, confusable, find_confusable, skeleton
+from wschat.chat.names import RULES, UsernameRefused, enforce_username
 
 FAMILY = "\U0001f468\u200d\U0001f469\u200d\U0001f467\u200d\U0001f466"  # 7 code points
 ENGLAND = "\U0001f3f4\U000e0067\U000e0062\U000e0065\U000e006e\U000e0067\U000e007f"

@@ -1,5 +1,6 @@
 """Chat rules, pure: the JSON wire schema, validation, usernames, per-connection state."""
 
+from .confusables import check_distinct, find_confusable, skeleton
 from .errors import ChatError
 from .frames import (
     MAX_TOKEN_LENGTH,
@@ -10,14 +11,7 @@ from .frames import (
     ephemeral_event,
     parse_frame,
 )
-from .names import (
-    MAX_USERNAME_LENGTH,
-    UsernameRefused,
-    check_distinct,
-    enforce_username,
-    find_confusable,
-    skeleton,
-)
+from .names import MAX_USERNAME_LENGTH, UsernameRefused, enforce_username
 from .schema import (
     DEFAULT_ROOM,
     MAX_MESSAGE_LENGTH,
