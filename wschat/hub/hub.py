@@ -8,7 +8,7 @@ delivers it back to every subscribed node, this one included, through
 :meth:`Hub._deliver`. There the event is framed once (:class:`PreparedMessage`;
 once per compression setting for members with permessage-deflate) and the
 same bytes are handed to every local member. Handing over never
-blocks: a member whose outbox is full closes itself (slow consumer); the room
+blocks: a member whose backlog is over its byte limit closes itself (slow consumer); the room
 goes on at full speed.
 
 Joining is ordered so that a member never misses or reorders a message

@@ -115,7 +115,7 @@ class Metrics:
         )
         self.slow_consumer_closes = Counter(
             "wschat_slow_consumer_closes",
-            "Clients closed with 1013 for a full outbox",
+            "Clients closed with 1013: more bytes queued for them than --outbox-limit",
             registry=self.registry,
         )
         self.rate_limited = Counter(
