@@ -238,11 +238,23 @@ class TestFirstMessageAuth:
         outcome = await session.handle(frame(type="auth", token=token()), NOW)
         assert isinstance(outcome, Authenticated) and outcome.enter is None  # already in lobby
 
-    async def test_optional_anonymous_cannot_become_someone_else(self) -> None:
+    async def test_optional_guests_read_but_do_not_speak_or_take_a_name(self) -> None:
+        # A chosen name could be a signed-in user's: only a token proves one.
         session = await connect(make_app("optional"))
-        await session.handle(frame(type="join", room="lobby", username="bob"), NOW)
+        for text in (
+            frame(type="join", room="lobby", username="alice"),
+            frame(type="message", message="hi", id="m1"),
+            frame(username="alice", message="hi"),
+            frame(type="typing", room="lobby"),
+        ):
+            error = error_of(await session.handle(text, NOW))
+            assert error["code"] == "unauthorized" and "sign in" in error["reason"]
+        assert isinstance(await session.handle(frame(type="join", room="dev"), NOW), JoinRoom)
+        assert session.chat.username is None
         outcome = await session.handle(frame(type="auth", token=token("alice")), NOW)
-        assert error_of(outcome)["code"] == "username_mismatch"
+        assert isinstance(outcome, Authenticated)
+        said = await session.handle(frame(type="message", message="now me"), NOW)
+        assert isinstance(said, Publish) and said.username == "alice"
 
 
 class TestExpiry:
@@ -357,7 +369,7 @@ class TestPermissions:
             return True
 
         session = await connect(make_app("optional", authorize=authorize), "")
-        error = error_of(await session.handle(frame(type="join", room="dev", username="a"), NOW))
+        error = error_of(await session.handle(frame(type="join", room="dev"), NOW))
         assert (error["code"], error["reason"]) == ("closed", "this room is closed for the night")
 
     async def test_a_failing_hook_denies(self, caplog: pytest.LogCaptureFixture) -> None:

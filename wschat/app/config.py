@@ -46,7 +46,7 @@ class AppConfig:
 
     Attributes:
         auth: ``off`` (anyone, names chosen by clients: today's chat), ``optional``
-            (a token makes an identity; without one, anonymous) or ``required``
+            (a token makes an identity; without one, a read-only guest) or ``required``
             (no identity, no chat). None: ``required`` when a JWT key or an
             ``authenticate``/``verify_token`` hook is configured, else ``off``.
         jwt_secret: HS256 secret (at least 32 bytes). Prefer ``WSCHAT_JWT_SECRET``

@@ -274,6 +274,7 @@ class AppSession:
         if isinstance(command, Leave):
             self.chat.apply(command)
             return LeaveRoom(command.room)
+        self._guests_read_only(command)
         identity = self._acting(command.username)
         if isinstance(command, Join):
             await self._require(identity, "join", command.room)
@@ -293,12 +294,32 @@ class AppSession:
         name = self.identity.name if self.identity is not None else None
         return Publish(room, checked.username, text, checked.id, name)
 
+    def _guests_read_only(self, frame: Join | Say | Ephemeral) -> None:
+        """Under ``--auth optional`` a connection without a token is a guest: it may
+        join rooms and read, but not speak or take a name (it could take a signed-in
+        user's; a name is proven only by a token).
+
+        Raises:
+            Rejection: ``unauthorized``, for a message, an event, or a join that names a user.
+        """
+        if self.app.auth_mode != "optional" or self.identity is not None:
+            return
+        if isinstance(frame, Join) and frame.username is None:
+            return
+        raise Rejection.unauthorized(
+            "sign in to speak: without a token this connection may read but not send or pick a name"
+        )
+
     async def _require(self, identity: Identity | None, action: Action, room: str) -> None:
         denial = await self.app.check(identity, action, room)
         if denial is not None:
             raise denial
 
     async def _ephemeral(self, event: Ephemeral, now: float) -> Outcome:
+        try:
+            self._guests_read_only(event)
+        except Rejection as exc:
+            return _error(exc.code, exc.reason)
         room = event.room or self.chat.url_room
         if room not in self.chat.rooms:
             return _error("not_joined", f"join room {room!r} before sending to it")
