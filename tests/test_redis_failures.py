@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import anyio
 import pytest
+import redis
 from anyio.abc import TaskGroup
 
 from wschat.chat import Position, message_event, presence_event
@@ -184,6 +185,30 @@ async def test_a_gap_with_nothing_left_to_fill_is_never_silent(
     await b.publish("lobby", say("5"))
     await rec_a.wait(lambda: rec_a.seqs("lobby") == [1, 5])  # live again, behind the marker
     assert gaps(rec_a) == 1
+
+
+async def test_redis_that_lost_writes_starts_a_new_epoch_never_reuses_seqs(
+    deployment: Deployment, started: Started
+) -> None:
+    # Redis restored from an older snapshot, or a failover to a replica that
+    # lagged: the room is back at seq 2 in the same epoch while the nodes have
+    # delivered up to 4. Left alone, new messages would reuse seqs 3 and 4 and
+    # every node would drop them as already delivered.
+    a, rec_a, b = await reader_and_writer(started)
+    for text in ("2", "3", "4"):
+        await b.publish("lobby", say(text))
+    await rec_a.wait(lambda: rec_a.seqs("lobby") == [1, 2, 3, 4])
+    before = await a.history("lobby", None)
+    owner = deployment.owner("lobby").port
+    with pubsub_outage(deployment), redis.Redis(host="127.0.0.1", port=owner) as admin:
+        admin.hset(room_key("lobby", "meta"), "seq", 2)
+        admin.xdel(room_key("lobby", "history"), "3-0", "4-0")
+    await rec_a.wait(lambda: gaps(rec_a) == 1)  # the members must resync: never silence
+    after = await b.publish("lobby", say("5"))
+    assert after.epoch != before.position.epoch and after.seq == 1
+    await rec_a.wait(lambda: rec_a.seqs("lobby") == [1, 2, 3, 4, 1])
+    history = await a.history("lobby", before.position)
+    assert not history.complete and history.position == after
 
 
 async def test_presence_is_resent_after_resubscribing(

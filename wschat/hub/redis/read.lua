@@ -4,9 +4,18 @@
 -- [4] history ttl ms (0: none), [5] idle ttl ms.
 -- Returns {epoch, seq, seq1, payload1, seq2, payload2, ...}.
 local epoch = room_epoch(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1])
+local seq = tonumber(redis.call('HGET', KEYS[1], 'seq'))
+if ARGV[2] == epoch and tonumber(ARGV[3]) > seq then
+  -- A reader saw this epoch reach a seq Redis no longer has: Redis lost writes
+  -- (a restart from an older snapshot, a failover to a replica that lagged).
+  -- The next messages would reuse seqs already delivered, and be dropped as
+  -- duplicates: this life of the room is over, start a new epoch instead.
+  redis.call('DEL', KEYS[1])
+  epoch = room_epoch(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1])
+  seq = 0
+end
 local history_ttl = tonumber(ARGV[4])
 keep_alive(KEYS[1], KEYS[2], tonumber(ARGV[5]), history_ttl)
-local seq = tonumber(redis.call('HGET', KEYS[1], 'seq'))
 if history_ttl > 0 then expire_history(KEYS[2], now_ms() - history_ttl) end
 local out = {epoch, seq}
 local start = '-'
