@@ -26,6 +26,7 @@ import anyio
 import pytest
 from anyio.abc import ByteStream, SocketListener
 from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
 from wschat.server import Server, ServerConfig
 
@@ -116,13 +117,14 @@ class TestVanishingClients:
 class FaultyTransport:
     """An asyncio transport whose ``fault`` method raises once the victim is armed."""
 
-    def __init__(self, inner: Any, fault: str, armed: Callable[[], bool]) -> None:
+    def __init__(self, inner: Any, fault: str, victim: Victim) -> None:
         self._inner = inner
         self._fault = fault
-        self._armed = armed
+        self._victim = victim
 
     def _check(self, name: str) -> None:
-        if name == self._fault and self._armed():
+        if name == self._fault and self._victim.armed:
+            self._victim.fired += 1
             raise RuntimeError(f"injected failure in {name}")
 
     def write(self, data: bytes) -> None:
@@ -151,16 +153,17 @@ class FaultyTransport:
 class FaultyStream(ByteStream):
     """Wraps an accepted stream; its transport (or, without one, the stream) fails on cue."""
 
-    def __init__(self, inner: Any, fault: str, armed: Callable[[], bool]) -> None:
+    def __init__(self, inner: Any, fault: str, victim: Victim) -> None:
         self._inner = inner
         self._fault = fault
-        self._armed = armed
+        self._victim = victim
         transport = getattr(inner, "_transport", None)
         if transport is not None:
-            self._transport = FaultyTransport(transport, fault, armed)
+            self._transport = FaultyTransport(transport, fault, victim)
 
     def _check(self, name: str) -> None:
-        if name == self._fault and self._armed():
+        if name == self._fault and self._victim.armed:
+            self._victim.fired += 1
             raise RuntimeError(f"injected failure in {name}")
 
     async def receive(self, max_bytes: int = 65536) -> bytes:
@@ -197,6 +200,8 @@ class Victim:
         self.fault = fault
         self.wanted = False
         self.armed = False
+        self.fired = 0
+        """How many times the injected failure was raised."""
 
     def factory(self, config: ServerConfig) -> Server:
         server = Server(config)
@@ -205,7 +210,7 @@ class Victim:
         async def handle_with_fault(stream: ByteStream) -> None:
             if self.wanted:
                 self.wanted = False
-                stream = FaultyStream(stream, self.fault, lambda: self.armed)
+                stream = FaultyStream(stream, self.fault, self)
             await handle(stream)
 
         server._pump.handle = handle_with_fault  # type: ignore[method-assign]
@@ -226,7 +231,13 @@ class TestFaultInjection:
         options, context = tls_files(tmp_path) if tls else ({}, None)
         ssl_context = context if tls else None
         direct = helpers.server_loop != "trio" and not tls
-        for fault in TRANSPORT_FAULTS if direct else STREAM_FAULTS:
+        # (TLS never half-closes the TCP stream under it: anyio's TLS streams have no send_eof.)
+        faults = (
+            TRANSPORT_FAULTS
+            if direct
+            else tuple(f for f in STREAM_FAULTS if not (tls and f == "send_eof"))
+        )
+        for fault in faults:
             victim = Victim(fault)
             caplog.clear()
             async with running_server(victim.factory, close_timeout=1, **options) as server:
@@ -248,8 +259,31 @@ class TestFaultInjection:
                 await assert_room_works(server, ssl_context=ssl_context)
                 await a.close()
                 await b.close()
+            assert victim.fired >= 1, f"{fault}: the injected failure never fired"
             failures = [r for r in caplog.records if "injected failure" in r.getMessage()]
             assert len(failures) <= 1, (fault, [r.getMessage() for r in failures])
+
+
+class TestFaultsDuringRoomWideCloses:
+    async def test_the_drain_reaches_everyone_past_a_failing_transport(self) -> None:
+        # The drain closes every client; one whose transport raises under the
+        # close frame must not stop the others' 1001, nor the shutdown.
+        fault = "get_write_buffer_size" if helpers.server_loop != "trio" else "send"
+        victim = Victim(fault)
+        async with running_server(victim.factory, drain_timeout=3, close_timeout=1) as server:
+            good = [await connect(ws_url(server)) for _ in range(2)]
+            victim.wanted = True
+            bad = await RawClient.open(server.port)
+            more = await connect(ws_url(server))
+            await wait_members(server, 4)
+            victim.armed = True
+            with anyio.fail_after(10):
+                await server.call(server.shutdown)
+            for ws in (*good, more):
+                with pytest.raises(ConnectionClosed) as info:
+                    await recv_json(ws)
+                assert info.value.rcvd is not None and info.value.rcvd.code == 1001
+            await bad.stream.aclose()
 
 
 class FlakyListener(SocketListener):

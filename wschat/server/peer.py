@@ -135,8 +135,13 @@ class Peer:
 
     def send_event(self, payload: bytes) -> None:
         """Send one encoded server event to this client only (an error, an ack)."""
-        if self.open and not self.writer.put(encode_text_frame(payload)):
-            self._slow_consumer()
+        if not self.open:
+            return
+        try:
+            if not self.writer.put(encode_text_frame(payload)):
+                self._slow_consumer()
+        except Exception as exc:
+            self.abort(f"send failed: {exc!r}")
 
     def flush(self) -> None:
         """Move the protocol's pending output (pong, close, echo) into the writer."""
@@ -144,13 +149,20 @@ class Peer:
         if not data:
             return
         joined = data[0] if len(data) == 1 else b"".join(data)
-        if self.conn.state in (State.CLOSING, State.CLOSED):
-            self.writer.put_final(joined)  # the close frame (and what precedes it)
-        elif not self.writer.put(joined):
-            self._slow_consumer()
+        try:
+            if self.conn.state in (State.CLOSING, State.CLOSED):
+                self.writer.put_final(joined)  # the close frame (and what precedes it)
+            elif not self.writer.put(joined):
+                self._slow_consumer()
+        except Exception as exc:
+            self.abort(f"write failed: {exc!r}")
 
     def close(self, code: int, reason: str) -> None:
-        """Start the closing handshake; the client has ``close_timeout`` to answer."""
+        """Start the closing handshake; the client has ``close_timeout`` to answer.
+
+        Never raises (the Hub calls it for whole rooms, the drain for everyone):
+        a transport that fails under it aborts this connection only.
+        """
         if not self.open:
             return
         self.open = False
