@@ -126,6 +126,9 @@ async def test_the_three_node_howto_works_as_written() -> None:
     (serve,) = [block for block in code_blocks("sh") if block.count(" serve --host ") == 3]
     (site,) = code_blocks("nginx")
     assert "proxy_set_header Host $http_host;" in site
+    # A client's own X-Forwarded-For must not reach wschat, which trusts the header from
+    # 127.0.0.1 for its per-address limits: nginx replaces it with the real address.
+    assert "proxy_set_header X-Forwarded-For $remote_addr;" in site
     ports = {doc_port: free_port() for doc_port in DOC_PORTS}
     with RedisProcess(port=ports[6379]), ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="wschat-howto-")))
