@@ -457,3 +457,16 @@ def test_the_loop_flag_picks_the_event_loop_and_refuses_what_cannot_work(
             assert expected in process_output(proc), loop
     assert main(["serve", "--loop", "trio", "--hub", "redis://127.0.0.1:1/0"]) == 2
     assert "--loop trio needs the memory hub" in capsys.readouterr().err
+
+
+def test_a_hub_password_is_never_shown(capsys: pytest.CaptureFixture[str]) -> None:
+    for url in ("redis://user:s3cret@127.0.0.1:abc/0", "redis-cluster://u:s3cret@h:abc"):
+        assert main(["serve", "--hub", url]) == 2
+        err = capsys.readouterr().err
+        assert "s3cret" not in err and ":***@" in err
+    # Serving, the hub unreachable: the one line names the hub, without its password.
+    result = wschat(
+        "serve", "--port", str(free_port()), "--hub", "redis://user:s3cret@127.0.0.1:1/0"
+    )
+    assert result.returncode == 1
+    assert "s3cret" not in result.stderr and "user:***@127.0.0.1:1" in result.stderr

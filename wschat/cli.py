@@ -22,6 +22,7 @@ import anyio
 from . import __version__, flags
 from .app import App, AppLoadError, AppRecipe, ConfigError
 from .client import commands as client_commands
+from .hub import shown_url
 from .serve_options import (
     add_serve_arguments,
     config_from_args,
@@ -181,14 +182,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     if urlsplit(config.hub_url).scheme not in ("memory", "redis", "rediss", "redis-cluster"):
         return fail(
-            f"unknown hub backend {config.hub_url!r}: use memory://, redis://host:port/db"
+            f"unknown hub backend {shown_url(config.hub_url)!r}: use memory://, redis://host:port/db"
             " or redis-cluster://host:port[,host:port...]",
             2,
         )
     try:
         app.hub  # noqa: B018 - makes the backend, which checks its URL
     except ValueError as exc:
-        return fail(f"bad hub URL {config.hub_url!r}: {exc}", 2)
+        return fail(f"bad hub URL {shown_url(config.hub_url)!r}: {exc}", 2)
     if bool(config.certfile) != bool(config.keyfile):
         return fail("--certfile and --keyfile go together", 2)
     if config.event_loop == "uvloop" and not importlib.util.find_spec("uvloop"):

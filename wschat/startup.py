@@ -13,7 +13,7 @@ import errno
 import socket
 import ssl
 
-from .hub import BackendUnavailable
+from .hub import BackendUnavailable, shown_url
 from .server import ServerConfig
 
 # What an operator should read for the errno a bind fails with; anything else
@@ -102,7 +102,7 @@ def describe_startup_failure(exc: BaseException, config: ServerConfig) -> str | 
                 return line
         return None
     if isinstance(exc, BackendUnavailable):
-        return f"cannot reach the hub backend {config.hub_url}: {exc}"
+        return f"cannot reach the hub backend {shown_url(config.hub_url)}: {exc}"
     if isinstance(exc, ssl.SSLError):
         return f"cannot load the TLS certificate {config.certfile}: {_ssl_reason(exc)}"
     if isinstance(exc, socket.gaierror):

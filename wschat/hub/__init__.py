@@ -17,6 +17,7 @@ from .backend import (
 )
 from .hub import Hub, Member, PreparedMessage
 from .memory import DEFAULT_MAX_IDLE_ROOMS, MemoryBackend
+from .urls import shown_url
 
 
 def open_backend(
@@ -49,7 +50,7 @@ def open_backend(
         )
         return backend
     raise ValueError(
-        f"unknown hub backend {url!r}: expected memory://, redis://host:port/db"
+        f"unknown hub backend {shown_url(url)!r}: expected memory://, redis://host:port/db"
         " or redis-cluster://host:port[,host:port...]"
     )
 
@@ -69,4 +70,5 @@ __all__ = [
     "MemoryBackend",
     "PreparedMessage",
     "open_backend",
+    "shown_url",
 ]

@@ -32,7 +32,7 @@ import anyio
 from anyio.abc import SocketAttribute, SocketListener, SocketStream, TaskStatus
 
 from ..app import App
-from ..hub import BackendUnavailable, Hub
+from ..hub import BackendUnavailable, Hub, shown_url
 from .config import ServerConfig
 from .descriptors import connection_cap, raise_open_file_limit
 from .flusher import Flusher
@@ -135,7 +135,7 @@ class Server:
                         "https" if self.config.certfile else "http",
                         self.config.host,
                         self.port,
-                        self.config.hub_url,
+                        shown_url(self.config.hub_url),
                         "direct" if self.direct_writes else "task",
                         self._listener.cap,
                     )
@@ -211,7 +211,7 @@ def _check_backend_runs_here(hub_url: str) -> None:
         asyncio.get_running_loop()
     except RuntimeError:
         raise BackendUnavailable(
-            f"{hub_url}: the Redis backend needs the asyncio event loop (redis-py); "
+            f"{shown_url(hub_url)}: the Redis backend needs the asyncio event loop (redis-py); "
             "run the server on asyncio or uvloop"
         ) from None
 

@@ -34,6 +34,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import MovedError, RedisClusterException, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from ..urls import shown_url
 from .keys import channel
 
 # Errors that mean "Redis cannot answer now" (the cluster client raises
@@ -112,9 +113,9 @@ def parse_cluster_url(url: str) -> tuple[list[tuple[str, int]], dict[str, Any]]:
     """
     parts = urlsplit(url)
     if parts.scheme != CLUSTER_SCHEME:
-        raise ValueError(f"not a {CLUSTER_SCHEME}:// URL: {url!r}")
+        raise ValueError(f"not a {CLUSTER_SCHEME}:// URL: {shown_url(url)!r}")
     if parts.path not in ("", "/", "/0") or parts.query or parts.fragment:
-        raise ValueError(f"{url!r}: a Redis Cluster URL has no database, query or fragment")
+        raise ValueError("a Redis Cluster URL has no database, query or fragment")
     userinfo, _, hosts = parts.netloc.rpartition("@")
     auth: dict[str, Any] = {}
     if userinfo:
@@ -130,7 +131,7 @@ def parse_cluster_url(url: str) -> tuple[list[tuple[str, int]], dict[str, Any]]:
             host, port = address, "6379"
         host = host.strip("[]")
         if not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError(f"{url!r}: {address!r} is not host:port")
+            raise ValueError(f"{address!r} is not host:port")
         nodes.append((host, int(port)))
     return nodes, auth
 
