@@ -108,6 +108,26 @@ async def test_a_failing_presence_leave_still_releases_every_room(
     assert hub.statistics()["members"] == 1
 
 
+async def test_a_join_without_history_is_complete_only_if_nothing_was_missed(
+    group: TaskGroup,
+) -> None:
+    # A member the app does not let read history gets no messages, and learns
+    # whether it missed any (complete), never an empty list presented as all of it.
+    hub = Hub(MemoryBackend())
+    await hub.start(group)
+    first = await hub.say("lobby", "bob", "one")
+    for n in range(2, 6):
+        last = await hub.say("lobby", "bob", f"m{n}")
+    reader = Conn("r1", "rita")
+    await hub.join(reader, "lobby", Position(first.epoch, 1), history=False)
+    behind = reader.received[0]
+    assert (behind["type"], behind["messages"], behind["complete"]) == ("history", [], False)
+    await hub.join(reader, "lobby", last, history=False)
+    assert reader.received[-2]["complete"] is True  # nothing missed (then presence)
+    await hub.join(reader, "lobby", None, history=False)
+    assert reader.received[-2]["complete"] is True
+
+
 # -- joins that race live delivery (issue 13, fixes 2 and 3) ----------------------------
 
 

@@ -183,7 +183,10 @@ class Hub:
         self._end_joining(room, member)
         if room not in self._member_rooms.get(member, ()):
             return  # left (or disconnected) while history was read
-        messages, complete = (retained.messages, retained.complete) if history else ([], True)
+        if history:
+            messages, complete = retained.messages, retained.complete
+        else:  # not allowed to read it: nothing, and complete only if nothing was missed
+            messages, complete = [], since is None or since == retained.position
         member.send(PreparedMessage(history_event(room, messages, retained.position, complete)))
         for seq, message in buffer:
             if seq is None or seq > retained.position.seq:
