@@ -219,8 +219,12 @@ class Writer:
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     def stalled_for(self, now: float) -> float:
-        """Seconds the backlog has waited without the kernel taking a byte (0: not stalled)."""
-        if not self.backlog():
+        """Seconds the backlog has waited without the kernel taking a byte (0: not stalled).
+
+        A held writer is not stalled: it waits for the server (the client's room
+        to be entered), not for the client.
+        """
+        if self.held or not self.backlog():
             self._progress_at = now
             return 0.0
         return now - self._progress_at
