@@ -55,9 +55,7 @@ def confusable(first: str, second: str) -> bool:
     the skeletons of their case-folded skeletons (``b0b``/``bob``: the digit's
     prototype is a capital O).
     """
-    if first == second:
-        return False
-    return any(key(first) == key(second) for key in _LOOKS)
+    return first != second and not _looks(first).isdisjoint(_looks(second))
 
 
 def _folded(text: str) -> str:
@@ -68,7 +66,12 @@ def _refolded(text: str) -> str:
     return skeleton(skeleton(text).casefold())
 
 
-_LOOKS = (skeleton, _folded, _refolded)
+# Big enough for the names present in a large room (three keys each), so that a
+# join compares against cached keys instead of recomputing thousands of skeletons.
+@lru_cache(maxsize=65536)
+def _looks(name: str) -> frozenset[str]:
+    """The keys two look-alike names share at least one of (each kept apart by kind)."""
+    return frozenset((f"s{skeleton(name)}", f"f{_folded(name)}", f"r{_refolded(name)}"))
 
 
 def find_confusable(name: str, others: Iterable[str]) -> str | None:
@@ -77,8 +80,9 @@ def find_confusable(name: str, others: Iterable[str]) -> str | None:
     ``name`` and ``others`` are enforced usernames (``others`` may include ``name``
     itself: the same user again is not a look-alike).
     """
+    mine = _looks(name)
     for other in others:
-        if confusable(name, other):
+        if other != name and not mine.isdisjoint(_looks(other)):
             return other
     return None
 

@@ -97,6 +97,8 @@ class ChatDispatch:
         """A name a client chose must not look like another present in its rooms
         (UTS #39): checked when the name is bound (every room the connection is
         in) and on joining a room. Names from tokens are the app's and not checked.
+        Best effort across nodes: two look-alikes joining at the same moment on
+        two nodes may both pass.
 
         On a look-alike the frame is undone (the name unbound, the room not
         joined), the client told ``name_confusable``, and False returned.
@@ -115,10 +117,13 @@ class ChatDispatch:
         try:
             for room in sorted(rooms):
                 check_distinct(username, await self.hub.backend.presence(room), room)
-        except ChatError as exc:
+        except (ChatError, BackendUnavailable) as exc:
+            # Undone either way: a name is never bound, nor a room joined, unchecked.
             if not had_username:
                 session.username = None
             session.rooms.intersection_update(rooms_before)
+            if isinstance(exc, BackendUnavailable):
+                raise
             message_id = outcome.id if isinstance(outcome, Publish) else None
             peer.send_event(error_event(exc.code, exc.reason, message_id))
             return False
