@@ -172,9 +172,13 @@ class Messages:
             raise BackendUnavailable(f"Redis did not relay the event: {exc}") from exc
 
     async def read_room(
-        self, room: str, since: Position | None
+        self, room: str, since: Position | None, delivered: bool = False
     ) -> tuple[str, int, list[tuple[int, bytes]]]:
-        """The room's (epoch, seq) and the retained messages after ``since``."""
+        """The room's (epoch, seq) and the retained messages after ``since``.
+
+        ``delivered``: ``since`` is what this node delivered, so Redis behind it
+        means Redis lost writes and the room gets a new epoch.
+        """
         reply = await scripts.READ(
             self.topology.commands,
             keys.message_keys(room),
@@ -184,6 +188,7 @@ class Messages:
                 since.seq if since is not None else 0,
                 self.limits.history_ttl_ms,
                 self.limits.idle_ms,
+                "1" if delivered else "0",
             ],
         )
         epoch: str = reply[0].decode()
@@ -333,7 +338,7 @@ class Messages:
         Emits a gap marker first when some of them are gone from Redis.
         """
         since = Position(state.epoch, state.seq) if state.epoch else None
-        epoch, seq, entries = await self.read_room(room, since)
+        epoch, seq, entries = await self.read_room(room, since, delivered=True)
         if self.rooms.get(room) is not state:
             return
         lost_epoch = bool(state.epoch) and epoch != state.epoch

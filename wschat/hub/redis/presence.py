@@ -44,6 +44,10 @@ from . import keys, scripts
 from .messages import Limits
 from .topology import FAILURES, Topology
 
+# Room heartbeats sent at once (each one round trip): enough to hide latency,
+# few enough to stay well inside redis-py's connection pool.
+BEATS_IN_FLIGHT = 16
+
 logger = logging.getLogger("wschat.hub.redis")
 
 
@@ -171,61 +175,85 @@ class Presence:
     # -- the background task -------------------------------------------------------------
 
     async def run(self) -> None:
-        """Heartbeat every ``interval``; heal and resync rooms as soon as asked."""
+        """Heartbeat every ``interval``; heal and resync rooms as soon as asked.
+
+        Never ends for an error (it would end the server's service group): a
+        pass that fails is logged and the next one comes as usual.
+        """
         next_beat = anyio.current_time() + self.interval
         while True:
             with anyio.move_on_after(max(0.0, next_beat - anyio.current_time())):
                 await self._wake.wait()
             self._wake = anyio.Event()
-            if anyio.current_time() >= next_beat:
+            try:
+                next_beat = await self._pass(next_beat)
+            except Exception:
+                logger.exception("presence upkeep failed; trying again at the next heartbeat")
                 next_beat = anyio.current_time() + self.interval
-                await self.visit(set(self.local) | set(self._subscribed()))
-            resync, self._resync = self._resync, set()
-            await self.visit(resync)
-            await self._heal_dirty()
-            for room in resync:
-                try:
-                    names = await self.members(room)
-                except BackendUnavailable as exc:
-                    logger.debug("presence resync of %s failed: %s", room, exc)
-                    continue
-                self._emit(room, Delivery(presence_event(room, names), None))
+
+    async def _pass(self, next_beat: float) -> float:
+        if anyio.current_time() >= next_beat:
+            next_beat = anyio.current_time() + self.interval
+            await self.visit(set(self.local) | set(self._subscribed()))
+        resync, self._resync = self._resync, set()
+        await self.visit(resync)
+        await self._heal_dirty()
+        for room in resync:
+            try:
+                names = await self.members(room)
+            except BackendUnavailable as exc:
+                logger.debug("presence resync of %s failed: %s", room, exc)
+                continue
+            self._emit(room, Delivery(presence_event(room, names), None))
+        return next_beat
 
     async def visit(self, rooms: Iterable[str]) -> None:
-        """Heartbeat ``rooms``: renew leases, keep positions alive, sweep dead nodes."""
-        limits = self._limits
+        """Heartbeat ``rooms``: renew leases, keep positions alive, sweep dead nodes.
+
+        Up to :data:`BEATS_IN_FLIGHT` rooms at a time: one pass over thousands
+        of rooms is bound by round trips, not by Redis.
+        """
         down: set[str] = set()
-        for room in rooms:
-            shard = None
-            try:
-                shard = self.topology.shard_of(room)
-                if shard in down:
-                    continue  # one failure per shard and pass is enough
-                alive = await scripts.ROOM_BEAT(
-                    self.topology.commands,
-                    [
-                        keys.room_key(room, "meta"),
-                        keys.room_key(room, "history"),
-                        *keys.presence_keys(room),
-                    ],
-                    [
-                        self.node_id,
-                        self._ttl_ms,
-                        keys.channel(room),
-                        self.topology.publish_command,
-                        limits.idle_ms,
-                        limits.history_ttl_ms,
-                        "1" if room in self.local else "0",
-                    ],
-                )
-            except FAILURES as exc:
-                logger.debug("presence heartbeat of %s failed: %s", room, exc)
-                if shard is not None:
-                    down.add(shard)
-                continue
-            if not alive:
-                logger.warning("node %s lost its presence in %s; re-adding", self.node_id, room)
-                self._dirty.add(room)
+        limiter = anyio.Semaphore(BEATS_IN_FLIGHT)
+        async with anyio.create_task_group() as beats:
+            for room in rooms:
+                await limiter.acquire()
+                beats.start_soon(self._beat, room, down, limiter)
+
+    async def _beat(self, room: str, down: set[str], limiter: anyio.Semaphore) -> None:
+        limits = self._limits
+        shard = None
+        try:
+            shard = self.topology.shard_of(room)
+            if shard in down:
+                return  # one failure per shard and pass is enough
+            alive = await scripts.ROOM_BEAT(
+                self.topology.commands,
+                [
+                    keys.room_key(room, "meta"),
+                    keys.room_key(room, "history"),
+                    *keys.presence_keys(room),
+                ],
+                [
+                    self.node_id,
+                    self._ttl_ms,
+                    keys.channel(room),
+                    self.topology.publish_command,
+                    limits.idle_ms,
+                    limits.history_ttl_ms,
+                    "1" if room in self.local else "0",
+                ],
+            )
+        except FAILURES as exc:
+            logger.debug("presence heartbeat of %s failed: %s", room, exc)
+            if shard is not None:
+                down.add(shard)
+            return
+        finally:
+            limiter.release()
+        if not alive:
+            logger.warning("node %s lost its presence in %s; re-adding", self.node_id, room)
+            self._dirty.add(room)
 
     async def _heal_dirty(self) -> None:
         dirty, self._dirty = self._dirty, set()
