@@ -551,3 +551,10 @@ def test_any_frames_give_one_outcome_each_and_never_raise(
                 assert session.chat.username == session.identity.user_id
 
     anyio.run(run)
+
+
+async def test_an_authenticate_hook_that_answers_nonsense_is_a_500() -> None:
+    app = App(authenticate=lambda request: "alice")  # type: ignore[arg-type,return-value]
+    with pytest.raises(Rejection) as info:
+        await app.admit(upgrade(), "lobby")
+    assert (info.value.status, info.value.code) == (500, "internal_error")

@@ -205,17 +205,19 @@ class App:
         identity: Identity | None = None
         if self.auth_mode != "off":
             try:
-                identity = await _call(self.authenticate, request)
+                # Typed as object: hooks are the app's code, their answers are checked.
+                answer: object = await _call(self.authenticate, request)
             except Rejection:
                 raise
             except Exception:
                 logger.exception("! authenticate hook failed for %s", request.peer)
-                raise Rejection(
-                    "internal_error",
-                    "authentication failed: server error",
-                    status=500,
-                    close_code=1011,
-                ) from None
+                raise _hook_failed() from None
+            if answer is not None and not isinstance(answer, Identity):
+                logger.error(
+                    "! authenticate returned %r, not an Identity or None", type(answer).__name__
+                )
+                raise _hook_failed()
+            identity = answer
             if identity is None and self.auth_mode == "required":
                 if request.query_values(FIRST_MESSAGE_PARAMETER) == [FIRST_MESSAGE]:
                     return Admission(None, pending=True)
@@ -357,6 +359,13 @@ class App:
         """Make :meth:`serve` drain its connections and return."""
         if self._server is not None:
             self._server.stop()
+
+
+def _hook_failed() -> Rejection:
+    """The answer to an upgrade whose ``authenticate`` hook failed (an app bug): 500."""
+    return Rejection(
+        "internal_error", "authentication failed: server error", status=500, close_code=1011
+    )
 
 
 def upgrade_refusal(rejection: Rejection) -> Response:

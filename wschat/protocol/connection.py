@@ -72,14 +72,19 @@ DEFAULT_MAX_REQUEST_BODY = 64 * 1024
 SERVER_HEADER: Final = ("server", "wschat")
 
 STATUS_TEXT: Final = {
+    100: "Continue",
     200: "OK",
+    201: "Created",
     400: "Bad Request",
+    401: "Unauthorized",
     403: "Forbidden",
     404: "Not Found",
     405: "Method Not Allowed",
     413: "Content Too Large",
+    415: "Unsupported Media Type",
     421: "Misdirected Request",
     426: "Upgrade Required",
+    429: "Too Many Requests",
     431: "Request Header Fields Too Large",
     500: "Internal Server Error",
     501: "Not Implemented",

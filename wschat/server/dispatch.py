@@ -74,9 +74,11 @@ class ChatDispatch:
             return
         had_username = session.username is not None
         rooms_before = set(session.rooms)
-        outcome = await app_session.handle(text, time.time())
-        message_id = outcome.id if isinstance(outcome, Publish) else None
+        message_id: str | None = None
+        outcome: Outcome | None = None
         try:
+            outcome = await app_session.handle(text, time.time())  # never raises, by contract
+            message_id = outcome.id if isinstance(outcome, Publish) else None
             if not await self._names_distinct(peer, outcome, had_username, rooms_before):
                 return
             if not had_username and session.username is not None:
@@ -88,7 +90,7 @@ class ChatDispatch:
             reason = f"not done, try again: {exc}"
             peer.send_event(error_event("unavailable", reason, message_id))
         except Exception:
-            logger.exception("! conn %s: %s failed", peer.conn_id, type(outcome).__name__)
+            logger.exception("! conn %s: a frame failed", peer.conn_id)
             peer.close(1011, "internal error")
 
     async def _names_distinct(

@@ -27,12 +27,13 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 # The codes of IANA's WebSocket Close Code Number Registry in the 1000-2999 range
 # (RFC 6455 7.4.1; 1012-1014 added later; 1004 is reserved), and the 4xxx codes
-# wschat itself sends (4401: authentication failed, 4408: token expired). Each
+# wschat itself sends (4401: authentication failed, 4403: forbidden, 4408: token
+# expired). Each
 # has its own label value.
 REGISTERED_CLOSE_CODES = frozenset(
     {1000, 1001, 1002, 1003, 1005, 1006, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014, 1015}
 )
-WSCHAT_CLOSE_CODES = frozenset({4401, 4408})
+WSCHAT_CLOSE_CODES = frozenset({4401, 4403, 4408})
 
 
 def close_code_label(code: int) -> str:
