@@ -410,7 +410,14 @@ class TestOnMessage:
 
         session = await connect(make_app(on_message=moderate), f"token={token()}")
         error = error_of(await session.handle(frame(type="message", message="spam!", id="s1"), NOW))
-        assert error == {"type": "error", "code": "moderated", "reason": "no spam here", "id": "s1"}
+        assert error == {
+            "type": "error",
+            "code": "moderated",
+            "reason": "no spam here",
+            "id": "s1",
+            "command": "message",
+            "room": "lobby",
+        }
 
     async def test_rewrite_must_be_a_valid_message(self) -> None:
         session = await connect(make_app(on_message=lambda i, r, t: t * 5000), f"token={token()}")
@@ -470,6 +477,8 @@ class TestEphemeral:
             "type": "error",
             "code": "bad_data",
             "reason": "typing events carry no data",
+            "command": "typing",  # the refused frame's type and room, for the client to match
+            "room": "lobby",
         }
         outcome = await session.handle('{"type":"reaction","data":{"emoji":"+1"}}', NOW)
         assert isinstance(outcome, Relay)

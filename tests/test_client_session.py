@@ -302,6 +302,20 @@ def test_an_unavailable_rejoin_asks_for_a_new_connection() -> None:
     assert session.rejoin_failed is None
 
 
+def test_an_error_that_names_its_frame_is_matched_to_it() -> None:
+    # Two joins waiting; a typing refusal and the second join's refusal arrive.
+    session = joined_session()
+    assert session.join("vip") and session.join("dev")
+    sent(session)
+    typing = error_event("rate_limited", "slow down", None, "typing", "lobby")
+    assert feed(session, typing) == [Error("rate_limited", "slow down", None, "lobby", "typing")]
+    assert set(session.rooms) == {"lobby", "vip", "dev"}  # not taken for a join's refusal
+    refused = feed(session, error_event("forbidden", "not for you", None, "join", "dev"))
+    assert refused == [Error("forbidden", "not for you", None, "dev")]
+    assert session.results() == [JoinResult("dev", refused[0])]
+    assert set(session.rooms) == {"lobby", "vip"}  # vip still waits for its answer
+
+
 def test_errors_of_other_commands_pass_through() -> None:
     session = joined_session()
     assert session.typing("lobby", now=100.0)

@@ -212,10 +212,8 @@ class AppSession:
             return await self._ephemeral(frame, now)
         try:
             return await self._command(frame)
-        except ChatError as exc:
-            return _error(exc.code, exc.reason, exc.id)
-        except Rejection as exc:
-            return _error(exc.code, exc.reason, frame.id if isinstance(frame, Say) else None)
+        except (ChatError, Rejection) as exc:
+            return _refusal(frame, exc.code, exc.reason, self.chat.url_room)
 
     # -- auth ------------------------------------------------------------------
 
@@ -316,30 +314,43 @@ class AppSession:
             raise denial
 
     async def _ephemeral(self, event: Ephemeral, now: float) -> Outcome:
-        try:
-            self._guests_read_only(event)
-        except Rejection as exc:
-            return _error(exc.code, exc.reason)
         room = event.room or self.chat.url_room
+        try:
+            return await self._relay(event, room, now)
+        except Rejection as exc:
+            return _refusal(event, exc.code, exc.reason, room)
+
+    async def _relay(self, event: Ephemeral, room: str, now: float) -> Outcome:
+        self._guests_read_only(event)
         if room not in self.chat.rooms:
-            return _error("not_joined", f"join room {room!r} before sending to it")
+            raise Rejection("not_joined", f"join room {room!r} before sending to it")
         username = self.chat.username
         if username is None:
-            return _error("no_username", "send a username (in a join or message) first")
+            raise Rejection("no_username", "send a username (in a join or message) first")
         kind = self.app.ephemeral_types[event.kind]
         if event.data is not None and len(event.data) > kind.max_data:
             limit = f"at most {kind.max_data} bytes of" if kind.max_data else "no"
-            return _error("bad_data", f"{kind.name} events carry {limit} data")
+            raise Rejection("bad_data", f"{kind.name} events carry {limit} data")
         denial = await self.app.check(self._acting(), "say", room)
         if denial is not None:
-            return _error(denial.code, denial.reason)
+            raise denial
         if not self._limiter.allow(kind.name, now):
-            return _error(
+            raise Rejection(
                 "rate_limited",
                 f"over {kind.rate:g} {kind.name} events/s (burst {kind.burst}): dropped",
             )
         name = self.identity.name if self.identity is not None else None
         return Relay(room, ephemeral_event(kind.name, room, username, name, event.data))
+
+
+def _refusal(frame: Join | Say | Leave | Ephemeral, code: str, reason: str, url_room: str) -> Reply:
+    """An ``error`` that names the frame it refuses: its type, room and message id."""
+    if isinstance(frame, Say):
+        return Reply(error_event(code, reason, frame.id, "message", frame.room or url_room))
+    if isinstance(frame, Ephemeral):
+        return Reply(error_event(code, reason, None, frame.kind, frame.room or url_room))
+    kind = "join" if isinstance(frame, Join) else "leave"
+    return Reply(error_event(code, reason, None, kind, frame.room))
 
 
 def _error(code: str, reason: str, message_id: str | None = None) -> Reply:

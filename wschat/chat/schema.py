@@ -321,11 +321,30 @@ def membership_event(kind: str, room: str, username: str) -> bytes:
     return encode({"type": kind, "room": room, "username": username})
 
 
-def error_event(code: str, reason: str, message_id: str | None = None) -> bytes:
-    """An ``error`` reply to one client (with the ``id`` of the message it refuses)."""
+def error_event(
+    code: str,
+    reason: str,
+    message_id: str | None = None,
+    command: str | None = None,
+    room: str | None = None,
+) -> bytes:
+    """An ``error`` reply to one client, naming what it refuses when known.
+
+    Args:
+        code: The error code.
+        reason: Why, in words.
+        message_id: The ``id`` of the message refused.
+        command: The ``type`` of the frame refused (``join``, ``leave``, ``message``,
+            an ephemeral type...), so a client can match the error to its request.
+        room: The room of the frame refused.
+    """
     event: dict[str, Any] = {"type": "error", "code": code, "reason": reason}
     if message_id is not None:
         event["id"] = message_id
+    if command is not None:
+        event["command"] = command
+    if room is not None:
+        event["room"] = room
     return encode(event)
 
 

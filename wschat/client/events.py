@@ -157,13 +157,16 @@ class Error:
             (the README's bad-input table lists them all).
         reason: A human-readable explanation.
         id: The id of the refused message, when it was one.
-        room: The room of a refused join, when the client can tell.
+        room: The room of what was refused (a join, a message, an event), when known.
+        command: The ``type`` of the refused frame (``join``, ``leave``, ``message``,
+            ``typing``...), when the server says.
     """
 
     code: str
     reason: str
     id: str | None = None
     room: str | None = None
+    command: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

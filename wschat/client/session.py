@@ -63,8 +63,9 @@ from .wire import (
 # the server's per-connection message rate (10/s by default).
 TYPING_INTERVAL = 3.0
 
-# Error codes with which the server refuses a join (an ``error`` without an id
-# while a join is unanswered). Leave and typing refusals use other codes
+# Error codes with which a server that does not name the refused frame (no
+# ``command`` in its errors) refuses a join, while one is unanswered. Leave and
+# typing refusals use other codes
 # (not_joined, bad_type on servers without typing), except rate_limited, which a
 # typing notification can get too; a join is the likelier while one is unanswered.
 _JOIN_ERRORS = frozenset(
@@ -407,7 +408,12 @@ class ClientSession:
             else:
                 self._fail(error.id, Error(error.code, error.reason, error.id, pending.room))
             return
-        if error.code in _JOIN_ERRORS and self._awaiting_joins:
+        if error.command == "join" and error.room in self._awaiting_joins:
+            assert error.room is not None
+            self._awaiting_joins.remove(error.room)
+            self._on_join_refused(error.room, error)
+        elif error.command is None and error.code in _JOIN_ERRORS and self._awaiting_joins:
+            # A server that does not name the refused frame: the oldest join waiting.
             self._on_join_refused(self._awaiting_joins.popleft(), error)
         else:
             self._events.append(error)

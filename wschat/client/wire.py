@@ -75,6 +75,8 @@ class _Error(msgspec.Struct, tag="error", tag_field="type"):
     code: str
     reason: str
     id: str | None = None
+    command: str | None = None
+    room: str | None = None
 
 
 class _Authenticated(msgspec.Struct, tag="authenticated", tag_field="type"):
@@ -165,7 +167,7 @@ def _typed(wire: Any, username: str | None) -> ServerEvent:
     if isinstance(wire, _Authenticated):
         return Authenticated(wire.username, wire.name, wire.expires)
     assert isinstance(wire, _Error)
-    return Error(wire.code, wire.reason, wire.id)
+    return Error(wire.code, wire.reason, wire.id, wire.room, wire.command)
 
 
 def _message(wire: _Message, username: str | None) -> Message:

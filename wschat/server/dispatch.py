@@ -88,7 +88,8 @@ class ChatDispatch:
             if isinstance(outcome, JoinRoom) and outcome.room not in rooms_before:
                 session.rooms.discard(outcome.room)  # the join did not happen
             reason = f"not done, try again: {exc}"
-            peer.send_event(error_event("unavailable", reason, message_id))
+            command, room = _refused(outcome)
+            peer.send_event(error_event("unavailable", reason, message_id, command, room))
         except Exception:
             logger.exception("! conn %s: a frame failed", peer.conn_id)
             peer.close(1011, "internal error")
@@ -127,7 +128,8 @@ class ChatDispatch:
             if isinstance(exc, BackendUnavailable):
                 raise
             message_id = outcome.id if isinstance(outcome, Publish) else None
-            peer.send_event(error_event(exc.code, exc.reason, message_id))
+            command, refused_room = _refused(outcome)
+            peer.send_event(error_event(exc.code, exc.reason, message_id, command, refused_room))
             return False
         return True
 
@@ -137,7 +139,9 @@ class ChatDispatch:
             user = f"user:{identity.user_id}" if identity and identity.authenticated else None
             if user is not None and not self._users.take(user, now):
                 reason = f"over {self.config.user_rate:g} messages/s for your user: dropped"
-                peer.send_event(error_event("rate_limited", reason, outcome.id))
+                peer.send_event(
+                    error_event("rate_limited", reason, outcome.id, "message", outcome.room)
+                )
                 return
             position = await self.hub.say(
                 outcome.room, outcome.username, outcome.message, outcome.id, name=outcome.name
@@ -167,3 +171,16 @@ class ChatDispatch:
             return
         reason = f"over {self.config.rate:g} messages/s (burst {self.config.burst}): dropped"
         peer.send_event(error_event("rate_limited", reason, peek_message_id(text)))
+
+
+def _refused(outcome: Outcome | None) -> tuple[str | None, str | None]:
+    """The ``command`` and ``room`` an error about ``outcome`` names."""
+    if isinstance(outcome, Publish):
+        return "message", outcome.room
+    if isinstance(outcome, JoinRoom):
+        return "join", outcome.room
+    if isinstance(outcome, LeaveRoom):
+        return "leave", outcome.room
+    if isinstance(outcome, Relay):
+        return None, outcome.room
+    return None, None
