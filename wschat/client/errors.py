@@ -6,6 +6,8 @@ line fit to show a user (the ``wschat`` commands print exactly that).
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit, urlunsplit
+
 from ..protocol.events import Headers
 
 
@@ -22,6 +24,7 @@ class ConnectError(ClientError):
     """
 
     def __init__(self, url: str, cause: str) -> None:
+        url = _without_token(url)
         super().__init__(f"cannot connect to {url}: {cause}")
         self.url = url
         self.cause = cause
@@ -96,3 +99,14 @@ class JoinError(ClientError):
         self.room = room
         self.code = code
         self.reason = reason
+
+
+def _without_token(url: str) -> str:
+    """``url`` with a ``token`` in its query blanked: messages end up in logs."""
+    parts = urlsplit(url)
+    if "token=" not in parts.query:
+        return url
+    query = "&".join(
+        "token=REDACTED" if pair.startswith("token=") else pair for pair in parts.query.split("&")
+    )
+    return urlunsplit(parts._replace(query=query))

@@ -117,11 +117,13 @@ async def open_link(settings: LinkSettings, url_room: str, token: str | None) ->
 async def _handshake(
     stream: ByteStream, settings: LinkSettings, url_room: str, token: str | None
 ) -> Link:
+    # The token goes in a header, not the URL: URLs end up in proxies' access logs.
+    credentials = (("Authorization", f"Bearer {token}"),) if token is not None else ()
     conn = ClientConnection(
         host=settings.address.host_header,
-        target=settings.address.target(url_room, token),
+        target=settings.address.target(url_room),
         origin=settings.origin,
-        extra_headers=settings.headers,
+        extra_headers=(*settings.headers, *credentials),
         max_message_size=settings.max_message_size,
         compression=settings.compression,
     )

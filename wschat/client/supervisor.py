@@ -29,7 +29,7 @@ import anyio
 from ..protocol import TextReceived
 from ..protocol.events import Event as ProtocolEvent
 from .backoff import Backoff, delay_before_retry, reconnect_after_close
-from .errors import ClientError, ConnectionClosedError, HandshakeRejectedError
+from .errors import ClientError, ConnectError, ConnectionClosedError, HandshakeRejectedError
 from .events import Disconnected, Reconnected
 from .inbox import Inbox
 from .link import Link, LinkSettings, open_link
@@ -193,7 +193,7 @@ class Supervisor:
         previous: tuple[int, str] | None = None  # how the last connection ended
         while not self._stopping():
             try:
-                token = await self.token() if callable(self.token) else self.token
+                token = await self._token()
                 link = await open_link(self.settings, self.session.url_room, token)
             except ClientError as exc:
                 attempts += 1
@@ -221,6 +221,22 @@ class Supervisor:
             self.inbox.put([Disconnected(code, reason, delay)])
             await anyio.sleep(delay)
 
+    async def _token(self) -> str | None:
+        """The token for the next connection (or the open one).
+
+        Raises:
+            ConnectError: The token function failed: a failure like a refused
+                connection, retried with backoff, never the end of the client.
+        """
+        if not callable(self.token):
+            return self.token
+        try:
+            return await self.token()
+        except Exception as exc:
+            raise ConnectError(
+                self.settings.address.url, f"the token function failed: {exc!r}"
+            ) from exc
+
     async def _keep_token_fresh(self, link: Link) -> None:
         """Send a fresh token before the connection's expires (the server closes 4408 at it)."""
         assert callable(self.token)
@@ -237,7 +253,14 @@ class Supervisor:
             # Ahead by a fifth of what is left, at most a minute: a 1-hour token is
             # renewed a minute early, a 10-second one two seconds early.
             await anyio.sleep(max(0.0, remaining - min(TOKEN_REFRESH_LEAD, remaining / 5)))
-            self.session.authenticate(await self.token())
+            try:
+                fresh = await self._token()
+            except ConnectError as exc:
+                logger.info("! %s; keeping the current token", exc)
+                await anyio.sleep(min(TOKEN_REFRESH_LEAD, max(remaining / 5, 1.0)))
+                continue
+            assert fresh is not None
+            self.session.authenticate(fresh)
             self.flush()
             logger.info("= sent a fresh token (the current one expires in %.0fs)", remaining)
 

@@ -31,11 +31,9 @@ class ServerAddress:
     path: str
     query: tuple[tuple[str, str], ...]
 
-    def target(self, room: str, token: str | None) -> str:
-        """The request target naming ``room`` (and the token, when there is one)."""
+    def target(self, room: str) -> str:
+        """The request target naming ``room`` (a token goes in ``Authorization``, not here)."""
         params = [*self.query, ("room", room)]
-        if token is not None:
-            params.append(("token", token))
         return f"{self.path}?{urlencode(params)}"
 
 
