@@ -348,15 +348,19 @@ class App:
         """Run the server for this app until :meth:`stop` (or cancellation); reports the port."""
         from ..server.server import Server
 
-        server = Server(app=self)
-        self._server = server
+        server = Server(app=self)  # attaches itself
         try:
             await server.serve(task_status=task_status)
         finally:
             self._server = None
 
+    def attach(self, server: Server) -> None:
+        """Called by the :class:`~wschat.server.Server` made for this app (by :meth:`serve`
+        or ``wschat serve``): :meth:`stop` then stops it, and settings are fixed."""
+        self._server = server
+
     def stop(self) -> None:
-        """Make :meth:`serve` drain its connections and return."""
+        """Make the server serving this app drain its connections and return."""
         if self._server is not None:
             self._server.stop()
 

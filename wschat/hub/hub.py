@@ -138,7 +138,12 @@ class Hub:
     async def enter(self, member: Member, room: str) -> None:
         """Put a new connection into its URL room: live messages only, no history."""
         self._member_rooms.setdefault(member, set())
-        await self._ensure_subscribed(room)
+        try:
+            await self._ensure_subscribed(room)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self._release(room)  # nothing of the room is kept for a failed enter
+            raise
         self._rooms.setdefault(room, set()).add(member)
         self._member_rooms[member].add(room)
         await self._update_presence(member, room)
@@ -221,7 +226,11 @@ class Hub:
         present = self._present.setdefault(member, set())
         if username is not None and room not in present:
             present.add(room)
-            await self.backend.presence_join(room, member.conn_id, username)
+            try:
+                await self.backend.presence_join(room, member.conn_id, username)
+            except BaseException:
+                present.discard(room)  # tried again at the next join or bind
+                raise
 
     async def leave(self, member: Member, room: str) -> None:
         """Leave ``room``: out of its members and presence; unsubscribe if it was the last."""

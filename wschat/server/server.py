@@ -60,6 +60,7 @@ class Server:
         self, config: ServerConfig | None = None, hub: Hub | None = None, app: App | None = None
     ) -> None:
         self.app = app or App(config, hub=hub)
+        self.app.attach(self)
         self.config = self.app.config
         self.hub = self.app.hub
         self.metrics = Metrics(self.hub.statistics)
@@ -118,9 +119,9 @@ class Server:
             BackendUnavailable: The hub backend cannot be reached.
         """
         _check_backend_runs_here(self.config.hub_url)
-        listeners = await self._bind()
         self._pump.http.tls = self._tls_context()
         self._pump.direct_writes = self.direct_writes = await _direct_writes_work()
+        listeners = await self._bind()
         self._listener = Listener(listeners, self._pump.handle, self._socket_cap())
         try:
             async with anyio.create_task_group() as service_group:
@@ -147,6 +148,9 @@ class Server:
                 await self.hub.aclose()
                 service_group.cancel_scope.cancel()
         finally:
+            with anyio.CancelScope(shield=True):
+                for listener in listeners:  # closed already after serving; not if start-up failed
+                    await listener.aclose()
             self._stopped.set()
 
     def stop(self) -> None:
