@@ -35,10 +35,8 @@ from .startup import StartupError, check_before_serving, describe_startup_failur
 
 logger = logging.getLogger("wschat")
 
+# How often a worker copies the Hub's counters into the shared metrics files.
 _METRICS_SYNC_INTERVAL = 1.0
-
-
-# (flag, config field, parse, help). Each flag's environment variable is WSCHAT_<FIELD>.
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -23,8 +23,7 @@ from .server import ServerConfig
 _DEFAULTS = ServerConfig()
 _APP_DEFAULTS = AppConfig()
 
-# How often a worker copies the Hub's counters into the shared metrics files.
-
+# (flag, config field, parse, help). Each flag's environment variable is WSCHAT_<FIELD>.
 _OPTIONS: list[tuple[str, str, Callable[[str], Any], str]] = [
     ("--host", "host", text, "address to listen on"),
     ("--port", "port", port, "TCP port (0: any free port)"),
@@ -37,10 +36,15 @@ _OPTIONS: list[tuple[str, str, Callable[[str], Any], str]] = [
     ("--max-message-size", "max_message_size", count, "chat message cap in bytes (1009 over it)"),
     ("--max-request-head", "max_request_head", count, "request line + headers cap in bytes (431)"),
     ("--handshake-timeout", "handshake_timeout", positive, "seconds to send a complete request"),
-    ("--max-connections", "max_connections", count, "open connections at most (then 503)"),
+    ("--max-connections", "max_connections", count, "open WebSockets at most (then 503)"),
     ("--ping-interval", "ping_interval", positive, "seconds between keepalive pings"),
     ("--pong-wait", "pong_wait", positive, "seconds of client silence before closing with 1011"),
-    ("--write-timeout", "write_timeout", positive, "seconds a blocked send may take"),
+    (
+        "--write-timeout",
+        "write_timeout",
+        positive,
+        "seconds a client's queued bytes may make no progress before it is dropped",
+    ),
     ("--close-timeout", "close_timeout", positive, "seconds to wait for the peer's close frame"),
     ("--outbox-limit", "outbox_limit", count, "bytes queued per client before closing with 1013"),
     ("--rate", "rate", non_negative, "messages per second per connection (0: unlimited)"),

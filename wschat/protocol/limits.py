@@ -41,7 +41,8 @@ class MessageSizeLimit(Extension):
         rsv: RsvBits,
         payload_length: int,
     ) -> CloseReason | RsvBits:
-        # Idempotent: this may run more than once for one frame (see above).
+        # Idempotent: wsproto calls this again for the same frame when its header
+        # was split across reads (it rolls back and re-parses), so nothing is added here.
         self._frame_size = 0
         if opcode.iscontrol():
             return _NO_RSV

@@ -19,7 +19,8 @@ class ServerConfig:
     Attributes:
         host: Address to listen on.
         port: TCP port (0: any free port).
-        hub_url: Backend URL: ``memory://`` or ``redis://host:port/db``.
+        hub_url: Backend URL: ``memory://``, ``redis://host:port/db`` or
+            ``redis-cluster://host:port[,host:port...]``.
         allowed_origins: Origins allowed besides the same origin (``*`` for any).
         allowed_hosts: Host names answered besides the bound address and loopback
             names (``*.example.com`` for subdomains, ``*`` for any); others get 421.
@@ -35,7 +36,8 @@ class ServerConfig:
         max_connections: Open WebSocket connections at most (503 beyond).
         ping_interval: Seconds between keepalive pings.
         pong_wait: Seconds without any data from the client before closing with 1011.
-        write_timeout: Seconds a blocked send may take before the connection is closed.
+        write_timeout: Seconds a client's queued bytes may make no progress (the
+            kernel takes none) before the connection is dropped.
         close_timeout: Seconds to wait for the peer's half of the closing handshake.
         outbox_limit: Bytes queued for one client before it is closed with 1013.
         rate: Messages per second per connection (0: no limit).
@@ -111,7 +113,7 @@ class ServerConfig:
     user_rate: float = 20.0
     user_burst: int = 40
     # Above --max-connections: every address with an open connection keeps its
-    # bucket (~250 B each, ~4 MiB per table when full).
+    # bucket (~220 B each, ~3.5 MiB per table when full).
     address_table_size: int = 16_384
     # uvicorn's --forwarded-allow-ips default: a proxy on this host is trusted.
     trusted_proxies: tuple[str, ...] = ("127.0.0.1", "::1")

@@ -63,7 +63,8 @@ def connection_cap(max_connections: int, open_file_limit: int) -> int:
     """How many sockets (HTTP phase included) the server may hold at once.
 
     Args:
-        max_connections: The operator's ``--max-connections``.
+        max_connections: The sockets wanted (the server passes ``--max-connections``
+            plus room for HTTP-phase sockets).
         open_file_limit: The soft descriptor limit in force
             (:func:`raise_open_file_limit`'s answer).
 

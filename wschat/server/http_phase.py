@@ -90,7 +90,8 @@ class HttpPhase:
         """The TLS context, when serving https/wss (set at start-up)."""
         self._open_websockets = open_websockets
         self._draining = draining
-        self._websocket_paths = frozenset({CHAT_PATH, ECHO_PATH} if config.echo else {CHAT_PATH})
+        self.websocket_paths = frozenset({CHAT_PATH, ECHO_PATH} if config.echo else {CHAT_PATH})
+        """The paths that upgrade to a WebSocket (/ws, and /echo when enabled)."""
         self._proxies = parse_networks(config.trusted_proxies)
         self._connects = KeyedRateLimiter(
             config.connect_rate, config.connect_burst, config.address_table_size
@@ -134,7 +135,7 @@ class HttpPhase:
             while events := conn.events_received():
                 for event in events:
                     if isinstance(event, HttpRequest):
-                        if event.path in self._websocket_paths:
+                        if event.path in self.websocket_paths:
                             response = await self._probe(event, address)
                         else:
                             response = await self.routes.answer(event)

@@ -41,7 +41,7 @@ from ..protocol import (
     TextReceived,
 )
 from .config import ServerConfig
-from .constants import CHAT_PATH, DISCONNECTED, ECHO_PATH, RECEIVE_SIZE
+from .constants import CHAT_PATH, DISCONNECTED, RECEIVE_SIZE
 from .dispatch import ChatDispatch
 from .flusher import Flusher
 from .http_phase import HttpPhase, Upgrade, receive, url_room
@@ -98,7 +98,6 @@ class ConnectionPump:
         self.dispatch = ChatDispatch(app, hub, config, metrics)
         self._draining = draining
         self._ids = itertools.count(1)
-        self._paths = frozenset({CHAT_PATH, ECHO_PATH} if config.echo else {CHAT_PATH})
         self._origins = OriginPolicy(config.allowed_origins)
         self._hosts = HostPolicy.for_bind(config.host, config.allowed_hosts)
 
@@ -113,7 +112,7 @@ class ConnectionPump:
                 return
             stream = secured
             conn = ServerConnection(
-                self._paths,
+                self.http.websocket_paths,
                 self._origins,
                 self.config.max_request_head,
                 host_policy=self._hosts,

@@ -82,10 +82,6 @@ class Watchdog:
         self._next += count
         self._check(batch, now)
 
-    def check_all(self, now: float) -> None:
-        """One pass over every connection at once."""
-        self._check(list(self._peers()), now)
-
     def _check(self, peers: list[Peer], now: float) -> None:
         wall = time.time()
         for peer in peers:

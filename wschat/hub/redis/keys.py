@@ -4,7 +4,7 @@ Every key and the channel of room ``r`` start with ``wschat:{r}:``: Redis Cluste
 hashes only the part between the first ``{`` and the next ``}`` (the hash tag),
 so all of a room lives in one hash slot, on one shard, and one Lua script can
 touch all of it. Room names never contain braces (``wschat.chat`` allows
-``A-Za-z0-9_-`` only). Nothing is shared between rooms: no key names a node,
+``A-Za-z0-9_-:`` only). Nothing is shared between rooms: no key names a node,
 so no script ever spans two slots.
 
 Layout (room ``r``)::
