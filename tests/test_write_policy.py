@@ -25,6 +25,7 @@ from anyio.abc import ByteStream, SocketAttribute
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
+from wschat.app import App, Identity, UpgradeRequest
 from wschat.server import Server, ServerConfig
 
 from . import helpers
@@ -244,7 +245,16 @@ class TestShutdown:
             await holder.stream.aclose()
 
     async def test_the_websocket_cap_holds_under_concurrent_upgrades(self) -> None:
-        async with running_server(max_connections=5) as server:
+        # The app takes its time admitting: all 30 upgrades are past it together,
+        # so a capacity check made before the await would let them all in.
+        async def slow_authenticate(request: UpgradeRequest) -> Identity:
+            await anyio.sleep(0.2)
+            return Identity("guest", "Guest")
+
+        def make(config: ServerConfig) -> Server:
+            return Server(config, app=App(config, authenticate=slow_authenticate))
+
+        async with running_server(factory=make, max_connections=5) as server:
             opened: list[Any] = []
             refused: list[int] = []
 
