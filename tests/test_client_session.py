@@ -42,8 +42,9 @@ from wschat.client.events import (
     Reconnected,
     Typing,
 )
+from wschat.client.joins import JoinResult
 from wschat.client.outgoing import SayResult
-from wschat.client.session import ClientSession, JoinResult
+from wschat.client.session import ClientSession
 from wschat.client.url import parse_server_url
 from wschat.client.wire import Unknown, decode_server_event
 

@@ -34,9 +34,10 @@ from ..chat import Position
 from .backoff import Backoff
 from .errors import ConnectError, ConnectionClosedError, JoinError, SayError
 from .events import Event
+from .joins import JoinResult
 from .link import LinkSettings
 from .outgoing import SayResult
-from .session import ClientSession, JoinResult
+from .session import ClientSession
 from .supervisor import Supervisor, TokenSource, Waiter
 from .url import parse_server_url
 

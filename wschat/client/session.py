@@ -30,7 +30,6 @@ again, with the same id, once its room has recovered on the next connection.
 from __future__ import annotations
 
 import itertools
-from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -46,6 +45,7 @@ from .events import (
     Message,
     Reconnected,
 )
+from .joins import JoinResult, PendingJoins
 from .outgoing import Outgoing, SayResult
 from .wire import (
     Authenticated,
@@ -62,38 +62,6 @@ from .wire import (
 # "typing..." indicator alive on the other side, few enough to stay well under
 # the server's per-connection message rate (10/s by default).
 TYPING_INTERVAL = 3.0
-
-# Error codes with which a server that does not name the refused frame (no
-# ``command`` in its errors) refuses a join, while one is unanswered. Leave and
-# typing refusals use other codes
-# (not_joined, bad_type on servers without typing), except rate_limited, which a
-# typing notification can get too; a join is the likelier while one is unanswered.
-_JOIN_ERRORS = frozenset(
-    {
-        "unavailable",
-        "forbidden",
-        "too_many_rooms",
-        "bad_username",
-        "username_mismatch",
-        "bad_since",
-        "bad_room",
-        "rate_limited",  # a join counts against the server's --rate like any text
-    }
-)
-
-
-@dataclass(frozen=True, slots=True)
-class JoinResult:
-    """A join was answered.
-
-    Attributes:
-        room: The room.
-        error: Why it failed, or None when the room is joined.
-    """
-
-    room: str
-    error: Error | None = None
-
 
 Result = JoinResult | SayResult
 
@@ -145,7 +113,7 @@ class ClientSession:
         self._ids = itertools.count(1)
         self._outgoing = Outgoing()
         self._connected = False
-        self._awaiting_joins: deque[str] = deque()
+        self._awaiting_joins = PendingJoins()
         self._typing_sent: dict[str, float] = {}
         self._out: list[str] = []
         self._events: list[Event] = []
@@ -373,8 +341,7 @@ class ClientSession:
 
     def _on_history(self, reply: History) -> None:
         room = reply.room
-        if room in self._awaiting_joins:
-            self._awaiting_joins.remove(room)
+        self._awaiting_joins.answered(room)
         state = self._rooms.get(room)
         if state is None:
             return  # left while joining
@@ -408,13 +375,9 @@ class ClientSession:
             else:
                 self._fail(error.id, Error(error.code, error.reason, error.id, pending.room))
             return
-        if error.command == "join" and error.room in self._awaiting_joins:
-            assert error.room is not None
-            self._awaiting_joins.remove(error.room)
-            self._on_join_refused(error.room, error)
-        elif error.command is None and error.code in _JOIN_ERRORS and self._awaiting_joins:
-            # A server that does not name the refused frame: the oldest join waiting.
-            self._on_join_refused(self._awaiting_joins.popleft(), error)
+        room = self._awaiting_joins.refused_by(error)
+        if room is not None:
+            self._on_join_refused(room, error)
         else:
             self._events.append(error)
 
@@ -443,7 +406,7 @@ class ClientSession:
 
     def _send_join(self, room: str, state: _Room) -> None:
         state.live = False
-        self._awaiting_joins.append(room)
+        self._awaiting_joins.sent(room)
         self._out.append(join_command(room, self._join_as, state.position))
 
     def _send_queued(self, room: str) -> None:

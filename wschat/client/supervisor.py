@@ -32,9 +32,10 @@ from .backoff import Backoff, delay_before_retry, reconnect_after_close
 from .errors import ClientError, ConnectError, ConnectionClosedError, HandshakeRejectedError
 from .events import Disconnected, Reconnected
 from .inbox import Inbox
+from .joins import JoinResult
 from .link import Link, LinkSettings, open_link
 from .outgoing import SayResult
-from .session import ClientSession, JoinResult
+from .session import ClientSession
 
 logger = logging.getLogger("wschat.client")
 
