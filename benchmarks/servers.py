@@ -165,6 +165,21 @@ def compression_flags(src: Path, compression: bool) -> list[str]:
     return ["--no-compression"] if "--no-compression" in flags else []
 
 
+def address_limit_flags(src: Path) -> list[str]:
+    """Per-address limits off, where the source has them.
+
+    Every load-generator client comes from 127.0.0.1: one address opening 10,000
+    connections, and all of them sending, is what those limits exist to refuse.
+    """
+    flags = _serve_flags(src)
+    return [
+        arg
+        for flag in ("--address-rate", "--connect-rate")
+        if flag in flags
+        for arg in (flag, "0")
+    ]
+
+
 def command(
     kind: str, host: str, port: int, options: Options = Options()
 ) -> tuple[list[str], Path | None]:
@@ -187,6 +202,7 @@ def command(
     if options.rate:
         argv += ["--burst", str(max(1, int(options.rate)))]
     argv += compression_flags(src, options.compression)
+    argv += address_limit_flags(src)
     if options.hub_url:
         argv += ["--hub", options.hub_url]
     argv += options.extra

@@ -44,8 +44,13 @@ def main() -> int:
         gen.join()
         time.sleep(2)
         after = servers.rss_kib(server.pid)
+        out.unlink(missing_ok=True)
         os.kill(server.pid, signal.SIGUSR2)
-        time.sleep(3)
+        # comparing two snapshots of 12-frame tracebacks takes a while
+        deadline = time.monotonic() + 120
+        while not out.exists() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        time.sleep(1)
     finally:
         if gen is not None:
             gen.stop()
@@ -58,9 +63,15 @@ def main() -> int:
         f"each; traced by tracemalloc {traced / 1024 / n:.1f} KiB each (tracemalloc's own "
         "overhead inflates RSS here)"
     )
+    tracebacks = False
     for line in text.splitlines():
         if line.startswith("=="):
             print(line)
+            tracebacks = line.startswith("== by traceback")
+            continue
+        if tracebacks:
+            size, count, where = line.split(" ", 2)
+            print(f"{int(size) / n:9.0f} B/conn {int(count) / n:6.1f} objs/conn  {where}")
             continue
         size, count, where = line.split(" ", 2)
         print(f"{int(size) / n:9.0f} B/conn {int(count) / n:6.1f} objs/conn  {where}")

@@ -63,8 +63,14 @@ def _install_tracing(path: str) -> None:
             total = sum(s.size_diff for s in stats)
             lines.append(f"== by {key}: total {total} bytes traced")
             lines += [f"{s.size_diff} {s.count_diff} {s.traceback[0]}" for s in stats[:60]]
-        with open(path, "w") as f:
+        lines.append("== by traceback (innermost first)")
+        for stat in snapshot.compare_to(baseline[0], "traceback")[:25]:
+            frames = " <- ".join(f"{f.filename.rsplit('/', 1)[-1]}:{f.lineno}" for f in stat.traceback)
+            lines.append(f"{stat.size_diff} {stat.count_diff} {frames}")
+        partial = path + ".part"
+        with open(partial, "w") as f:
             f.write("\n".join(lines) + "\n")
+        os.replace(partial, path)  # whole or not at all: the reader polls for it
 
     signal.signal(signal.SIGUSR1, mark)
     signal.signal(signal.SIGUSR2, dump)
