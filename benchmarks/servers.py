@@ -173,10 +173,7 @@ def address_limit_flags(src: Path) -> list[str]:
     """
     flags = _serve_flags(src)
     return [
-        arg
-        for flag in ("--address-rate", "--connect-rate")
-        if flag in flags
-        for arg in (flag, "0")
+        arg for flag in ("--address-rate", "--connect-rate") if flag in flags for arg in (flag, "0")
     ]
 
 

@@ -63,9 +63,10 @@ def _install_tracing(path: str) -> None:
             total = sum(s.size_diff for s in stats)
             lines.append(f"== by {key}: total {total} bytes traced")
             lines += [f"{s.size_diff} {s.count_diff} {s.traceback[0]}" for s in stats[:60]]
-        lines.append("== by traceback (innermost first)")
+        lines.append("== by traceback (outermost first, 12 frames at most)")
         for stat in snapshot.compare_to(baseline[0], "traceback")[:25]:
-            frames = " <- ".join(f"{f.filename.rsplit('/', 1)[-1]}:{f.lineno}" for f in stat.traceback)
+            where = (f"{f.filename.rsplit('/', 1)[-1]}:{f.lineno}" for f in stat.traceback)
+            frames = " -> ".join(where)
             lines.append(f"{stat.size_diff} {stat.count_diff} {frames}")
         partial = path + ".part"
         with open(partial, "w") as f:
