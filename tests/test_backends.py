@@ -454,3 +454,29 @@ async def test_dead_node_members_removed(redis_nodes: Nodes) -> None:
     assert await a.presence("lobby") == ["alice"]
     assert ("left", "alice") not in rec_a.presence("lobby")  # alice is still on a
     await doomed.aclose()
+
+
+async def test_many_commands_at_once_all_succeed(nodes: Nodes) -> None:
+    """A busy node has hundreds of hub calls in flight; none is refused for want of a connection.
+
+    redis-py's default pool refuses past 100 connections ("Too many connections"):
+    the backend's pool makes the 101st command wait instead.
+    """
+    backend, recorder = await nodes.new()
+    rooms = [f"r{i}" for i in range(50)]
+    for room in rooms:
+        await backend.subscribe(room)
+    positions: list[tuple[str, Position]] = []
+
+    async def publish(i: int) -> None:
+        room = rooms[i % len(rooms)]
+        positions.append((room, await backend.publish(room, say(i))))
+
+    with anyio.fail_after(WAIT):
+        async with anyio.create_task_group() as group:
+            for i in range(500):
+                group.start_soon(publish, i)
+    assert len(positions) == 500
+    for room in rooms:
+        assert sorted(p.seq for r, p in positions if r == room) == list(range(1, 11))
+    await recorder.wait(lambda: all(len(recorder.messages(room)) == 10 for room in rooms))

@@ -25,7 +25,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import anyio
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.client import PubSub
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
@@ -43,8 +43,13 @@ FAILURES = (RedisError, RedisClusterException, OSError)
 COMMAND_TIMEOUT = 5.0
 CONNECT_TIMEOUT = 2.0
 # redis-py's cluster client refuses (rather than waits) past this many
-# connections to one node; the plain client's pool has no limit.
+# connections to one node.
 _CLUSTER_CONNECTIONS_PER_NODE = 1024
+# One Redis: commands wait (up to COMMAND_TIMEOUT) for one of this many
+# connections. redis-py's default pool refuses past 100 since 8.0 ("Too many
+# connections"), and a busy node has hundreds of commands in flight; this many
+# keeps within the descriptors the server reserves (server/descriptors.py).
+POOL_CONNECTIONS = 48
 CLUSTER_SCHEME = "redis-cluster"
 # After a connection failure the slot map is read again, at most this often
 # (a failover moves slots to a replica).
@@ -70,7 +75,10 @@ class SingleRedis:
     publish_command = "PUBLISH"
 
     def __init__(self, url: str) -> None:
-        self.commands: Redis = Redis.from_url(url, **_client_options())
+        pool = BlockingConnectionPool.from_url(
+            url, max_connections=POOL_CONNECTIONS, timeout=COMMAND_TIMEOUT, **_client_options()
+        )
+        self.commands: Redis = Redis.from_pool(pool)
 
     async def connect(self) -> None:
         """Check that Redis answers."""
