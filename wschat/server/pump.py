@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import math
 import random
 import time
 from collections.abc import Callable
@@ -46,7 +45,7 @@ from .dispatch import ChatDispatch
 from .flusher import Flusher
 from .http_phase import HttpPhase, Upgrade, receive, url_room
 from .metrics import Metrics
-from .peer import Peer
+from .peer import Closings, Peer
 from .ratelimit import TokenBucket
 from .routes import Routes
 from .writer import TaskWriter, TransportWriter, Writer, direct_transport
@@ -94,6 +93,8 @@ class ConnectionPump:
         (checked once at start-up)."""
         self.peers: set[Peer] = set()
         """The open WebSockets."""
+        self.closings = Closings(config.close_timeout)
+        """The close timeouts running (the watchdog enforces them)."""
         self.http = HttpPhase(config, app, metrics, routes, lambda: len(self.peers), draining)
         self.dispatch = ChatDispatch(app, hub, config, metrics)
         self._draining = draining
@@ -147,12 +148,13 @@ class ConnectionPump:
             address=address,
             path=request.path,
             conn=conn,
+            stream=stream,
             writer=writer,
             session=ChatSession(room) if chat else None,
             bucket=TokenBucket(config.rate, config.burst, now),
             strikes=TokenBucket(STRIKE_REFILL if config.rate > 0 else 0, config.burst, now),
             metrics=self.metrics,
-            close_timeout=config.close_timeout,
+            closings=self.closings,
             client_key=client_key,
         )
         # Pings spread over the interval: clients that connected together (after
@@ -242,15 +244,10 @@ class ConnectionPump:
         for event in conn.events_received():  # frames that came with the handshake
             closed = await self._on_event(peer, event) or closed
         peer.flush()
+        # No timer per read: an abort, or the watchdog at the end of the close
+        # timeout, shuts the socket's read side and this receive returns b"".
         while not conn.close_expected() and not peer.writer.aborted:
-            # close() moves this deadline (close timeout); abort() cancels the scope.
-            # Only the receive is bounded: chat commands always run to completion.
-            with anyio.CancelScope(deadline=peer.closing_deadline or math.inf) as scope:
-                peer.read_scope = scope
-                data = await receive(stream)
-            peer.read_scope = None
-            if scope.cancel_called:
-                break
+            data = await receive(stream)
             peer.last_seen = anyio.current_time()
             conn.receive_data(data)
             for event in conn.events_received():
@@ -282,7 +279,10 @@ class ConnectionPump:
         peer.flush()
         if peer.writer.aborted:
             return False
-        deadline = peer.closing_deadline or anyio.current_time() + self.config.close_timeout
+        now = anyio.current_time()
+        deadline = peer.closing_deadline or now + self.config.close_timeout
+        if now >= deadline:
+            return False  # the close timeout ended the read loop: no polite goodbye
         if not await peer.writer.drain(deadline):
             logger.info("! conn %s: close frame not delivered in time", peer.conn_id)
             return False
