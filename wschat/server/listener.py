@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import errno
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import anyio
 from anyio.abc import ByteStream, SocketListener, TaskGroup
@@ -32,14 +33,15 @@ class Listener:
 
     Args:
         listeners: The bound listening sockets.
-        handle: Serves one accepted socket to its end (must not raise).
+        handle: Serves one accepted socket to its end (must not raise), then calls
+            the callback it is given: the socket is closed.
         cap: Most sockets open at once.
     """
 
     def __init__(
         self,
         listeners: list[SocketListener],
-        handle: Callable[[ByteStream], Awaitable[None]],
+        handle: Callable[[ByteStream, Callable[[], None]], Coroutine[Any, Any, None]],
         cap: int,
     ) -> None:
         self._listeners = listeners
@@ -89,16 +91,14 @@ class Listener:
                 logger.info("= accepting again")
                 backoff = 0.0
             self.open_sockets += 1
-            group.start_soon(self._serve, stream)
+            # The handler itself is the task (no wrapper coroutine kept per connection).
+            group.start_soon(self._handle, stream, self._closed)
 
-    async def _serve(self, stream: ByteStream) -> None:
-        try:
-            await self._handle(stream)
-        finally:
-            self.open_sockets -= 1
-            if self._paused and self.open_sockets < self.cap * 0.9:
-                self._paused = False
-                logger.info("= %d sockets open: below the cap again", self.open_sockets)
-            if self._slot_freed is not None:
-                self._slot_freed.set()
-                self._slot_freed = None
+    def _closed(self) -> None:
+        self.open_sockets -= 1
+        if self._paused and self.open_sockets < self.cap * 0.9:
+            self._paused = False
+            logger.info("= %d sockets open: below the cap again", self.open_sockets)
+        if self._slot_freed is not None:
+            self._slot_freed.set()
+            self._slot_freed = None

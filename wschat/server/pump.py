@@ -43,7 +43,7 @@ from .config import ServerConfig
 from .constants import CHAT_PATH, DISCONNECTED, RECEIVE_SIZE
 from .dispatch import ChatDispatch
 from .flusher import Flusher
-from .http_phase import HttpPhase, Upgrade, receive, url_room
+from .http_phase import HttpPhase, Upgrade, url_room
 from .metrics import Metrics
 from .peer import Closings, Peer
 from .ratelimit import TokenBucket
@@ -104,8 +104,11 @@ class ConnectionPump:
 
     # -- the boundary ----------------------------------------------------------
 
-    async def handle(self, stream: ByteStream) -> None:
-        """Serve one accepted socket to its end. Never raises (but for cancellation)."""
+    async def handle(self, stream: ByteStream, closed: Callable[[], None] | None = None) -> None:
+        """Serve one accepted socket to its end, then call ``closed``.
+
+        Never raises (but for cancellation); ``closed`` is called either way.
+        """
         address, peer_ip = _address(stream)
         try:
             secured = await self.http.start_tls(stream, address)
@@ -128,8 +131,12 @@ class ConnectionPump:
         except Exception:
             logger.exception("! connection from %s failed", address)
         finally:
-            with anyio.CancelScope(shield=True):
-                await _close_quietly(stream)
+            try:
+                with anyio.CancelScope(shield=True):
+                    await _close_quietly(stream)
+            finally:
+                if closed is not None:
+                    closed()
 
     # -- WebSocket -------------------------------------------------------------
 
@@ -188,11 +195,13 @@ class ConnectionPump:
             if isinstance(writer, TaskWriter):
                 async with anyio.create_task_group() as group:
                     group.start_soon(writer.run)
-                    closed = await self._converse(stream, peer, room)
+                    await self._enter(peer, room)
+                    closed = await self._read_loop(stream, peer)
                     polite = await self._finish(peer)
                     group.cancel_scope.cancel()
             else:
-                closed = await self._converse(stream, peer, room)
+                await self._enter(peer, room)
+                closed = await self._read_loop(stream, peer)
                 polite = await self._finish(peer)
         finally:
             peer.open = False
@@ -222,7 +231,8 @@ class ConnectionPump:
             return TransportWriter(limit, transport, self.flusher)
         return TaskWriter(limit, stream)
 
-    async def _converse(self, stream: ByteStream, peer: Peer, room: str) -> ConnectionClosed | None:
+    async def _enter(self, peer: Peer, room: str) -> None:
+        """Enter the URL room, then release the writer (the 101 and the room's first events)."""
         # A connection that must authenticate with its first message enters its
         # room once it has (the dispatch does it then).
         pending = peer.app_session is not None and peer.app_session.pending_until is not None
@@ -236,7 +246,6 @@ class ConnectionPump:
                 logger.exception("! conn %s: entering %s failed", peer.conn_id, room)
                 peer.close(1011, "internal error")
         peer.writer.release()
-        return await self._read_loop(stream, peer)
 
     async def _read_loop(self, stream: ByteStream, peer: Peer) -> ConnectionClosed | None:
         conn = peer.conn
@@ -247,7 +256,11 @@ class ConnectionPump:
         # No timer per read: an abort, or the watchdog at the end of the close
         # timeout, shuts the socket's read side and this receive returns b"".
         while not conn.close_expected() and not peer.writer.aborted:
-            data = await receive(stream)
+            # Inline, not http_phase.receive(): no coroutine frame per idle connection.
+            try:
+                data = await stream.receive(RECEIVE_SIZE)
+            except DISCONNECTED:
+                data = b""
             peer.last_seen = anyio.current_time()
             conn.receive_data(data)
             for event in conn.events_received():
