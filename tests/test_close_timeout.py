@@ -5,6 +5,9 @@
   during normal service and during the drain at shutdown.
 - Abort: an aborted connection's pending read returns at once, even when the
   client stays silent (no FIN, no data) and its writer is a task (TLS, trio).
+- Shutdown: what outlives the drain timeout (a WebSocket, a socket still in
+  its HTTP phase) is cancelled and closed, on asyncio from the listener's own
+  tasks.
 
 Beside each, another client of the room loses nothing.
 """
@@ -133,3 +136,30 @@ class TestAbort:
                         pass
             await victim.stream.aclose()
             await wait_connections(server, 0)
+
+
+class TestShutdown:
+    async def test_what_outlives_the_drain_timeout_is_cancelled_and_closed(self) -> None:
+        # On asyncio the connections run in the listener's own tasks, on trio in a
+        # task group: either way shutdown ends them, closes their sockets, empties the hub.
+        async with running_server(
+            drain_timeout=0.5, close_timeout=30, handshake_timeout=30, **QUIET
+        ) as server:
+            silent = await RawClient.open(server.port)  # never answers the 1001
+            http = await anyio.connect_tcp("127.0.0.1", server.port)  # never sends a request
+            await wait_members(server, 1)
+            started = anyio.current_time()
+            with anyio.fail_after(10):
+                await server.call(server.shutdown)
+            assert anyio.current_time() - started < 5
+            assert server.hub.statistics()["members"] == 0
+            assert server.statistics()["sockets"] == 0
+            assert await silent.close_code() == 1001
+            with anyio.fail_after(5):  # then TCP ends
+                while (await silent.next_frame())[0] != -1:
+                    pass
+            with anyio.fail_after(5):
+                with pytest.raises((anyio.EndOfStream, anyio.BrokenResourceError, OSError)):
+                    await http.receive()
+            await silent.stream.aclose()
+            await http.aclose()

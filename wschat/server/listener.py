@@ -8,10 +8,17 @@ descriptors or memory (EMFILE, ENFILE, ENOBUFS, ENOMEM: other processes, the
 hub's own sockets) the loop backs off, 5 ms doubling to 1 s, and keeps
 serving, as Go's ``net/http`` does; errors that concern only the connection
 being accepted (ECONNABORTED, EPROTO) are skipped.
+
+On asyncio (and uvloop) each connection runs in a bare asyncio task, not one
+of an anyio task group: anyio gives every task it starts a handle with an
+Event and a CancelScope of its own (about 2.5 KiB with its task state), which
+an idle connection does not need. The listener cancels those tasks itself when
+it stops serving, and waits for them. On trio they run in ``group``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import logging
 from collections.abc import Callable, Coroutine
@@ -52,9 +59,16 @@ class Listener:
         self.accept_failures = 0
         self._slot_freed: anyio.Event | None = None
         self._paused = False  # logged once per episode at the cap
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def serve(self, group: TaskGroup) -> None:
-        """Accept on every listening socket, serving connections in ``group``; until cancelled."""
+        """Accept on every listening socket, serving connections in ``group`` (on trio)
+        or in tasks of the listener's own (asyncio); until cancelled, then cancel those."""
+        try:
+            self._loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._loop = None  # trio
         try:
             async with anyio.create_task_group() as loops:
                 for listener in self._listeners:
@@ -63,6 +77,29 @@ class Listener:
             with anyio.CancelScope(shield=True):
                 for listener in self._listeners:
                     await listener.aclose()
+                await self._cancel_tasks()
+
+    def _spawn(self, group: TaskGroup, stream: ByteStream) -> None:
+        # The handler itself is the task (no wrapper coroutine kept per connection).
+        if self._loop is None:
+            group.start_soon(self._handle, stream, self._closed)
+            return
+        task = self._loop.create_task(self._handle(stream, self._closed))
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            # The handler never raises; if it did, say so once instead of at collection.
+            logger.error("! connection task failed", exc_info=exc)
+
+    async def _cancel_tasks(self) -> None:
+        while self._tasks:
+            tasks = list(self._tasks)
+            for task in tasks:
+                task.cancel()
+            await asyncio.wait(tasks)
 
     async def _accept_loop(self, listener: SocketListener, group: TaskGroup) -> None:
         backoff = 0.0
@@ -91,8 +128,7 @@ class Listener:
                 logger.info("= accepting again")
                 backoff = 0.0
             self.open_sockets += 1
-            # The handler itself is the task (no wrapper coroutine kept per connection).
-            group.start_soon(self._handle, stream, self._closed)
+            self._spawn(group, stream)
 
     def _closed(self) -> None:
         self.open_sockets -= 1
