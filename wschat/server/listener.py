@@ -83,16 +83,9 @@ class Listener:
         # The handler itself is the task (no wrapper coroutine kept per connection).
         if self._loop is None:
             group.start_soon(self._handle, stream, self._closed)
-            return
-        task = self._loop.create_task(self._handle(stream, self._closed))
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and (exc := task.exception()) is not None:
-            # The handler never raises; if it did, say so once instead of at collection.
-            logger.error("! connection task failed", exc_info=exc)
+        else:
+            # No done callback either: the handler's ``closed`` call forgets the task.
+            self._tasks.add(self._loop.create_task(self._handle(stream, self._closed)))
 
     async def _cancel_tasks(self) -> None:
         while self._tasks:
@@ -100,6 +93,7 @@ class Listener:
             for task in tasks:
                 task.cancel()
             await asyncio.wait(tasks)
+            self._tasks.difference_update(tasks)  # also those cancelled before they ran
 
     async def _accept_loop(self, listener: SocketListener, group: TaskGroup) -> None:
         backoff = 0.0
@@ -131,6 +125,8 @@ class Listener:
             self._spawn(group, stream)
 
     def _closed(self) -> None:
+        if self._loop is not None:
+            self._tasks.discard(asyncio.current_task())
         self.open_sockets -= 1
         if self._paused and self.open_sockets < self.cap * 0.9:
             self._paused = False

@@ -143,34 +143,11 @@ class ConnectionPump:
     async def _serve_websocket(
         self, stream: ByteStream, conn: ServerConnection, upgrade: Upgrade, address: str
     ) -> None:
-        request, admission, client_key = upgrade.request, upgrade.admission, upgrade.client_key
+        # Set up in a plain call: its locals are not kept in this coroutine's
+        # frame for the connection's whole life.
+        peer, room = self._open_peer(stream, conn, upgrade, address)
         del upgrade
-        config = self.config
-        now = anyio.current_time()
-        chat = request.path == CHAT_PATH
-        room = url_room(request.query) if chat else "-"
-        writer = self._writer(stream)
-        peer = Peer(
-            conn_id=f"{self.node_id}-{next(self._ids)}",
-            address=address,
-            path=request.path,
-            conn=conn,
-            stream=stream,
-            writer=writer,
-            session=ChatSession(room) if chat else None,
-            bucket=TokenBucket(config.rate, config.burst, now),
-            strikes=TokenBucket(STRIKE_REFILL if config.rate > 0 else 0, config.burst, now),
-            metrics=self.metrics,
-            closings=self.closings,
-            client_key=client_key,
-        )
-        # Pings spread over the interval: clients that connected together (after
-        # a restart) are not all pinged in one tick.
-        peer.last_ping -= random.random() * config.ping_interval
-        if peer.session is not None and admission is not None:
-            peer.app_session = self.app.open_session(peer.session, admission, time.time())
-        del admission
-        del request  # its headers are not needed for the connection's life
+        writer = peer.writer
         self.peers.add(peer)
         self.metrics.connections_open.inc()
         logger.info(
@@ -223,6 +200,37 @@ class ConnectionPump:
         if polite:
             # Gone from the room already; the TCP goodbye has the close timeout.
             await _half_close(stream, anyio.current_time() + self.config.close_timeout)
+
+    def _open_peer(
+        self, stream: ByteStream, conn: ServerConnection, upgrade: Upgrade, address: str
+    ) -> tuple[Peer, str]:
+        """The new connection's Peer (app session opened) and its URL room."""
+        request, admission, client_key = upgrade.request, upgrade.admission, upgrade.client_key
+        config = self.config
+        now = anyio.current_time()
+        chat = request.path == CHAT_PATH
+        room = url_room(request.query) if chat else "-"
+        writer = self._writer(stream)
+        peer = Peer(
+            conn_id=f"{self.node_id}-{next(self._ids)}",
+            address=address,
+            path=request.path,
+            conn=conn,
+            stream=stream,
+            writer=writer,
+            session=ChatSession(room) if chat else None,
+            bucket=TokenBucket(config.rate, config.burst, now),
+            strikes=TokenBucket(STRIKE_REFILL if config.rate > 0 else 0, config.burst, now),
+            metrics=self.metrics,
+            closings=self.closings,
+            client_key=client_key,
+        )
+        # Pings spread over the interval: clients that connected together (after
+        # a restart) are not all pinged in one tick.
+        peer.last_ping -= random.random() * config.ping_interval
+        if peer.session is not None and admission is not None:
+            peer.app_session = self.app.open_session(peer.session, admission, time.time())
+        return peer, room
 
     def _writer(self, stream: ByteStream) -> Writer:
         limit = self.config.outbox_limit
