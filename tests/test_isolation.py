@@ -207,11 +207,11 @@ class Victim:
         server = Server(config)
         handle = server._pump.handle
 
-        async def handle_with_fault(stream: ByteStream) -> None:
+        async def handle_with_fault(stream: ByteStream, closed: Callable[[], None]) -> None:
             if self.wanted:
                 self.wanted = False
                 stream = FaultyStream(stream, self.fault, self)
-            await handle(stream)
+            await handle(stream, closed)
 
         server._pump.handle = handle_with_fault  # type: ignore[method-assign]
         return server

@@ -16,6 +16,7 @@ import json
 import os
 import socket
 import struct
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -70,10 +71,10 @@ def small_send_buffers(config: ServerConfig) -> Server:
     server = Server(config)
     handle = server._pump.handle
 
-    async def handle_small(stream: ByteStream) -> None:
+    async def handle_small(stream: ByteStream, closed: Callable[[], None]) -> None:
         with socket.socket(fileno=os.dup(stream.extra(SocketAttribute.raw_socket).fileno())) as s:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
-        await handle(stream)
+        await handle(stream, closed)
 
     server._pump.handle = handle_small  # type: ignore[method-assign]
     return server

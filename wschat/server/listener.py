@@ -8,13 +8,21 @@ descriptors or memory (EMFILE, ENFILE, ENOBUFS, ENOMEM: other processes, the
 hub's own sockets) the loop backs off, 5 ms doubling to 1 s, and keeps
 serving, as Go's ``net/http`` does; errors that concern only the connection
 being accepted (ECONNABORTED, EPROTO) are skipped.
+
+On asyncio (and uvloop) each connection runs in a bare asyncio task, not one
+of an anyio task group: anyio gives every task it starts a handle with an
+Event and a CancelScope of its own (about 2.5 KiB with its task state), which
+an idle connection does not need. The listener cancels those tasks itself when
+it stops serving, and waits for them. On trio they run in ``group``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import anyio
 from anyio.abc import ByteStream, SocketListener, TaskGroup
@@ -32,14 +40,15 @@ class Listener:
 
     Args:
         listeners: The bound listening sockets.
-        handle: Serves one accepted socket to its end (must not raise).
+        handle: Serves one accepted socket to its end (must not raise), then calls
+            the callback it is given: the socket is closed.
         cap: Most sockets open at once.
     """
 
     def __init__(
         self,
         listeners: list[SocketListener],
-        handle: Callable[[ByteStream], Awaitable[None]],
+        handle: Callable[[ByteStream, Callable[[], None]], Coroutine[Any, Any, None]],
         cap: int,
     ) -> None:
         self._listeners = listeners
@@ -50,9 +59,16 @@ class Listener:
         self.accept_failures = 0
         self._slot_freed: anyio.Event | None = None
         self._paused = False  # logged once per episode at the cap
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def serve(self, group: TaskGroup) -> None:
-        """Accept on every listening socket, serving connections in ``group``; until cancelled."""
+        """Accept on every listening socket, serving connections in ``group`` (on trio)
+        or in tasks of the listener's own (asyncio); until cancelled, then cancel those."""
+        try:
+            self._loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._loop = None  # trio
         try:
             async with anyio.create_task_group() as loops:
                 for listener in self._listeners:
@@ -61,6 +77,23 @@ class Listener:
             with anyio.CancelScope(shield=True):
                 for listener in self._listeners:
                     await listener.aclose()
+                await self._cancel_tasks()
+
+    def _spawn(self, group: TaskGroup, stream: ByteStream) -> None:
+        # The handler itself is the task (no wrapper coroutine kept per connection).
+        if self._loop is None:
+            group.start_soon(self._handle, stream, self._closed)
+        else:
+            # No done callback either: the handler's ``closed`` call forgets the task.
+            self._tasks.add(self._loop.create_task(self._handle(stream, self._closed)))
+
+    async def _cancel_tasks(self) -> None:
+        while self._tasks:
+            tasks = list(self._tasks)
+            for task in tasks:
+                task.cancel()
+            await asyncio.wait(tasks)
+            self._tasks.difference_update(tasks)  # also those cancelled before they ran
 
     async def _accept_loop(self, listener: SocketListener, group: TaskGroup) -> None:
         backoff = 0.0
@@ -89,16 +122,15 @@ class Listener:
                 logger.info("= accepting again")
                 backoff = 0.0
             self.open_sockets += 1
-            group.start_soon(self._serve, stream)
+            self._spawn(group, stream)
 
-    async def _serve(self, stream: ByteStream) -> None:
-        try:
-            await self._handle(stream)
-        finally:
-            self.open_sockets -= 1
-            if self._paused and self.open_sockets < self.cap * 0.9:
-                self._paused = False
-                logger.info("= %d sockets open: below the cap again", self.open_sockets)
-            if self._slot_freed is not None:
-                self._slot_freed.set()
-                self._slot_freed = None
+    def _closed(self) -> None:
+        if self._loop is not None:
+            self._tasks.discard(asyncio.current_task())
+        self.open_sockets -= 1
+        if self._paused and self.open_sockets < self.cap * 0.9:
+            self._paused = False
+            logger.info("= %d sockets open: below the cap again", self.open_sockets)
+        if self._slot_freed is not None:
+            self._slot_freed.set()
+            self._slot_freed = None

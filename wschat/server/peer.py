@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import socket
+from collections import deque
+from collections.abc import Collection, Iterator
 
 import anyio
+from anyio.abc import ByteStream, SocketAttribute
 
 from ..app import AppSession
 from ..chat import ChatSession
@@ -15,6 +20,71 @@ from .ratelimit import TokenBucket
 from .writer import Writer
 
 logger = logging.getLogger("wschat.server")
+
+
+class Closings:
+    """The connections in their closing handshake, the earliest deadline first.
+
+    :meth:`Peer.close` gives the client ``timeout`` seconds to answer; the
+    watchdog (:meth:`expire`) stops reading those that have not. One queue per
+    server instead of a timer (a cancel scope) per connection, or around every
+    read: every deadline is "now + the same timeout", so the order in which
+    connections start closing is the order of their deadlines.
+
+    Args:
+        timeout: Seconds a client has to finish a closing handshake.
+    """
+
+    __slots__ = ("_queue", "timeout")
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self._queue: deque[tuple[float, Peer]] = deque()
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    def add(self, peer: Peer) -> float:
+        """Start ``peer``'s close timeout; its deadline."""
+        deadline = anyio.current_time() + self.timeout
+        self._queue.append((deadline, peer))
+        return deadline
+
+    def expired(self, now: float) -> Iterator[Peer]:
+        """Take the connections whose deadline passed by ``now``."""
+        queue = self._queue
+        while queue and queue[0][0] <= now:
+            yield queue.popleft()[1]
+
+    def expire(self, now: float, live: Collection[Peer]) -> None:
+        """Stop reading the connections still in ``live`` whose close timeout passed."""
+        for peer in self.expired(now):
+            if peer in live and not peer.writer.aborted:
+                logger.info("! conn %s: close timeout: no close frame back", peer.conn_id)
+                peer.stop_reading()
+
+
+def shutdown_reading(stream: ByteStream) -> None:
+    """Shut down the read side of ``stream``'s socket: a pending receive sees end of stream.
+
+    Works under any event loop and under TLS, since it acts on the kernel's
+    socket, not on the stream: asyncio, uvloop and trio all see the socket
+    readable and read 0 bytes. Nothing is sent to the client. A socket that
+    is closed already is left alone.
+    """
+    sock = stream.extra(SocketAttribute.raw_socket, None)
+    if sock is None:
+        return
+    with contextlib.suppress(OSError, ValueError):
+        fd = sock.fileno()
+        if fd < 0:
+            return
+        # uvloop's pseudo-socket has no shutdown(): act through a borrowed socket object.
+        alias = socket.socket(fileno=fd)
+        try:
+            alias.shutdown(socket.SHUT_RD)
+        finally:
+            alias.detach()
 
 
 class Peer:
@@ -30,24 +100,26 @@ class Peer:
         address: The client's address, for logs.
         path: The WebSocket path (``/ws`` or ``/echo``).
         conn: The sans-IO connection, already upgraded.
+        stream: The connection's stream (read by the pump; here only to stop reading).
         writer: Carries this client's bytes.
         session: Chat state (None on ``/echo``).
         bucket: Per-connection message rate limit.
         strikes: Rate-limited messages tolerated before closing with 1008.
         metrics: The server's metrics.
-        close_timeout: Seconds the client has to finish a closing handshake.
+        closings: Where :meth:`close` starts the close timeout.
         client_key: The client's address as the per-address limits key it.
     """
 
     __slots__ = (
+        "_closings",
         "_metrics",
+        "_stream",
         "address",
         "app_session",
         "bucket",
         "client_key",
         "close_code",
         "close_reason",
-        "close_timeout",
         "closing_deadline",
         "conn",
         "conn_id",
@@ -56,7 +128,6 @@ class Peer:
         "last_seen",
         "open",
         "path",
-        "read_scope",
         "session",
         "strikes",
         "writer",
@@ -68,12 +139,13 @@ class Peer:
         address: str,
         path: str,
         conn: ServerConnection,
+        stream: ByteStream,
         writer: Writer,
         session: ChatSession | None,
         bucket: TokenBucket,
         strikes: TokenBucket,
         metrics: Metrics,
-        close_timeout: float,
+        closings: Closings,
         client_key: str = "",
     ) -> None:
         self.conn_id = conn_id
@@ -83,12 +155,13 @@ class Peer:
         self.address = address
         self.path = path
         self.conn = conn
+        self._stream = stream
         self.writer = writer
         self.session = session
         self.bucket = bucket
         self.strikes = strikes
         self._metrics = metrics
-        self.close_timeout = close_timeout
+        self._closings = closings
         self.deflate = conn.deflater
         """The permessage-deflate compressor this client shares, or None."""
         self.open = True
@@ -97,8 +170,8 @@ class Peer:
         self.close_reason = ""
         self.last_seen = self.last_ping = anyio.current_time()
         self.closing_deadline: float | None = None
-        self.read_scope: anyio.CancelScope | None = None
-        writer.on_abort = self._stop_reading
+        """When the client's close timeout ends (set by :meth:`close`)."""
+        writer.on_abort = self.stop_reading
 
     # -- Member protocol -------------------------------------------------------
 
@@ -158,7 +231,7 @@ class Peer:
             self.abort(f"write failed: {exc!r}")
 
     def close(self, code: int, reason: str) -> None:
-        """Start the closing handshake; the client has ``close_timeout`` to answer.
+        """Start the closing handshake; the client has the close timeout to answer.
 
         Never raises (the Hub calls it for whole rooms, the drain for everyone):
         a transport that fails under it aborts this connection only.
@@ -170,9 +243,7 @@ class Peer:
         if self.conn.state is State.OPEN:
             self.conn.send_close(code, reason)
             self.flush()
-        self.closing_deadline = anyio.current_time() + self.close_timeout
-        if self.read_scope is not None:
-            self.read_scope.deadline = self.closing_deadline
+        self.closing_deadline = self._closings.add(self)
 
     def abort(self, why: str) -> None:
         """Drop TCP now (a stalled or failed write); the read loop ends too."""
@@ -184,14 +255,14 @@ class Peer:
             self.writer.abort()
         except Exception as exc:
             logger.info("! conn %s abort failed: %r", self.conn_id, exc)
-            self._stop_reading()
+            self.stop_reading()
 
     def _slow_consumer(self) -> None:
         self._metrics.slow_consumer_closes.inc()
         self.writer.discard()  # it will recover what it missed from history
         self.close(1013, f"slow consumer: more than {self.writer.limit} bytes queued")
 
-    def _stop_reading(self) -> None:
+    def stop_reading(self) -> None:
+        """End the read loop (abort, close timeout): its pending receive sees end of stream."""
         self.open = False
-        if self.read_scope is not None:
-            self.read_scope.cancel()
+        shutdown_reading(self._stream)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import math
 import random
 import time
 from collections.abc import Callable
@@ -44,9 +43,9 @@ from .config import ServerConfig
 from .constants import CHAT_PATH, DISCONNECTED, RECEIVE_SIZE
 from .dispatch import ChatDispatch
 from .flusher import Flusher
-from .http_phase import HttpPhase, Upgrade, receive, url_room
+from .http_phase import HttpPhase, Upgrade, url_room
 from .metrics import Metrics
-from .peer import Peer
+from .peer import Closings, Peer
 from .ratelimit import TokenBucket
 from .routes import Routes
 from .writer import TaskWriter, TransportWriter, Writer, direct_transport
@@ -94,6 +93,8 @@ class ConnectionPump:
         (checked once at start-up)."""
         self.peers: set[Peer] = set()
         """The open WebSockets."""
+        self.closings = Closings(config.close_timeout)
+        """The close timeouts running (the watchdog enforces them)."""
         self.http = HttpPhase(config, app, metrics, routes, lambda: len(self.peers), draining)
         self.dispatch = ChatDispatch(app, hub, config, metrics)
         self._draining = draining
@@ -103,8 +104,11 @@ class ConnectionPump:
 
     # -- the boundary ----------------------------------------------------------
 
-    async def handle(self, stream: ByteStream) -> None:
-        """Serve one accepted socket to its end. Never raises (but for cancellation)."""
+    async def handle(self, stream: ByteStream, closed: Callable[[], None] | None = None) -> None:
+        """Serve one accepted socket to its end, then call ``closed``.
+
+        Never raises (but for cancellation); ``closed`` is called either way.
+        """
         address, peer_ip = _address(stream)
         try:
             secured = await self.http.start_tls(stream, address)
@@ -127,41 +131,23 @@ class ConnectionPump:
         except Exception:
             logger.exception("! connection from %s failed", address)
         finally:
-            with anyio.CancelScope(shield=True):
-                await _close_quietly(stream)
+            try:
+                with anyio.CancelScope(shield=True):
+                    await _close_quietly(stream)
+            finally:
+                if closed is not None:
+                    closed()
 
     # -- WebSocket -------------------------------------------------------------
 
     async def _serve_websocket(
         self, stream: ByteStream, conn: ServerConnection, upgrade: Upgrade, address: str
     ) -> None:
-        request, admission, client_key = upgrade.request, upgrade.admission, upgrade.client_key
+        # Set up in a plain call: its locals are not kept in this coroutine's
+        # frame for the connection's whole life.
+        peer, room = self._open_peer(stream, conn, upgrade, address)
         del upgrade
-        config = self.config
-        now = anyio.current_time()
-        chat = request.path == CHAT_PATH
-        room = url_room(request.query) if chat else "-"
-        writer = self._writer(stream)
-        peer = Peer(
-            conn_id=f"{self.node_id}-{next(self._ids)}",
-            address=address,
-            path=request.path,
-            conn=conn,
-            writer=writer,
-            session=ChatSession(room) if chat else None,
-            bucket=TokenBucket(config.rate, config.burst, now),
-            strikes=TokenBucket(STRIKE_REFILL if config.rate > 0 else 0, config.burst, now),
-            metrics=self.metrics,
-            close_timeout=config.close_timeout,
-            client_key=client_key,
-        )
-        # Pings spread over the interval: clients that connected together (after
-        # a restart) are not all pinged in one tick.
-        peer.last_ping -= random.random() * config.ping_interval
-        if peer.session is not None and admission is not None:
-            peer.app_session = self.app.open_session(peer.session, admission, time.time())
-        del admission
-        del request  # its headers are not needed for the connection's life
+        writer = peer.writer
         self.peers.add(peer)
         self.metrics.connections_open.inc()
         logger.info(
@@ -186,11 +172,13 @@ class ConnectionPump:
             if isinstance(writer, TaskWriter):
                 async with anyio.create_task_group() as group:
                     group.start_soon(writer.run)
-                    closed = await self._converse(stream, peer, room)
+                    await self._enter(peer, room)
+                    closed = await self._read_loop(stream, peer)
                     polite = await self._finish(peer)
                     group.cancel_scope.cancel()
             else:
-                closed = await self._converse(stream, peer, room)
+                await self._enter(peer, room)
+                closed = await self._read_loop(stream, peer)
                 polite = await self._finish(peer)
         finally:
             peer.open = False
@@ -213,6 +201,37 @@ class ConnectionPump:
             # Gone from the room already; the TCP goodbye has the close timeout.
             await _half_close(stream, anyio.current_time() + self.config.close_timeout)
 
+    def _open_peer(
+        self, stream: ByteStream, conn: ServerConnection, upgrade: Upgrade, address: str
+    ) -> tuple[Peer, str]:
+        """The new connection's Peer (app session opened) and its URL room."""
+        request, admission, client_key = upgrade.request, upgrade.admission, upgrade.client_key
+        config = self.config
+        now = anyio.current_time()
+        chat = request.path == CHAT_PATH
+        room = url_room(request.query) if chat else "-"
+        writer = self._writer(stream)
+        peer = Peer(
+            conn_id=f"{self.node_id}-{next(self._ids)}",
+            address=address,
+            path=request.path,
+            conn=conn,
+            stream=stream,
+            writer=writer,
+            session=ChatSession(room) if chat else None,
+            bucket=TokenBucket(config.rate, config.burst, now),
+            strikes=TokenBucket(STRIKE_REFILL if config.rate > 0 else 0, config.burst, now),
+            metrics=self.metrics,
+            closings=self.closings,
+            client_key=client_key,
+        )
+        # Pings spread over the interval: clients that connected together (after
+        # a restart) are not all pinged in one tick.
+        peer.last_ping -= random.random() * config.ping_interval
+        if peer.session is not None and admission is not None:
+            peer.app_session = self.app.open_session(peer.session, admission, time.time())
+        return peer, room
+
     def _writer(self, stream: ByteStream) -> Writer:
         limit = self.config.outbox_limit
         transport = direct_transport(stream) if self.direct_writes else None
@@ -220,7 +239,8 @@ class ConnectionPump:
             return TransportWriter(limit, transport, self.flusher)
         return TaskWriter(limit, stream)
 
-    async def _converse(self, stream: ByteStream, peer: Peer, room: str) -> ConnectionClosed | None:
+    async def _enter(self, peer: Peer, room: str) -> None:
+        """Enter the URL room, then release the writer (the 101 and the room's first events)."""
         # A connection that must authenticate with its first message enters its
         # room once it has (the dispatch does it then).
         pending = peer.app_session is not None and peer.app_session.pending_until is not None
@@ -234,7 +254,6 @@ class ConnectionPump:
                 logger.exception("! conn %s: entering %s failed", peer.conn_id, room)
                 peer.close(1011, "internal error")
         peer.writer.release()
-        return await self._read_loop(stream, peer)
 
     async def _read_loop(self, stream: ByteStream, peer: Peer) -> ConnectionClosed | None:
         conn = peer.conn
@@ -242,15 +261,14 @@ class ConnectionPump:
         for event in conn.events_received():  # frames that came with the handshake
             closed = await self._on_event(peer, event) or closed
         peer.flush()
+        # No timer per read: an abort, or the watchdog at the end of the close
+        # timeout, shuts the socket's read side and this receive returns b"".
         while not conn.close_expected() and not peer.writer.aborted:
-            # close() moves this deadline (close timeout); abort() cancels the scope.
-            # Only the receive is bounded: chat commands always run to completion.
-            with anyio.CancelScope(deadline=peer.closing_deadline or math.inf) as scope:
-                peer.read_scope = scope
-                data = await receive(stream)
-            peer.read_scope = None
-            if scope.cancel_called:
-                break
+            # Inline, not http_phase.receive(): no coroutine frame per idle connection.
+            try:
+                data = await stream.receive(RECEIVE_SIZE)
+            except DISCONNECTED:
+                data = b""
             peer.last_seen = anyio.current_time()
             conn.receive_data(data)
             for event in conn.events_received():
@@ -282,7 +300,10 @@ class ConnectionPump:
         peer.flush()
         if peer.writer.aborted:
             return False
-        deadline = peer.closing_deadline or anyio.current_time() + self.config.close_timeout
+        now = anyio.current_time()
+        deadline = peer.closing_deadline or now + self.config.close_timeout
+        if now >= deadline:
+            return False  # the close timeout ended the read loop: no polite goodbye
         if not await peer.writer.drain(deadline):
             logger.info("! conn %s: close frame not delivered in time", peer.conn_id)
             return False

@@ -86,6 +86,7 @@ class Server:
             self.config.ping_interval,
             self.config.pong_wait,
             self.config.write_timeout,
+            self._pump.closings,
         )
         self._listener: Listener | None = None
         self._stop = anyio.Event()

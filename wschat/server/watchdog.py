@@ -12,6 +12,10 @@ opened together are not all pinged together.
 - Write timeout: a client whose backlog made no progress (the kernel took no
   bytes) for ``write_timeout`` is dropped (gorilla's writeWait). A slow but
   steady reader is left to the byte limit.
+- Close timeout: a client that has not answered our close frame within
+  ``close_timeout`` stops being read (its socket's read side is shut down),
+  and the pump drops it. Checked on every tick, from one queue in deadline
+  order, so that no connection needs a timer of its own.
 - The app's deadlines: a connection that owes its first-message ``auth``
   past the handshake timeout is closed with 4401, one whose token expired
   (and no fresh one came) with 4408.
@@ -27,7 +31,7 @@ from collections.abc import Callable, Collection
 
 import anyio
 
-from .peer import Peer
+from .peer import Closings, Peer
 
 logger = logging.getLogger("wschat.server")
 
@@ -43,6 +47,7 @@ class Watchdog:
         ping_interval: Seconds between pings.
         pong_wait: Seconds of client silence before closing with 1011.
         write_timeout: Seconds without write progress before dropping a client.
+        closings: The close timeouts to enforce (None: none).
     """
 
     def __init__(
@@ -51,8 +56,10 @@ class Watchdog:
         ping_interval: float,
         pong_wait: float,
         write_timeout: float,
+        closings: Closings | None = None,
     ) -> None:
         self._peers = peers
+        self._closings = closings
         self.ping_interval = ping_interval
         self.pong_wait = pong_wait
         self.write_timeout = write_timeout
@@ -66,7 +73,10 @@ class Watchdog:
         """Check a slice of the connections each tick; runs until cancelled."""
         while True:
             await anyio.sleep(self.tick)
-            self.check_slice(anyio.current_time())
+            now = anyio.current_time()
+            if self._closings:
+                self._closings.expire(now, self._peers())
+            self.check_slice(now)
 
     def check_slice(self, now: float) -> None:
         """Check the next 1/SLICES of the connections.
