@@ -301,6 +301,35 @@ class TestServerEvents:
             assert parsed.tzinfo is not None
             assert abs(parsed.timestamp() - stamp) < 0.001
 
+    @pytest.mark.parametrize(
+        "stamp",
+        [
+            1_795_000_000.9999995,  # rounds up into the next second
+            1_795_000_000.9999994,
+            1_795_000_000.0000005,
+            1_795_000_000.0005,
+            1_795_000_001.0,
+            1_795_000_000.9995,
+            -0.5,
+            -1.0000001,
+            -1e-7,
+            1.5e-7,
+            253_402_300_798.999,  # 9999-12-31T23:59:58.999Z
+        ],
+    )
+    def test_format_time_rounds_as_datetime_does(self, stamp: float) -> None:
+        # Cached per second: ask the second before, the stamp, and the second after.
+        for t in (stamp - 1, stamp, stamp + 0.25, stamp):
+            expected = datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds")
+            assert format_time(t) == expected[:-6] + "Z", t
+
+    @settings(max_examples=500, derandomize=True, database=None)
+    @given(st.floats(min_value=-2e9, max_value=2e11), st.floats(min_value=-2.0, max_value=2.0))
+    def test_format_time_is_datetimes_answer(self, first: float, second: float) -> None:
+        for t in (first, first + second):
+            expected = datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds")
+            assert format_time(t) == expected[:-6] + "Z", t
+
     def test_message_event(self) -> None:
         payload = message_event("lobby", Position("e1", 7), "alice", 'hi "there"', "T")
         assert isinstance(payload, bytes)

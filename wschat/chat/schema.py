@@ -19,6 +19,7 @@ Everything here is pure: no I/O, no clock (the caller passes the time in).
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -239,8 +240,28 @@ def _since(value: Any) -> Position | None:
 
 
 def format_time(timestamp: float) -> str:
-    """RFC 3339 in UTC with milliseconds, e.g. ``2026-11-26T16:00:00.123Z``."""
-    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
+    """RFC 3339 in UTC with milliseconds, e.g. ``2026-11-26T16:00:00.123Z``.
+
+    The same string as ``datetime.fromtimestamp(timestamp, UTC).isoformat(...)``
+    would give: the microseconds are rounded as datetime rounds them (half to
+    even, carried into the second), the milliseconds truncated from them, and
+    the date and time of day made once per second (every message is stamped).
+    """
+    fraction, whole = math.modf(timestamp)
+    micros = round(fraction * 1e6)
+    if micros >= 1_000_000:
+        whole, micros = whole + 1.0, micros - 1_000_000
+    elif micros < 0:
+        whole, micros = whole - 1.0, micros + 1_000_000
+    global _last_second
+    second, text = _last_second  # one tuple: threads never mix two seconds' parts
+    if whole != second:
+        text = datetime.fromtimestamp(whole, UTC).isoformat()[:-6]
+        _last_second = (whole, text)
+    return f"{text}.{micros // 1000:03d}Z"
+
+
+_last_second = (math.nan, "")  # the whole second format_time made last, and its text
 
 
 def encode(obj: dict[str, Any]) -> bytes:
