@@ -25,6 +25,7 @@ from wschat.chat import (
     Leave,
     Position,
     Say,
+    UsernameMemo,
     ack_event,
     decode_event,
     encode,
@@ -34,6 +35,7 @@ from wschat.chat import (
     membership_event,
     message_event,
     parse_command,
+    parse_frame,
     peek_message_id,
     presence_event,
     validate_room,
@@ -743,3 +745,51 @@ class TestConfusableNames:
             check_distinct("\u0430\u0435", ["ae"], "lobby")
         assert info.value.code == "name_confusable"
         assert "\u201cae\u201d" in info.value.reason and "lobby" in info.value.reason
+
+
+# -- the username memo ---------------------------------------------------------------
+
+WIDE = "\uff41\uff4c\uff49\uff43\uff45"  # fullwidth alice
+
+_names = st.one_of(
+    st.sampled_from(["alice", "Alice", "  alice ", WIDE, "", "a\u200bb", "bob", 7, None]),
+    st.text(max_size=8),
+)
+
+
+@settings(max_examples=300, derandomize=True, database=None)
+@given(st.lists(_names, max_size=12))
+def test_the_username_memo_answers_as_validate_username(values: list[object]) -> None:
+    memo = UsernameMemo()
+    for value in values:
+        try:
+            expected: object = validate_username(value)
+        except ChatError as exc:
+            expected = (exc.code, exc.reason)
+        try:
+            got: object = memo(value)
+        except ChatError as exc:
+            got = (exc.code, exc.reason)
+        assert got == expected, value
+
+
+def test_the_username_memo_validates_a_repeated_name_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    import wschat.chat.schema as schema
+
+    calls: list[object] = []
+
+    def counted(value: object) -> str:
+        calls.append(value)
+        return validate_username(value)
+
+    monkeypatch.setattr(schema, "validate_username", counted)
+    memo = UsernameMemo()
+    frames = [json.dumps({"username": WIDE, "message": text}) for text in ("hi", "again")]
+    commands = [parse_frame(text, (), memo) for text in frames]
+    assert [c.username for c in commands] == ["alice", "alice"]  # type: ignore[union-attr]
+    assert calls == [WIDE]
+    assert parse_frame('{"username":"bob","message":"hi"}', (), memo).username == "bob"  # type: ignore[union-attr]
+    with pytest.raises(ChatError):
+        parse_frame('{"username":"","message":"hi"}', (), memo)
+    assert parse_frame(frames[0], (), memo).username == "alice"  # type: ignore[union-attr]
+    assert calls == [WIDE, "bob", "", WIDE]

@@ -31,6 +31,7 @@ from ..chat import (
     Leave,
     Position,
     Say,
+    UsernameMemo,
     authenticated_event,
     ephemeral_event,
     error_event,
@@ -165,6 +166,7 @@ class AppSession:
         """While first-message authentication is awaited: the time it must arrive by."""
         self._limiter = EphemeralLimiter(app.ephemeral_types, now)
         self._ephemeral_names = frozenset(app.ephemeral_types)
+        self._usernames = UsernameMemo()
         if admission.identity is not None:
             self._bind(admission.identity)
 
@@ -197,7 +199,7 @@ class AppSession:
             now: Wall-clock time (``time.time()``).
         """
         try:
-            frame = parse_frame(text, self._ephemeral_names)
+            frame = parse_frame(text, self._ephemeral_names, self._usernames)
         except ChatError as exc:
             if self.pending_until is not None:
                 return Close(CLOSE_UNAUTHORIZED, f"authenticate first: {exc.reason}")
