@@ -386,6 +386,10 @@ def upgrade_refusal(rejection: Rejection) -> Response:
 
 async def _call(hook: Callable[..., MaybeAwaitable[T]], *args: Any) -> T:
     result = hook(*args)
-    if inspect.isawaitable(result):
+    # A plain answer (the built-in hooks' bool, a rewrite's str) skips the ABC check.
+    if type(result) not in _PLAIN and inspect.isawaitable(result):
         result = await result
     return cast(T, result)
+
+
+_PLAIN = frozenset((bool, str, type(None)))
