@@ -81,7 +81,10 @@ class ChatDispatch:
         try:
             outcome = await app_session.handle(text, time.time())  # never raises, by contract
             message_id = outcome.id if isinstance(outcome, Publish) else None
-            if not await self._names_distinct(peer, outcome, had_username, rooms_before):
+            # (A bound name is checked again only on joining a room.)
+            if (
+                not had_username or isinstance(outcome, JoinRoom)
+            ) and not await self._names_distinct(peer, outcome, had_username, rooms_before):
                 return
             if not had_username and session.username is not None:
                 await self.hub.update_presence(peer)
