@@ -130,11 +130,16 @@ def cut(data: bytes, points: list[int]) -> list[bytes]:
     points=st.lists(st.integers(min_value=0), max_size=5),
     accept_binary=st.booleans(),
     eof=st.booleans(),
+    closing=st.booleans(),
 )
 def test_the_fast_path_answers_as_wsproto_does(
-    frames: list[bytes], points: list[int], accept_binary: bool, eof: bool
+    frames: list[bytes], points: list[int], accept_binary: bool, eof: bool, closing: bool
 ) -> None:
     fast, slow = pair(accept_binary=accept_binary)
+    if closing:  # the server started the closing handshake: messages are not delivered
+        for conn in (fast, slow):
+            conn.send_close(1001, "going away")
+        assert fast.data_to_send() == slow.data_to_send()
     for piece in cut(b"".join(frames), points):
         for conn in (fast, slow):
             conn.receive_data(piece)
