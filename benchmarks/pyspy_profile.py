@@ -212,7 +212,7 @@ def load_while(
         missing += sum(r["missing"] for r in results)
         sent += sum(r.get("sent", 0) for r in results)
     return {
-        "messages": sent,
+        "messages_in": sent,  # (not "messages": that is the throughput phase flag)
         "cpu_s": servers.cpu_seconds(pid) - cpu0,
         "deliveries": deliveries,
         "missing": missing,
@@ -243,7 +243,7 @@ def main() -> int:
                 args.analyze,
                 figures.get("cpu_s"),
                 figures.get("deliveries"),
-                messages=figures.get("messages"),
+                messages=figures.get("messages_in"),
             )
         )
         return 0
@@ -284,7 +284,7 @@ def main() -> int:
         raw,
         measured["cpu_s"],
         measured["deliveries"],
-        messages=measured["messages"] if args.mode == "rooms" else None,
+        messages=measured["messages_in"] if args.mode == "rooms" else None,
     )
     header = (
         f"{args.server} (wschat {source.get('revision')}, sha256 {source.get('sha256')}) "
