@@ -14,7 +14,10 @@ Each figure is the best of ``--repeat`` timeit repeats, per operation:
 - hub: ``await hub.say(...)`` under anyio with a MemoryBackend and N members,
   (a) fake members whose ``send`` appends to a list, (b) real Peers with their
   TransportWriter (no flusher running); per-recipient cost is the slope
-  between N = 10 and N = 10,000.
+  between N = 10 and N = 10,000;
+- inbound (``micro_inbound.py``): one client message through the server's
+  whole per-message path, without its deliveries; ``--callgrind`` counts
+  instructions per operation under valgrind instead of timing.
 """
 
 from __future__ import annotations
@@ -343,11 +346,36 @@ def bench_send_floor(clients: int = 1000, rounds: int = 50) -> dict[str, float]:
 
 
 def main() -> int:
+    import micro_inbound  # (it imports this module's helpers)
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--repeat", type=int)
     parser.add_argument("--output", type=Path, default=Path(__file__).resolve().parent / "results")
+    parser.add_argument(
+        "--callgrind",
+        nargs="*",
+        metavar="OP",
+        help="instructions per operation under valgrind (OPs: default all; see _loops)",
+    )
+    parser.add_argument("--loop", help=argparse.SUPPRESS)  # one run under valgrind
+    parser.add_argument("--number", type=int, default=2000, help="operations per callgrind run")
     args = parser.parse_args()
+    if args.loop:
+        # Warm-up operations in both runs: lazy imports and tables, first-use caches
+        # and the first message of a connection are not counted as per-operation work.
+        loops = micro_inbound.loops(random.Random(SEED))
+        loops[args.loop](args.number + micro_inbound.WARM_UP)
+        return 0
+    if args.callgrind is not None:
+        names = args.callgrind or list(micro_inbound.loops(random.Random(SEED)))
+        lines = ["| operation | instructions |", "|---|---:|"]
+        for name, count in micro_inbound.callgrind(names, args.number).items():
+            lines.append(f"| {name} | {count:,.0f} |")
+            print(lines[-1], flush=True)
+        args.output.mkdir(parents=True, exist_ok=True)
+        (args.output / "micro-callgrind-latest.md").write_text("\n".join(lines) + "\n")
+        return 0
     repeat = args.repeat or (3 if args.quick else 7)
     number = 20_000 if args.quick else 100_000
     sizes = (10, 100, 1000, 10_000)
@@ -356,11 +384,12 @@ def main() -> int:
         os.sched_setaffinity(0, {0})  # as the servers are in run.py
     frames = bench_frames(rng, number, repeat)
     chat = bench_chat(rng, number, repeat)
+    inbound = micro_inbound.bench_inbound(rng, number // 4, repeat)
     hub = bench_hub(rng, repeat, sizes)
     floor = bench_send_floor()
     lines = [f"### Microbenchmarks (best of {repeat}, per operation)", ""]
     lines += ["| operation | ns |", "|---|---:|"]
-    for name, seconds in {**frames, **chat}.items():
+    for name, seconds in {**frames, **chat, **inbound}.items():
         lines.append(f"| {name} | {seconds * 1e9:,.0f} |")
     lines += [
         "",
@@ -394,6 +423,7 @@ def main() -> int:
                 "number": number,
                 "frames_s": frames,
                 "chat_s": chat,
+                "inbound_s": inbound,
                 "hub_s": hub,
                 "send_floor": floor,
             },

@@ -3,13 +3,17 @@
 
     .venv/bin/python benchmarks/pyspy_profile.py                       # throughput, C=1000
     .venv/bin/python benchmarks/pyspy_profile.py --mode latency --rate 25000 --clients 100
+    .venv/bin/python benchmarks/pyspy_profile.py --mode rooms --clients 2000 --rate 2000
     .venv/bin/python benchmarks/pyspy_profile.py --analyze results/profile-throughput-1000.txt
 
 The server runs pinned to CPU 0 as in run.py; the load generator and py-spy share
 CPU 1. py-spy samples without pausing the server (``--nonblocking``) at 250 Hz,
 first in ``raw`` format (collapsed stacks, analysed here), then, with ``--svg``,
 again as a flame graph. While it samples, the load repeats back to back
-(throughput phases, or a fixed-rate latency phase).
+(throughput phases, or a fixed-rate latency phase). ``--mode rooms`` is the
+rooms benchmark's workload (rooms of ``--room-size``, every client a sender,
+``--rate`` messages in per second): nearly all its cost is per message, so the
+table gives µs per message too.
 
 The analysis attributes every sample to one component of the delivery path
 (first matching rule, see COMPONENTS) and converts shares to microseconds per
@@ -63,11 +67,21 @@ COMPONENTS: list[tuple[str, tuple[str, ...]]] = [
     ("fan-out: PreparedMessage.frame", ("frame (wschat/hub/hub.py",)),
     ("fan-out: Peer.send", ("send (wschat/server/peer.py",)),
     ("fan-out: Hub._deliver loop", ("_deliver (wschat/hub/hub.py",)),
-    # once per message
-    ("publish: JSON encode, history (MemoryBackend.publish)", ("publish (wschat/hub/memory.py",)),
-    ("publish: Hub.say (timestamp)", ("say (wschat/hub/hub.py", "format_time")),
-    ("reader: chat parse (session.handle / parse_command)", ("wschat/chat/", "replace (data")),
-    ("reader: wsproto / ServerConnection.receive_data", ("wsproto", "wschat/protocol/")),
+    # once per message (inbound: issue 14 item 3), innermost first
+    ("publish: format_time", ("format_time",)),
+    ("publish: JSON encode (message_event)", ("message_event", "message_payload")),
+    ("publish: MemoryBackend.publish (seq, history, dedup)", ("publish (wschat/hub/memory.py",)),
+    ("publish: Hub.say", ("say (wschat/hub/hub.py",)),
+    ("chat: username (RFC 8266, memo)", ("wschat/chat/names.py", "precis_i18n", "UsernameMemo")),
+    (
+        "chat: parse (msgspec decode, validation)",
+        ("parse_frame", "wschat/chat/schema.py", "wschat/chat/frames.py"),
+    ),
+    ("chat: ChatSession.apply", ("wschat/chat/session.py", "replace (data")),
+    ("app: AppSession, hooks, permissions", ("wschat/app/",)),
+    ("dispatch: rate limits", ("wschat/server/ratelimit.py",)),
+    ("dispatch: ChatDispatch.on_text own", ("wschat/server/dispatch.py",)),
+    ("reader: frame decode (ServerConnection, wsproto)", ("wsproto", "wschat/protocol/")),
     ("reader: receive + _read_loop + _on_event", ("_read_loop", "receive (wschat", "_on_")),
     ("keepalive / watchdog", ("wschat/server/watchdog.py",)),
     ("event loop, task switches (asyncio/uvloop/anyio)", ("asyncio", "uvloop", "anyio")),
@@ -93,7 +107,11 @@ def load_raw(path: Path) -> Counter[tuple[str, ...]]:
 
 
 def analyze(
-    path: Path, cpu_s: float | None = None, deliveries: int | None = None, top: int = 25
+    path: Path,
+    cpu_s: float | None = None,
+    deliveries: int | None = None,
+    top: int = 25,
+    messages: int | None = None,
 ) -> str:
     stacks = load_raw(path)
     total = sum(stacks.values())
@@ -103,19 +121,21 @@ def analyze(
         by_component[classify(list(stack))] += count
         leaf[stack[-1]] += count
     per = cpu_s / deliveries * 1e6 if cpu_s and deliveries else None
+    per_message = cpu_s / messages * 1e6 if cpu_s and messages else None
     lines = [
-        f"{total} samples" + (f"; server {per:.3f} µs CPU per delivery" if per else ""),
+        f"{total} samples"
+        + (f"; server {per:.3f} µs CPU per delivery" if per else "")
+        + (f", {per_message:.2f} µs per message in" if per_message else ""),
         "",
-        "| component | share | µs/delivery |",
-        "|---|---:|---:|",
+        "| component | share | µs/delivery |" + (" µs/message |" if per_message else ""),
+        "|---|---:|---:|" + ("---:|" if per_message else ""),
     ]
     for name, count in by_component.most_common():
         share = count / total
-        lines.append(
-            f"| {name} | {100 * share:.1f}% | {share * per:.3f} |"
-            if per
-            else f"| {name} | {100 * share:.1f}% | |"
-        )
+        row = f"| {name} | {100 * share:.1f}% | " + (f"{share * per:.3f} |" if per else " |")
+        if per_message:
+            row += f" {share * per_message:.2f} |"
+        lines.append(row)
     lines += ["", f"Top {top} functions by self time:", "", "| function | self |", "|---|---:|"]
     for frame, count in leaf.most_common(top):
         lines.append(f"| `{frame}` | {100 * count / total:.1f}% |")
@@ -163,6 +183,7 @@ def load_while(
     started = time.monotonic()
     deliveries = 0
     missing = 0
+    sent = 0
     while spy.poll() is None:
         start_at = time.time_ns() + 50_000_000
         if args.mode == "throughput":
@@ -175,18 +196,23 @@ def load_while(
                 timeout=120,
             )
         else:
+            # rooms: --rate is messages in per second; latency: deliveries per second
+            # in one room of every client, so messages are rate / clients.
+            msg_rate = args.rate if args.mode == "rooms" else args.rate / gen.clients
             results = gen.call(
                 "latency",
                 200,
-                msg_rate=args.rate / gen.clients,
-                total=int(args.rate / gen.clients * 2),
+                msg_rate=msg_rate,
+                total=int(msg_rate * 2),
                 start_at=start_at,
                 warmup=0.0,
                 timeout=10,
             )
         deliveries += sum(r["received"] for r in results)
         missing += sum(r["missing"] for r in results)
+        sent += sum(r.get("sent", 0) for r in results)
     return {
+        "messages_in": sent,  # (not "messages": that is the throughput phase flag)
         "cpu_s": servers.cpu_seconds(pid) - cpu0,
         "deliveries": deliveries,
         "missing": missing,
@@ -196,10 +222,11 @@ def load_while(
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--mode", choices=("throughput", "latency"), default="throughput")
+    parser.add_argument("--mode", choices=("throughput", "latency", "rooms"), default="throughput")
     parser.add_argument("--clients", type=int, default=1000)
     parser.add_argument("--messages", type=int, default=1000, help="per throughput phase")
     parser.add_argument("--window", type=int, default=16)
+    parser.add_argument("--room-size", type=int, default=10, help="rooms mode: clients per room")
     parser.add_argument("--senders", type=int, default=4)
     parser.add_argument("--rate", type=float, default=25_000, help="latency mode: deliveries/s")
     parser.add_argument("--seconds", type=float, default=10)
@@ -211,7 +238,14 @@ def main() -> int:
     if args.analyze:
         sidecar = args.analyze.with_suffix(".json")
         figures = json.loads(sidecar.read_text()) if sidecar.exists() else {}
-        print(analyze(args.analyze, figures.get("cpu_s"), figures.get("deliveries")))
+        print(
+            analyze(
+                args.analyze,
+                figures.get("cpu_s"),
+                figures.get("deliveries"),
+                messages=figures.get("messages_in"),
+            )
+        )
         return 0
     servers.raise_nofile()
     RESULTS.mkdir(exist_ok=True)
@@ -221,7 +255,16 @@ def main() -> int:
     server = servers.start(args.server, 0, RESULTS / "logs")
     gen: LoadGen | None = None
     try:
-        gen = LoadGen("127.0.0.1", server.port, args.clients, senders=args.senders, procs=2, cpu=1)
+        rooms = args.mode == "rooms"
+        gen = LoadGen(
+            "127.0.0.1",
+            server.port,
+            args.clients,
+            senders=args.room_size if rooms else args.senders,
+            procs=2,
+            cpu=1,
+            room_size=args.room_size if rooms else None,
+        )
         gen.connect()
         gen.join()
         raw = RESULTS / f"{name}.txt"
@@ -237,11 +280,21 @@ def main() -> int:
         if gen is not None:
             gen.stop()
         server.stop()
-    report = analyze(raw, measured["cpu_s"], measured["deliveries"])
+    report = analyze(
+        raw,
+        measured["cpu_s"],
+        measured["deliveries"],
+        messages=measured["messages_in"] if args.mode == "rooms" else None,
+    )
     header = (
         f"{args.server} (wschat {source.get('revision')}, sha256 {source.get('sha256')}) "
         f"under {args.mode} load, C={args.clients}"
         + (f", {args.rate:,.0f} deliveries/s" if args.mode == "latency" else "")
+        + (
+            f" in rooms of {args.room_size}, {args.rate:,.0f} messages in/s"
+            if args.mode == "rooms"
+            else ""
+        )
         + f": {measured['deliveries']:,} deliveries in {measured['seconds']:.1f} s "
         f"({measured['deliveries'] / measured['seconds']:,.0f}/s while sampled), server CPU "
         f"{measured['cpu_s']:.2f} s, missing {measured['missing']}"

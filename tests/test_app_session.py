@@ -567,3 +567,26 @@ async def test_an_authenticate_hook_that_answers_nonsense_is_a_500() -> None:
     with pytest.raises(Rejection) as info:
         await app.admit(upgrade(), "lobby")
     assert (info.value.status, info.value.code) == (500, "internal_error")
+
+
+async def test_a_name_sent_with_every_message_is_normalized_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import wschat.chat.schema as schema
+
+    calls: list[object] = []
+
+    def counted(value: object) -> str:
+        calls.append(value)
+        return schema.enforce_username(value)
+
+    monkeypatch.setattr(schema, "validate_username", counted)
+    session = await connect(make_app("off"))
+    wide = "\uff41\uff4c\uff49\uff43\uff45"  # fullwidth alice
+    for i in range(3):
+        outcome = await session.handle(frame(username=wide, message=f"m{i}"), NOW)
+        assert isinstance(outcome, Publish) and outcome.username == "alice"
+    assert calls == [wide]
+    refused = await session.handle(frame(username="bob", message="hi"), NOW)
+    assert error_of(refused)["code"] == "username_mismatch"
+    assert calls == [wide, "bob"]

@@ -25,6 +25,7 @@ from wschat.chat import (
     Leave,
     Position,
     Say,
+    UsernameMemo,
     ack_event,
     decode_event,
     encode,
@@ -34,6 +35,7 @@ from wschat.chat import (
     membership_event,
     message_event,
     parse_command,
+    parse_frame,
     peek_message_id,
     presence_event,
     validate_room,
@@ -300,6 +302,35 @@ class TestServerEvents:
             parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
             assert parsed.tzinfo is not None
             assert abs(parsed.timestamp() - stamp) < 0.001
+
+    @pytest.mark.parametrize(
+        "stamp",
+        [
+            1_795_000_000.9999995,  # rounds up into the next second
+            1_795_000_000.9999994,
+            1_795_000_000.0000005,
+            1_795_000_000.0005,
+            1_795_000_001.0,
+            1_795_000_000.9995,
+            -0.5,
+            -1.0000001,
+            -1e-7,
+            1.5e-7,
+            253_402_300_798.999,  # 9999-12-31T23:59:58.999Z
+        ],
+    )
+    def test_format_time_rounds_as_datetime_does(self, stamp: float) -> None:
+        # Cached per second: ask the second before, the stamp, and the second after.
+        for t in (stamp - 1, stamp, stamp + 0.25, stamp):
+            expected = datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds")
+            assert format_time(t) == expected[:-6] + "Z", t
+
+    @settings(max_examples=500, derandomize=True, database=None)
+    @given(st.floats(min_value=-2e9, max_value=2e11), st.floats(min_value=-2.0, max_value=2.0))
+    def test_format_time_is_datetimes_answer(self, first: float, second: float) -> None:
+        for t in (first, first + second):
+            expected = datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds")
+            assert format_time(t) == expected[:-6] + "Z", t
 
     def test_message_event(self) -> None:
         payload = message_event("lobby", Position("e1", 7), "alice", 'hi "there"', "T")
@@ -714,3 +745,51 @@ class TestConfusableNames:
             check_distinct("\u0430\u0435", ["ae"], "lobby")
         assert info.value.code == "name_confusable"
         assert "\u201cae\u201d" in info.value.reason and "lobby" in info.value.reason
+
+
+# -- the username memo ---------------------------------------------------------------
+
+WIDE = "\uff41\uff4c\uff49\uff43\uff45"  # fullwidth alice
+
+_names = st.one_of(
+    st.sampled_from(["alice", "Alice", "  alice ", WIDE, "", "a\u200bb", "bob", 7, None]),
+    st.text(max_size=8),
+)
+
+
+@settings(max_examples=300, derandomize=True, database=None)
+@given(st.lists(_names, max_size=12))
+def test_the_username_memo_answers_as_validate_username(values: list[object]) -> None:
+    memo = UsernameMemo()
+    for value in values:
+        try:
+            expected: object = validate_username(value)
+        except ChatError as exc:
+            expected = (exc.code, exc.reason)
+        try:
+            got: object = memo(value)
+        except ChatError as exc:
+            got = (exc.code, exc.reason)
+        assert got == expected, value
+
+
+def test_the_username_memo_validates_a_repeated_name_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    import wschat.chat.schema as schema
+
+    calls: list[object] = []
+
+    def counted(value: object) -> str:
+        calls.append(value)
+        return validate_username(value)
+
+    monkeypatch.setattr(schema, "validate_username", counted)
+    memo = UsernameMemo()
+    frames = [json.dumps({"username": WIDE, "message": text}) for text in ("hi", "again")]
+    commands = [parse_frame(text, (), memo) for text in frames]
+    assert [c.username for c in commands] == ["alice", "alice"]  # type: ignore[union-attr]
+    assert calls == [WIDE]
+    assert parse_frame('{"username":"bob","message":"hi"}', (), memo).username == "bob"  # type: ignore[union-attr]
+    with pytest.raises(ChatError):
+        parse_frame('{"username":"","message":"hi"}', (), memo)
+    assert parse_frame(frames[0], (), memo).username == "alice"  # type: ignore[union-attr]
+    assert calls == [WIDE, "bob", "", WIDE]

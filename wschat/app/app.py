@@ -60,7 +60,7 @@ from .config import AppConfig, AuthMode
 from .credentials import FIRST_MESSAGE, FIRST_MESSAGE_PARAMETER, UpgradeRequest, find_token
 from .ephemeral import TYPING, EphemeralType
 from .identity import Identity, Rejection, is_display_name
-from .permissions import Action, default_authorize, forbidden
+from .permissions import Action, default_authorize, explain_denial, forbidden
 from .session import Admission, AppSession
 from .tokens import JwtVerifier
 
@@ -236,6 +236,9 @@ class App:
 
     async def check(self, identity: Identity | None, action: Action, room: str) -> Rejection | None:
         """Ask the ``authorize`` hook; None when allowed, else the :class:`Rejection` to answer."""
+        if self.authorize is default_authorize:  # every frame asks: no hook machinery
+            denial = explain_denial(identity, action, room)
+            return None if denial is None else Rejection.forbidden(denial)
         try:
             allowed = await _call(self.authorize, identity, action, room)
         except Rejection as exc:
@@ -386,6 +389,10 @@ def upgrade_refusal(rejection: Rejection) -> Response:
 
 async def _call(hook: Callable[..., MaybeAwaitable[T]], *args: Any) -> T:
     result = hook(*args)
-    if inspect.isawaitable(result):
+    # A plain answer (the built-in hooks' bool, a rewrite's str) skips the ABC check.
+    if type(result) not in _PLAIN and inspect.isawaitable(result):
         result = await result
     return cast(T, result)
+
+
+_PLAIN = frozenset((bool, str, type(None)))

@@ -31,6 +31,7 @@ from ..chat import (
     Leave,
     Position,
     Say,
+    UsernameMemo,
     authenticated_event,
     ephemeral_event,
     error_event,
@@ -165,6 +166,7 @@ class AppSession:
         """While first-message authentication is awaited: the time it must arrive by."""
         self._limiter = EphemeralLimiter(app.ephemeral_types, now)
         self._ephemeral_names = frozenset(app.ephemeral_types)
+        self._usernames = UsernameMemo()
         if admission.identity is not None:
             self._bind(admission.identity)
 
@@ -197,7 +199,7 @@ class AppSession:
             now: Wall-clock time (``time.time()``).
         """
         try:
-            frame = parse_frame(text, self._ephemeral_names)
+            frame = parse_frame(text, self._ephemeral_names, self._usernames)
         except ChatError as exc:
             if self.pending_until is not None:
                 return Close(CLOSE_UNAUTHORIZED, f"authenticate first: {exc.reason}")
@@ -280,15 +282,19 @@ class AppSession:
             history = await self.app.check(identity, "history", command.room) is None
             return JoinRoom(command.room, command.since, history)
         room = command.room or self.chat.url_room
-        await self._require(identity, "say", room)
+        denial = await self.app.check(identity, "say", room)
+        if denial is not None:
+            raise denial
         checked = self.chat.apply(command)
         assert isinstance(checked, Say) and checked.username is not None
         sender = self._acting()
         assert sender is not None
-        try:
-            text = await self.app.rewrite(sender, room, checked.message)
-        except ChatError as exc:  # the rewrite is no valid message (a Rejection goes up)
-            return _error(exc.code, exc.reason, checked.id)
+        text = checked.message
+        if self.app.on_message is not None:
+            try:
+                text = await self.app.rewrite(sender, room, text)
+            except ChatError as exc:  # the rewrite is no valid message (a Rejection goes up)
+                return _error(exc.code, exc.reason, checked.id)
         name = self.identity.name if self.identity is not None else None
         return Publish(room, checked.username, text, checked.id, name)
 

@@ -18,7 +18,7 @@ layer's (``wschat.app``), which this module does not know.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,19 +60,25 @@ Frame = Command | Auth | Ephemeral
 """Anything a client may send: a chat command, an ``auth`` or an ephemeral event."""
 
 
-def parse_frame(text: str, ephemeral: Collection[str] = ()) -> Frame:
+def parse_frame(
+    text: str,
+    ephemeral: Collection[str] = (),
+    username: Callable[[Any], str] | None = None,
+) -> Frame:
     """Parse one client text frame: a command, an ``auth``, or an ``ephemeral`` type.
 
     Args:
         text: The frame.
         ephemeral: The ephemeral event types the app registered (e.g. ``{"typing"}``).
+        username: Normalizes a ``username`` (default ``validate_username``; a
+            connection passes its :class:`~.schema.UsernameMemo`).
 
     Raises:
         ChatError: The frame is not valid; ``code`` says why.
     """
     obj = _decode_object(text)
     kind = _kind(obj)
-    command = _command(obj, kind)
+    command = _command(obj, kind, username)
     if command is not None:
         return command
     if kind == "auth":

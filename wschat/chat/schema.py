@@ -19,7 +19,9 @@ Everything here is pure: no I/O, no clock (the caller passes the time in).
 
 from __future__ import annotations
 
+import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -122,15 +124,21 @@ def _kind(obj: dict[str, Any]) -> Any:
     return obj.get("type", "message" if "message" in obj else None)
 
 
-def _command(obj: dict[str, Any], kind: Any) -> Command | None:
-    """The chat command ``obj`` is, or None when its type is not a chat command."""
+def _command(
+    obj: dict[str, Any], kind: Any, username: Callable[[Any], str] | None = None
+) -> Command | None:
+    """The chat command ``obj`` is, or None when its type is not a chat command.
+
+    ``username`` normalizes a ``username`` value (default :func:`validate_username`;
+    a connection's memo of it, see :class:`UsernameMemo`).
+    """
     if kind == "message":
         message_id = _optional_id(obj)
         try:
             return Say(
                 room=_optional_room(obj),
                 message=validate_message(obj.get("message")),
-                username=_optional_username(obj),
+                username=_optional_username(obj, username),
                 typed="type" in obj,
                 id=message_id,
             )
@@ -140,7 +148,7 @@ def _command(obj: dict[str, Any], kind: Any) -> Command | None:
     if kind == "join":
         return Join(
             room=validate_room(obj.get("room", DEFAULT_ROOM)),
-            username=_optional_username(obj),
+            username=_optional_username(obj, username),
             since=_since(obj.get("since")),
         )
     if kind == "leave":
@@ -217,8 +225,38 @@ def _optional_room(obj: dict[str, Any]) -> str | None:
     return validate_room(obj["room"]) if obj.get("room") is not None else None
 
 
-def _optional_username(obj: dict[str, Any]) -> str | None:
-    return validate_username(obj["username"]) if obj.get("username") is not None else None
+def _optional_username(
+    obj: dict[str, Any], username: Callable[[Any], str] | None = None
+) -> str | None:
+    value = obj.get("username")
+    if value is None:
+        return None
+    return (username or validate_username)(value)
+
+
+class UsernameMemo:
+    """:func:`validate_username` for one connection, remembering its last answer.
+
+    A client names itself in every frame of the seed's format, nearly always
+    the same way; RFC 8266 enforcement is most of what parsing such a frame
+    costs. The normal form of the last value accepted is kept (the value itself
+    only when it differs from it); refusals are not kept.
+    """
+
+    __slots__ = ("_normal", "_raw")
+
+    def __init__(self) -> None:
+        self._raw: str | None = None
+        self._normal = ""
+
+    def __call__(self, value: Any) -> str:
+        """The normal form of ``value``, as :func:`validate_username` gives it."""
+        if type(value) is str and value == self._raw:
+            return self._normal
+        normal = validate_username(value)
+        self._raw = normal if normal == value else value
+        self._normal = normal
+        return normal
 
 
 def _since(value: Any) -> Position | None:
@@ -239,8 +277,28 @@ def _since(value: Any) -> Position | None:
 
 
 def format_time(timestamp: float) -> str:
-    """RFC 3339 in UTC with milliseconds, e.g. ``2026-11-26T16:00:00.123Z``."""
-    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
+    """RFC 3339 in UTC with milliseconds, e.g. ``2026-11-26T16:00:00.123Z``.
+
+    The same string as ``datetime.fromtimestamp(timestamp, UTC).isoformat(...)``
+    would give: the microseconds are rounded as datetime rounds them (half to
+    even, carried into the second), the milliseconds truncated from them, and
+    the date and time of day made once per second (every message is stamped).
+    """
+    fraction, whole = math.modf(timestamp)
+    micros = round(fraction * 1e6)
+    if micros >= 1_000_000:
+        whole, micros = whole + 1.0, micros - 1_000_000
+    elif micros < 0:
+        whole, micros = whole - 1.0, micros + 1_000_000
+    global _last_second
+    second, text = _last_second  # one tuple: threads never mix two seconds' parts
+    if whole != second:
+        text = datetime.fromtimestamp(whole, UTC).isoformat()[:-6]
+        _last_second = (whole, text)
+    return f"{text}.{micros // 1000:03d}Z"
+
+
+_last_second = (math.nan, "")  # the whole second format_time made last, and its text
 
 
 def encode(obj: dict[str, Any]) -> bytes:

@@ -69,7 +69,7 @@ class ChatSession:
                 raise ChatError(
                     "no_username", "send a username (in a join or message) first", command.id
                 )
-            return replace(command, room=room, username=username)
+            return Say(room, command.message, username, command.typed, command.id)
         if isinstance(command, Join):
             if command.room not in self.rooms and len(self.rooms) >= self.max_rooms:
                 raise ChatError("too_many_rooms", f"a connection may be in {self.max_rooms} rooms")

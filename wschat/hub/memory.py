@@ -172,11 +172,13 @@ class MemoryBackend:
         A retry of a message id (same sender) within ``dedup_ttl`` returns the
         original position and publishes nothing.
         """
-        state = self._room(room)
+        state = self._rooms.get(room) or self._room(room)
         now = self._clock()
         ids = state.ids
-        while ids and next(iter(ids.values()))[1] <= now - self.dedup_ttl:
-            ids.popitem(last=False)
+        if ids:
+            horizon = now - self.dedup_ttl
+            while ids and next(iter(ids.values()))[1] <= horizon:
+                ids.popitem(last=False)
         if message.id is not None:
             seen = ids.get((message.username, message.id))
             if seen is not None:
@@ -184,14 +186,16 @@ class MemoryBackend:
             ids[(message.username, message.id)] = (state.seq + 1, now)
             while len(ids) > self.dedup_size:
                 ids.popitem(last=False)
-        state.seq += 1
-        position = Position(state.epoch, state.seq)
+        seq = state.seq = state.seq + 1
+        position = Position(state.epoch, seq)
         payload = message_payload(room, position, message)
-        state.history.append((state.seq, payload, now))
-        while len(state.history) > self.history_size:
-            state.history.popleft()
-        self._expire(state)
-        self._emit(room, Delivery(payload, state.seq))
+        history = state.history
+        history.append((seq, payload, now))
+        while len(history) > self.history_size:
+            history.popleft()
+        if self.history_ttl is not None:
+            self._expire(state)
+        self._emit(room, Delivery(payload, seq))
         self._settle(room)
         return position
 
