@@ -54,7 +54,10 @@ VIEWPORTS = {"desktop": DESKTOP, "phone": PHONE}
 # How long a page may take to reconnect: the page's backoff is random(0, min(10 s,
 # 0.5 s * 2^attempt)), so a few failed attempts can push one retry to several seconds.
 RECONNECT_TIMEOUT_MS = 15_000
-STEP_TIMEOUT_MS = 5_000
+# A step (an action, or an expect() turning true): generous, because CI shares
+# two cores between chromium, the server and the other test processes. A page
+# that is right gets there in well under a second; the wait ends as soon as it does.
+STEP_TIMEOUT_MS = 10_000
 SETTLED = re.compile(r"^(connecting|disconnected)$")
 ARTIFACTS = ROOT / "test-artifacts" / "browser"
 
@@ -66,6 +69,7 @@ ARTIFACTS = ROOT / "test-artifacts" / "browser"
 def browser() -> Iterator[Browser]:
     require(HAVE_PLAYWRIGHT, "the playwright Python package")
     require(os.access(CHROMIUM, os.X_OK), CHROMIUM)
+    expect.set_options(timeout=STEP_TIMEOUT_MS)  # expect()'s own default is 5 s
 
     with sync_playwright() as playwright:
         launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
