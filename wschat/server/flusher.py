@@ -34,7 +34,17 @@ class Flushable(Protocol):
 
 
 class Flusher:
-    """Writes dirty connections' queues in batches.
+    """Writes dirty connections' queues in batches, and decides when frames go at once.
+
+    A *batch* lasts from the first write or mark after a flush until the
+    flusher runs again (after the current task yields). In **direct mode** a
+    connection's first frame of a batch is written at once by its
+    :class:`~.writer.TransportWriter`; only what follows in the same batch
+    queues. Each flush picks the mode for the next batch from the one it ends:
+    direct when the batch put about one frame per connection (a fan-out that
+    could not be batched anyway: writing at once spares a second pass over the
+    room and lets the first recipients have it sooner), batched when
+    connections got several (many messages per read: one joined write each).
 
     Args:
         count_bytes: Called with the bytes written by each batch (a metrics counter).
@@ -44,21 +54,41 @@ class Flusher:
         self._count_bytes = count_bytes
         self._dirty: list[Flushable] = []
         self._wakeup: anyio.Event | None = None
+        self.open = False
+        """Whether a batch has begun (and the flusher is to run to end it)."""
+        self.direct_bytes = 0
+        """Bytes written at once in this batch (by writers, which count them here)."""
+        self.direct_writes = 0
+        """Frames written at once in this batch."""
+        self.direct = True
+        """Whether a connection's first frame of a batch is written at once."""
+        self.batch = 0
+        """The current batch's number."""
+        self.frames = 0
+        """Frames queued (not written at once) in this batch, counted as they are flushed."""
+        self.writers = 0
+        """Connections flushed this batch that were not also written at once in it."""
         self.failures = 0
         """Writes that raised (each cost only its own connection)."""
 
     def mark(self, writer: Flushable) -> None:
         """Schedule ``writer``'s queue to be written (once per batch)."""
         self._dirty.append(writer)
+        if not self.open:
+            self.begin()
+
+    def begin(self) -> None:
+        """Begin a batch: the flusher runs (to end it) once the current task yields."""
+        self.open = True
         wakeup = self._wakeup
         if wakeup is not None:
             self._wakeup = None
             wakeup.set()
 
     def flush(self) -> None:
-        """Write every dirty connection's queue now."""
+        """Write every dirty connection's queue now; end the batch."""
         dirty, self._dirty = self._dirty, []
-        written = 0
+        written = self.direct_bytes
         for writer in dirty:
             try:
                 written += writer.write_now()
@@ -66,6 +96,13 @@ class Flusher:
                 self._failed(writer, exc)
         if written:
             self._count_bytes(written)
+        if dirty:
+            # Frames per connection touched this batch, written at once or queued.
+            frames = self.direct_writes + self.frames
+            self.direct = 2 * frames <= 3 * (self.direct_writes + self.writers)
+        self.batch += 1
+        self.frames = self.writers = self.direct_writes = self.direct_bytes = 0
+        self.open = False
 
     def _failed(self, writer: Flushable, exc: Exception) -> None:
         self.failures += 1
@@ -76,9 +113,9 @@ class Flusher:
             logger.info("! abort failed too: %r", abort_exc)
 
     async def run(self) -> None:
-        """Flush whenever connections are dirty; runs until cancelled."""
+        """Flush whenever a batch has begun; runs until cancelled."""
         while True:
-            if not self._dirty:
+            if not self.open:
                 self._wakeup = anyio.Event()
                 await self._wakeup.wait()
             self.flush()

@@ -172,21 +172,24 @@ class Writer:
         """
         if self.aborted or not data:
             return True
-        if self.limit:
-            backlog = self._size + self.unsent()
-            # Bytes leave the backlog in order: the first (_total - backlog) have left.
-            oversized_rest = min(
-                max(self._oversized_end - (self._total - backlog), 0),
-                self._oversized_end - self._oversized_start,
-            )
-            if len(data) > self.limit:
-                if oversized_rest:
-                    return self._final  # one such item at a time
-                self._oversized_start, self._oversized_end = self._total, self._total + len(data)
-            elif backlog - oversized_rest + len(data) > self.limit:
-                return self._final
+        if self.limit and not self._admits(self._size + self.unsent(), len(data)):
+            return self._final
         self._append(data)
         return True
+
+    def _admits(self, backlog: int, size: int) -> bool:
+        """Whether ``size`` more bytes fit next to ``backlog``; notes an oversized item taken."""
+        # Bytes leave the backlog in order: the first (_total - backlog) have left.
+        left = self._total - backlog
+        if self._oversized_end > left:  # some of the last oversized item is still waiting
+            if size > self.limit:
+                return False  # one such item at a time
+            rest = min(self._oversized_end - left, self._oversized_end - self._oversized_start)
+            return backlog - rest + size <= self.limit
+        if size > self.limit:
+            self._oversized_start, self._oversized_end = self._total, self._total + size
+            return True
+        return backlog + size <= self.limit
 
     def put_final(self, data: bytes) -> None:
         """Queue the close frame (with whatever protocol output precedes it), past the limit."""
@@ -234,7 +237,14 @@ class Writer:
 
 
 class TransportWriter(Writer):
-    """Writes straight into an asyncio/uvloop transport, once per batch, from the flusher.
+    """Writes straight into an asyncio/uvloop transport: at once, or once per batch.
+
+    A frame put into an empty queue, while the :class:`~.flusher.Flusher` is in
+    direct mode and this connection has not been written yet this batch, goes
+    to the transport at once (uvloop then tries ``send(2)`` right away): a
+    fan-out that cannot be batched costs one pass over the room, and its first
+    recipients have the frame before the last one is reached. Anything else
+    queues, and the flusher writes it once per batch, joined.
 
     Args:
         limit: The byte limit.
@@ -242,7 +252,7 @@ class TransportWriter(Writer):
         flusher: The server's flusher, which calls :meth:`write_now` once per batch.
     """
 
-    __slots__ = ("_base", "_flusher", "_sent", "_transport", "_written", "dirty")
+    __slots__ = ("_base", "_batch", "_flusher", "_sent", "_transport", "_written", "dirty")
 
     def __init__(self, limit: int, transport: WriteTransport, flusher: Flusher) -> None:
         super().__init__(limit)
@@ -251,6 +261,7 @@ class TransportWriter(Writer):
         self._base = 0
         self._written = 0
         self._sent = 0
+        self._batch = -1  # the flusher's batch this connection was last written in at once
         self.dirty = False
 
     def unsent(self) -> int:
@@ -259,6 +270,55 @@ class TransportWriter(Writer):
             # so the transport's buffer is the one read when the batch began.
             return self._base
         return self._transport.get_write_buffer_size()
+
+    def put(self, data: bytes) -> bool:
+        # Writer.put, inlined for the fan-out (per recipient): one buffer-size
+        # read per frame, and _admits only near the limit or an oversized item.
+        if self.aborted or not data:
+            return True
+        size = len(data)
+        limit = self.limit
+        if self._size:
+            backlog = self._size + self._base
+            if (
+                limit
+                and (backlog + size > limit or self._oversized_end > self._total - backlog)
+                and not self._admits(backlog, size)
+            ):
+                return self._final
+            self._chunks.append(data)
+            self._size += size
+            self._total += size
+            return True
+        transport = self._transport
+        buffered = transport.get_write_buffer_size()
+        if (
+            limit
+            and (buffered + size > limit or self._oversized_end > self._total - buffered)
+            and not self._admits(buffered, size)
+        ):
+            return self._final
+        flusher = self._flusher
+        if self.held or not flusher.direct or self._batch == flusher.batch:
+            self._base = buffered
+            self._chunks.append(data)
+            self._size = size
+            self._total += size
+            if not self.held and not self.dirty:
+                self.dirty = True
+                flusher.mark(self)
+            return True
+        self._total += size
+        if transport.is_closing():
+            return True
+        self._batch = flusher.batch
+        transport.write(data)
+        self._written += size
+        flusher.direct_bytes += size
+        flusher.direct_writes += 1
+        if not flusher.open:
+            flusher.begin()
+        return True
 
     def _queued(self) -> None:
         self._base = self._transport.get_write_buffer_size()
@@ -269,6 +329,10 @@ class TransportWriter(Writer):
     def write_now(self) -> int:
         """Hand the queue to the transport; the bytes written (the flusher calls this)."""
         self.dirty = False
+        flusher = self._flusher
+        flusher.frames += len(self._chunks)
+        if self._batch != flusher.batch:
+            flusher.writers += 1
         data = self.take()
         if not data or self.aborted or self._transport.is_closing():
             return 0
