@@ -3,8 +3,9 @@
 - A connection's first frame of a batch, in direct mode, is in the kernel at
   once, before any flush; what follows in the same batch waits for the flush
   and is written joined.
-- The flusher picks the next batch's mode from the last: batched after a batch
-  that gave connections several frames, direct again after one frame each.
+- The flusher batches after a batch that gave connections several frames, and
+  goes direct again only after about DIRECT_AFTER batches' worth of connections
+  got one frame each (small batches, a pong or an ack, count for little).
 - Whatever mix of both paths, each connection's bytes arrive complete and in order.
 - The byte limit still counts what the transport holds when frames go at once.
 - A held writer writes nothing, at once or flushed, until released.
@@ -22,7 +23,7 @@ from typing import cast
 import anyio
 import pytest
 
-from wschat.server.flusher import Flusher
+from wschat.server.flusher import DIRECT_AFTER, Flusher
 from wschat.server.writer import TransportWriter, WriteTransport
 
 pytestmark = [pytest.mark.anyio, pytest.mark.every_loop(loops=("asyncio", "uvloop"))]
@@ -134,19 +135,42 @@ async def test_more_frames_in_a_batch_wait_for_the_flush_and_turn_batching_on() 
             for pair in both:
                 assert await pair.read_until(120) == frame(1) + frame(2) + frame(3)
 
-            # Batched: even a connection's first frame waits for the flush.
+            # Batched: even a connection's first frame waits for the flush, until
+            # DIRECT_AFTER batches of one frame per connection have gone by.
+            for n in range(4, 4 + DIRECT_AFTER):
+                assert mode(flusher) == "batched"
+                for writer in writers:
+                    assert writer.put(frame(n))
+                    assert writer.queued == 40
+                flusher.flush()
+            assert mode(flusher) == "direct"
+            last = 4 + DIRECT_AFTER
             for writer in writers:
-                assert writer.put(frame(4))
-                assert writer.queued == 40
-            flusher.flush()
-            assert mode(flusher) == "direct"  # one frame each: the next batch goes at once
-            for writer in writers:
-                assert writer.put(frame(5))
+                assert writer.put(frame(last))
                 assert writer.queued == 0
             flusher.flush()
+            size = 40 * last
             for pair in both:
-                assert await pair.read_until(200) == b"".join(frame(n) for n in range(1, 6))
-            assert sum(counted) == 2 * 200
+                assert await pair.read_until(size) == b"".join(frame(n) for n in range(1, last + 1))
+            assert sum(counted) == 2 * size
+
+
+async def test_small_batches_do_not_end_batching_for_a_big_room_early() -> None:
+    with counted_flusher() as (flusher, _):
+        async with pairs(4) as four:
+            writers = [writer_for(pair, flusher) for pair in four]
+            for writer in writers:
+                writer.put(frame(1))
+                writer.put(frame(2))
+            flusher.flush()
+            assert mode(flusher) == "batched"
+            for n in range(DIRECT_AFTER * 4 - 1):  # one connection a batch (a pong, an ack)
+                writers[n % 4].put(frame(3))
+                flusher.flush()
+                assert mode(flusher) == "batched"
+            writers[0].put(frame(3))
+            flusher.flush()
+            assert mode(flusher) == "direct"
 
 
 async def test_bytes_arrive_complete_and_in_order_whatever_the_mix_of_paths() -> None:

@@ -22,6 +22,15 @@ import anyio
 
 logger = logging.getLogger("wschat.server")
 
+# After a batch of several frames per connection, frames go at once again only
+# once batches of about one frame per connection have touched this many times
+# as many connections (about this many such fan-outs to the same room). Going
+# back is slow on purpose: in a batch of several messages a frame written at
+# once costs a send(2) of its own (half as much again for two messages), while
+# one that waits for the flush when it need not costs a little Python (about a
+# tenth as much).
+DIRECT_AFTER = 8
+
 
 class Flushable(Protocol):
     """A connection's writer as the flusher sees it."""
@@ -40,11 +49,12 @@ class Flusher:
     flusher runs again (after the current task yields). In **direct mode** a
     connection's first frame of a batch is written at once by its
     :class:`~.writer.TransportWriter`; only what follows in the same batch
-    queues. Each flush picks the mode for the next batch from the one it ends:
-    direct when the batch put about one frame per connection (a fan-out that
-    could not be batched anyway: writing at once spares a second pass over the
-    room and lets the first recipients have it sooner), batched when
-    connections got several (many messages per read: one joined write each).
+    queues. A flush that ends a batch which gave connections several frames
+    each (many messages per read) turns direct mode off: one joined write per
+    connection. About :data:`DIRECT_AFTER` batches in a row of one frame per
+    connection (fan-outs that cannot be batched) turn it on again: writing at
+    once spares a second pass over the room and lets the first recipients have
+    the frame before the fan-out reaches the last.
 
     Args:
         count_bytes: Called with the bytes written by each batch (a metrics counter).
@@ -60,6 +70,9 @@ class Flusher:
         """Bytes written at once in this batch (by writers, which count them here)."""
         self.direct_writes = 0
         """Frames written at once in this batch."""
+        # Connections touched by batches of about one frame each since the last
+        # batch of several, and how many turn direct mode on again.
+        self._singles = self._singles_wanted = 0
         self.direct = True
         """Whether a connection's first frame of a batch is written at once."""
         self.batch = 0
@@ -99,7 +112,14 @@ class Flusher:
         if dirty:
             # Frames per connection touched this batch, written at once or queued.
             frames = self.direct_writes + self.frames
-            self.direct = 2 * frames <= 3 * (self.direct_writes + self.writers)
+            touched = self.direct_writes + self.writers
+            if 2 * frames > 3 * touched:
+                self.direct = False
+                self._singles = 0
+                self._singles_wanted = DIRECT_AFTER * touched
+            elif not self.direct:
+                self._singles += touched
+                self.direct = self._singles >= self._singles_wanted
         self.batch += 1
         self.frames = self.writers = self.direct_writes = self.direct_bytes = 0
         self.open = False
