@@ -8,6 +8,13 @@ once, after the current task yields, and hands each dirty connection's bytes,
 joined, straight to its transport. Everything a batch of incoming frames
 queued goes out in one write per connection.
 
+A fan-out that cannot be batched (one message per batch, a big room) gains
+nothing from the queue and pays for it: a second pass over every recipient,
+and a first recipient that waits until the last is queued. So while batches
+carry about one frame per connection, the flusher is in *direct mode* and a
+connection's first frame of a batch goes to its transport at once (see
+:class:`Flusher`).
+
 A connection whose transport fails while being written is aborted; the batch
 goes on (failure isolation: one client never stops the others' writes).
 """

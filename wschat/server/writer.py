@@ -22,8 +22,9 @@ is put into it, and the same rules hold whichever subclass carries the bytes:
   reader is only ever dropped by the byte limit.
 
 :class:`TransportWriter` (plain TCP on asyncio or uvloop) hands the backlog
-straight to the event loop's transport once per batch, from the server-wide
-:class:`~.flusher.Flusher`: no task switch per recipient. :class:`TaskWriter`
+straight to the event loop's transport: at once in the flusher's direct mode,
+else once per batch, from the server-wide :class:`~.flusher.Flusher`; no task
+switch per recipient either way. :class:`TaskWriter`
 (TLS streams, trio) runs a task that sends through the anyio stream in slices
 of :data:`WRITE_SLICE` bytes, each a unit of progress.
 """
