@@ -7,7 +7,8 @@
   goes direct again only after about DIRECT_AFTER batches' worth of connections
   got one frame each (small batches, a pong or an ack, count for little).
 - Whatever mix of both paths, each connection's bytes arrive complete and in order.
-- The byte limit still counts what the transport holds when frames go at once.
+- The byte limit still counts what the transport holds when frames go at once;
+  one item over the limit is taken, alone, and the limit covers the rest.
 - A held writer writes nothing, at once or flushed, until released.
 """
 
@@ -211,6 +212,29 @@ async def test_the_limit_counts_what_the_transport_holds_when_frames_go_at_once(
             assert refused is not None, "the byte limit never refused"
             assert writer.unsent() > limit - 1000  # the transport held the backlog
             assert writer.queued == 0
+
+
+async def test_one_item_over_the_limit_is_taken_and_the_limit_covers_the_rest() -> None:
+    limit = 64 * 1024
+    with counted_flusher() as (flusher, _):
+        async with pairs(1, small_buffers=True) as (pair,):
+            writer = writer_for(pair, flusher, limit)
+            history = b"h" * (4 * limit)  # far more than the kernel holds: the peer never reads
+            assert writer.put(history)
+            flusher.flush()
+            assert writer.backlog() > limit
+            assert not writer.put(history)  # one such item at a time
+            taken = 0
+            while writer.put(frame(taken, 1000)):
+                taken += 1000
+                flusher.flush()
+            assert limit - 1000 < taken <= limit  # what follows it fits in the limit
+            expected = history + b"".join(frame(n, 1000) for n in range(0, taken, 1000))
+            with anyio.fail_after(10):
+                while len(pair.read_now()) < len(expected) or writer.backlog():
+                    await anyio.sleep(0.005)
+            assert pair.received == expected
+            assert writer.put(history)  # the first one has left: the next is taken
 
 
 async def test_a_held_writer_writes_nothing_until_released() -> None:

@@ -135,8 +135,14 @@ class Writer:
         """
         if self.aborted or not data:
             return True
-        if self.limit and not self._admits(self._size + self.unsent(), len(data)):
-            return self._final
+        limit = self.limit
+        if limit:
+            backlog, size = self._size + self.unsent(), len(data)
+            # _admits only near the limit or behind an oversized item.
+            if (
+                backlog + size > limit or self._oversized_end > self._total - backlog
+            ) and not self._admits(backlog, size):
+                return self._final
         self._append(data)
         return True
 
