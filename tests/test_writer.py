@@ -5,7 +5,8 @@
   and is written joined.
 - The flusher batches after a batch that gave connections several frames, and
   goes direct again only after about DIRECT_AFTER batches' worth of connections
-  got one frame each (small batches, a pong or an ack, count for little).
+  got one frame each (small batches, a pong or an ack, count for little), and
+  batches after a long batch that began with no idle time before it (a busy loop).
 - Whatever mix of both paths, each connection's bytes arrive complete and in order.
 - The byte limit still counts what the transport holds when frames go at once;
   one item over the limit is taken, alone, and the limit covers the rest.
@@ -17,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import random
 import socket
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import cast
@@ -24,7 +26,7 @@ from typing import cast
 import anyio
 import pytest
 
-from wschat.server.flusher import DIRECT_AFTER, Flusher
+from wschat.server.flusher import BUSY_BATCH, DIRECT_AFTER, Flusher
 from wschat.server.writer import TransportWriter, WriteTransport
 
 pytestmark = [pytest.mark.anyio, pytest.mark.every_loop(loops=("asyncio", "uvloop"))]
@@ -84,9 +86,11 @@ async def pairs(count: int, small_buffers: bool = False) -> AsyncIterator[list[P
 
 
 @contextmanager
-def counted_flusher() -> Iterator[tuple[Flusher, list[int]]]:
+def counted_flusher(busy_batch: float = 1.0) -> Iterator[tuple[Flusher, list[int]]]:
+    """A flusher and the byte counts it reported. Unless a test is about a busy
+    loop, a slow moment of the machine's is not taken for one."""
     counted: list[int] = []
-    yield Flusher(counted.append), counted
+    yield Flusher(counted.append, busy_batch), counted
 
 
 def writer_for(pair: Pair, flusher: Flusher, limit: int = 1 << 20) -> TransportWriter:
@@ -172,6 +176,31 @@ async def test_small_batches_do_not_end_batching_for_a_big_room_early() -> None:
             writers[0].put(frame(3))
             flusher.flush()
             assert mode(flusher) == "direct"
+
+
+async def test_a_long_batch_right_after_another_means_a_busy_loop_and_queues() -> None:
+    with counted_flusher(BUSY_BATCH) as (flusher, _):
+        async with pairs(2) as both:
+            writers = [writer_for(pair, flusher) for pair in both]
+            await anyio.sleep(0.1)
+            for writer in writers:  # after idling, a long fan-out keeps direct mode
+                assert writer.put(frame(1))
+                assert writer.queued == 0
+            time.sleep(2 * BUSY_BATCH)
+            flusher.flush()
+            assert mode(flusher) == "direct"
+            for writer in writers:  # at once again, but begun with no idle time before it
+                assert writer.put(frame(2))
+                assert writer.queued == 0
+            time.sleep(2 * BUSY_BATCH)
+            flusher.flush()
+            assert mode(flusher) == "batched"
+            for writer in writers:
+                assert writer.put(frame(3))
+                assert writer.queued == 40
+            flusher.flush()
+            for pair in both:
+                assert await pair.read_until(120) == frame(1) + frame(2) + frame(3)
 
 
 async def test_bytes_arrive_complete_and_in_order_whatever_the_mix_of_paths() -> None:

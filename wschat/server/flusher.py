@@ -38,6 +38,11 @@ logger = logging.getLogger("wschat.server")
 # tenth as much).
 DIRECT_AFTER = 8
 
+# A batch that took longer than this (the fan-out and its flush), begun after
+# less idle time than it took, means a busy loop: messages are bound to meet in
+# the next batches, so they queue. (Shorter ones are too small to matter.)
+BUSY_BATCH = 0.005
+
 
 class Flushable(Protocol):
     """A connection's writer as the flusher sees it."""
@@ -61,14 +66,19 @@ class Flusher:
     connection. About :data:`DIRECT_AFTER` batches in a row of one frame per
     connection (fan-outs that cannot be batched) turn it on again: writing at
     once spares a second pass over the room and lets the first recipients have
-    the frame before the fan-out reaches the last.
+    the frame before the fan-out reaches the last. A busy loop (a long batch
+    begun after less idle time than it took, see :data:`BUSY_BATCH`) turns it
+    off too: there, messages are about to meet in a batch, where a frame
+    written at once would cost a send(2) of its own.
 
     Args:
         count_bytes: Called with the bytes written by each batch (a metrics counter).
+        busy_batch: Seconds a batch may take before a busy loop is suspected.
     """
 
-    def __init__(self, count_bytes: Callable[[int], None]) -> None:
+    def __init__(self, count_bytes: Callable[[int], None], busy_batch: float = BUSY_BATCH) -> None:
         self._count_bytes = count_bytes
+        self._busy_batch = busy_batch
         self._dirty: list[Flushable] = []
         self._wakeup: anyio.Event | None = None
         self.open = False
@@ -80,6 +90,7 @@ class Flusher:
         # Connections touched by batches of about one frame each since the last
         # batch of several, and how many turn direct mode on again.
         self._singles = self._singles_wanted = 0
+        self._began = self._ended = 0.0  # when the batch began, when the last one ended
         self.direct = True
         """Whether a connection's first frame of a batch is written at once."""
         self.batch = 0
@@ -100,6 +111,7 @@ class Flusher:
     def begin(self) -> None:
         """Begin a batch: the flusher runs (to end it) once the current task yields."""
         self.open = True
+        self._began = anyio.current_time()
         wakeup = self._wakeup
         if wakeup is not None:
             self._wakeup = None
@@ -127,6 +139,12 @@ class Flusher:
             elif not self.direct:
                 self._singles += touched
                 self.direct = self._singles >= self._singles_wanted
+        if self.open:
+            now = anyio.current_time()
+            busy = now - self._began
+            if busy > self._busy_batch and self._began - self._ended < busy:
+                self.direct = False
+            self._ended = now
         self.batch += 1
         self.frames = self.writers = self.direct_writes = self.direct_bytes = 0
         self.open = False
