@@ -2,46 +2,40 @@
 
 Theory of operation
 -------------------
-Every WebSocket has exactly one :class:`Writer`. Whatever the server sends a
-client (broadcasts, history, errors and acks, pongs, echoes, the close frame)
-is put into it, and the same rules hold whichever subclass carries the bytes:
-
-- **The byte limit covers the whole backlog**: what is queued here plus what
-  the transport or the writer task holds and the kernel has not taken yet.
-  :meth:`Writer.put` refuses (returns False, queues nothing) when the backlog
-  would pass the limit, and the caller closes the client as a slow consumer.
-  One item larger than the limit itself (a big history reply) is still taken
-  when no other such item is waiting, and does not count: the limit covers
-  everything else, before and behind it (the presence list and live messages
-  that follow a history reply). So a big history never makes a room
-  unjoinable, and a client holds at most the limit plus that one item. The
-  close frame goes in through :meth:`Writer.put_final`, past the limit, once.
-- **The write timeout means no progress**: :meth:`Writer.stalled_for` is how
-  long the backlog has been non-empty while the kernel took nothing. The
-  watchdog drops a client stalled for the write timeout; a slow but steady
-  reader is only ever dropped by the byte limit.
+Every WebSocket has exactly one :class:`~.backlog.Writer`, which holds the
+policy (the byte limit over the whole backlog, the write timeout as no
+progress; see :mod:`.backlog`). Two subclasses carry the bytes.
 
 :class:`TransportWriter` (plain TCP on asyncio or uvloop) hands the backlog
-straight to the event loop's transport once per batch, from the server-wide
-:class:`~.flusher.Flusher`: no task switch per recipient. :class:`TaskWriter`
-(TLS streams, trio) runs a task that sends through the anyio stream in slices
-of :data:`WRITE_SLICE` bytes, each a unit of progress.
+straight to the event loop's transport: at once in the flusher's direct mode,
+else once per batch, from the server-wide :class:`~.flusher.Flusher`; no task
+switch per recipient either way. :class:`TaskWriter` (TLS streams, trio) runs a
+task that sends through the anyio stream in slices of :data:`WRITE_SLICE`
+bytes, each a unit of progress.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import socket
-import struct
-from collections.abc import Callable
 from typing import Any, Protocol, cast
 
 import anyio
 from anyio.abc import ByteStream, SocketAttribute
 
+from .backlog import Writer, reset_on_close
 from .constants import DISCONNECTED
 from .flusher import Flusher
+
+__all__ = [
+    "WRITE_SLICE",
+    "TaskWriter",
+    "TransportWriter",
+    "WriteTransport",
+    "Writer",
+    "direct_transport",
+    "reset_on_close",
+    "send_with_timeout",
+]
 
 logger = logging.getLogger("wschat.server")
 
@@ -69,172 +63,15 @@ WRITE_TRANSPORT_METHODS = (
 )
 
 
-def reset_on_close(sock: socket.socket | None) -> None:
-    """Make closing ``sock`` send RST and drop what the kernel still holds for it.
-
-    A client dropped for not reading has up to megabytes in the kernel's send
-    buffer; a plain close would keep sending them (and keep the memory) until
-    the client reads them. ``SO_LINGER`` 0 discards them at once.
-    """
-    if sock is None:
-        return
-    # Closed already: OSError, or ValueError from uvloop's pseudo-socket of a closed transport.
-    with contextlib.suppress(OSError, ValueError):
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-
-
-class Writer:
-    """Bytes on their way to one client, under one byte limit.
-
-    Args:
-        limit: Most bytes the backlog may hold (0: unlimited).
-    """
-
-    __slots__ = (
-        "_chunks",
-        "_final",
-        "_oversized_end",
-        "_oversized_start",
-        "_progress_at",
-        "_size",
-        "_total",
-        "aborted",
-        "held",
-        "limit",
-        "on_abort",
-    )
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self._chunks: list[bytes] = []
-        self._size = 0
-        self._total = 0  # bytes ever queued
-        # Where the last item bigger than the limit lies in the stream of _total bytes.
-        self._oversized_start = self._oversized_end = 0
-        self._final = False
-        self.aborted = False
-        self._progress_at = anyio.current_time()
-        self.on_abort: Callable[[], None] | None = None
-        """Called once when the writer aborts (the connection stops reading too)."""
-        self.held = True
-        """While held, bytes queue up but are not sent (see :meth:`release`)."""
-
-    # -- what the subclasses provide ---------------------------------------------
-
-    def unsent(self) -> int:
-        """Bytes handed on (to the transport or the writer task) but not yet to the kernel."""
-        raise NotImplementedError
-
-    def _queued(self) -> None:
-        """Called after bytes were queued into an empty queue (and when released)."""
-        raise NotImplementedError
-
-    def release(self) -> None:
-        """Start sending. A new connection's writer is held until its 101 and its
-        room's first events are queued in the order the client must read them."""
-        self.held = False
-        if self._size:
-            self._queued()
-
-    def abort(self) -> None:
-        """Drop the connection now; queued bytes are lost. Tells ``on_abort`` first."""
-        if self.aborted:
-            return
-        self.aborted = True
-        self.discard()
-        if self.on_abort is not None:
-            self.on_abort()
-        self._abort()
-
-    def _abort(self) -> None:
-        raise NotImplementedError
-
-    async def drain(self, deadline: float) -> bool:
-        """Send everything queued; True once the kernel took it all before ``deadline``."""
-        raise NotImplementedError
-
-    # -- the policy ----------------------------------------------------------------
-
-    @property
-    def queued(self) -> int:
-        """Bytes queued here, not yet handed on."""
-        return self._size
-
-    def backlog(self) -> int:
-        """Everything this client has not received yet, in bytes."""
-        return self._size + self.unsent()
-
-    def put(self, data: bytes) -> bool:
-        """Queue ``data``; False (nothing queued) when it would take the backlog over the limit.
-
-        After the close frame only what fits in the limit is taken (and True
-        returned either way): the connection is closing.
-        """
-        if self.aborted or not data:
-            return True
-        if self.limit:
-            backlog = self._size + self.unsent()
-            # Bytes leave the backlog in order: the first (_total - backlog) have left.
-            oversized_rest = min(
-                max(self._oversized_end - (self._total - backlog), 0),
-                self._oversized_end - self._oversized_start,
-            )
-            if len(data) > self.limit:
-                if oversized_rest:
-                    return self._final  # one such item at a time
-                self._oversized_start, self._oversized_end = self._total, self._total + len(data)
-            elif backlog - oversized_rest + len(data) > self.limit:
-                return self._final
-        self._append(data)
-        return True
-
-    def put_final(self, data: bytes) -> None:
-        """Queue the close frame (with whatever protocol output precedes it), past the limit."""
-        if self._final:
-            self.put(data)
-            return
-        self._final = True
-        if self.aborted or not data:
-            return
-        self._append(data)
-
-    def _append(self, data: bytes) -> None:
-        self._chunks.append(data)
-        self._size += len(data)
-        self._total += len(data)
-        if self._size == len(data) and not self.held:
-            self._queued()
-
-    def discard(self) -> None:
-        """Drop what is queued and not yet handed on (a slow consumer recovers from history)."""
-        self._chunks = []
-        self._size = 0
-
-    def take(self) -> bytes:
-        """Everything queued, joined (``b""`` when empty)."""
-        if not self._chunks:
-            return b""
-        chunks, self._chunks = self._chunks, []
-        self._size = 0
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-    def stalled_for(self, now: float) -> float:
-        """Seconds the backlog has waited without the kernel taking a byte (0: not stalled).
-
-        A held writer is not stalled: it waits for the server (the client's room
-        to be entered), not for the client.
-        """
-        if self.held or not self.backlog():
-            self._progress_at = now
-            return 0.0
-        return now - self._progress_at
-
-    def _progressed(self) -> None:
-        self._progress_at = anyio.current_time()
-
-
 class TransportWriter(Writer):
-    """Writes straight into an asyncio/uvloop transport, once per batch, from the flusher.
+    """Writes straight into an asyncio/uvloop transport: at once, or once per batch.
+
+    A frame put into an empty queue, while the :class:`~.flusher.Flusher` is in
+    direct mode and this connection has not been written yet this batch, goes
+    to the transport at once (uvloop then tries ``send(2)`` right away): a
+    fan-out that cannot be batched costs one pass over the room, and its first
+    recipients have the frame before the last one is reached. Anything else
+    queues, and the flusher writes it once per batch, joined.
 
     Args:
         limit: The byte limit.
@@ -242,7 +79,7 @@ class TransportWriter(Writer):
         flusher: The server's flusher, which calls :meth:`write_now` once per batch.
     """
 
-    __slots__ = ("_base", "_flusher", "_sent", "_transport", "_written", "dirty")
+    __slots__ = ("_base", "_batch", "_flusher", "_sent", "_transport", "_written", "dirty")
 
     def __init__(self, limit: int, transport: WriteTransport, flusher: Flusher) -> None:
         super().__init__(limit)
@@ -251,6 +88,7 @@ class TransportWriter(Writer):
         self._base = 0
         self._written = 0
         self._sent = 0
+        self._batch = -1  # the flusher's batch this connection was last written in at once
         self.dirty = False
 
     def unsent(self) -> int:
@@ -259,6 +97,55 @@ class TransportWriter(Writer):
             # so the transport's buffer is the one read when the batch began.
             return self._base
         return self._transport.get_write_buffer_size()
+
+    def put(self, data: bytes) -> bool:
+        # Writer.put, inlined for the fan-out (per recipient): one buffer-size
+        # read per frame, and _admits only near the limit or an oversized item.
+        if self.aborted or not data:
+            return True
+        size = len(data)
+        limit = self.limit
+        if self._size:
+            backlog = self._size + self._base
+            if (
+                limit
+                and (backlog + size > limit or self._oversized_end > self._total - backlog)
+                and not self._admits(backlog, size)
+            ):
+                return self._final
+            self._chunks.append(data)
+            self._size += size
+            self._total += size
+            return True
+        transport = self._transport
+        buffered = transport.get_write_buffer_size()
+        if (
+            limit
+            and (buffered + size > limit or self._oversized_end > self._total - buffered)
+            and not self._admits(buffered, size)
+        ):
+            return self._final
+        flusher = self._flusher
+        if self.held or not flusher.direct or self._batch == flusher.batch:
+            self._base = buffered
+            self._chunks.append(data)
+            self._size = size
+            self._total += size
+            if not self.held and not self.dirty:
+                self.dirty = True
+                flusher.mark(self)
+            return True
+        self._total += size
+        if transport.is_closing():
+            return True
+        self._batch = flusher.batch
+        transport.write(data)
+        self._written += size
+        flusher.direct_bytes += size
+        flusher.direct_writes += 1
+        if not flusher.open:
+            flusher.begin()
+        return True
 
     def _queued(self) -> None:
         self._base = self._transport.get_write_buffer_size()
@@ -269,8 +156,17 @@ class TransportWriter(Writer):
     def write_now(self) -> int:
         """Hand the queue to the transport; the bytes written (the flusher calls this)."""
         self.dirty = False
-        data = self.take()
-        if not data or self.aborted or self._transport.is_closing():
+        flusher = self._flusher
+        chunks = self._chunks
+        flusher.frames += len(chunks)
+        if self._batch != flusher.batch:
+            flusher.writers += 1
+        if not chunks:
+            return 0
+        self._chunks = []
+        self._size = 0
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        if self.aborted or self._transport.is_closing():
             return 0
         self._transport.write(data)
         self._written += len(data)
