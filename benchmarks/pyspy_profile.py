@@ -46,7 +46,10 @@ RESULTS = servers.HERE / "results"
 COMPONENTS: list[tuple[str, tuple[str, ...]]] = [
     ("metrics (prometheus_client)", ("prometheus_client",)),
     # flusher path (92b9503+): one transport.write per dirty connection per batch
-    ("flush: Writer.take (join queued frames)", ("take (wschat/server/writer.py",)),
+    (
+        "flush: Writer.take (join queued frames)",
+        ("take (wschat/server/writer.py", "take (wschat/server/backlog.py"),
+    ),
     (
         "flush: transport.write (uvloop -> send(2), kernel loopback)",
         ("write_now (wschat/server/writer.py",),
@@ -60,9 +63,16 @@ COMPONENTS: list[tuple[str, tuple[str, ...]]] = [
         ("run (wschat/server/writer.py", "_send (wschat/server/writer.py"),
     ),
     # fan-out
+    # In direct mode (a batch's first frame goes to the transport at once) this
+    # includes uvloop's transport.write -> send(2): py-spy sees no frame in C.
     (
-        "fan-out: Writer.put",
-        ("put (wschat/server/writer.py", "_queued (wschat/server/writer.py", "set (anyio"),
+        "fan-out: Writer.put (direct mode: + transport.write, send(2))",
+        (
+            "put (wschat/server/writer.py",
+            "_queued (wschat/server/writer.py",
+            "wschat/server/backlog.py",
+            "set (anyio",
+        ),
     ),
     ("fan-out: PreparedMessage.frame", ("frame (wschat/hub/hub.py",)),
     ("fan-out: Peer.send", ("send (wschat/server/peer.py",)),
