@@ -365,13 +365,15 @@ def join_through(page: Page, proxy_port: int, username: str) -> None:
 
 def test_a_dropped_connection_says_why(new_page: OpenPage, shot: Shot) -> None:
     # 1 message/s, 3 at once, and 3 strikes over that before the server closes with 1008.
+    # 30 messages: even if a loaded machine spreads their sending over seconds, the
+    # refills cannot keep up and the strikes run out.
     with server_process("--rate", "1", "--burst", "3") as (_, port):
         alice = new_page("alice")
         join(alice, port, "alice")
         alice.evaluate(
             """() => {
                  const form = document.getElementById('send-form');
-                 for (let i = 0; i < 10; i++) {
+                 for (let i = 0; i < 30; i++) {
                    document.getElementById('message').value = `flood ${i}`;
                    form.requestSubmit();
                  }
