@@ -1,4 +1,4 @@
-"""Keepalive and write timeouts for every connection, from one task.
+"""Keepalive, write timeouts and close timeouts for every connection, from one task.
 
 One task that looks at every connection a few times a second costs far less
 than a pinger and a timer per connection (gorilla's chat runs a ticker per
