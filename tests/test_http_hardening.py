@@ -27,7 +27,12 @@ if HAVE_PLAYWRIGHT:
 if TYPE_CHECKING:
     from playwright.sync_api import ConsoleMessage
 
-from tests.browser_helpers import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
+from tests.browser_helpers import (  # noqa: E402
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    STEP_TIMEOUT_MS,
+    expect_member,
+)
 
 
 async def get(
@@ -195,20 +200,24 @@ def test_page_works_under_its_csp_which_blocks_injected_inline_code() -> None:
         if "Content Security Policy" in message.text:
             violations.append(message.text)
 
+    expect.set_options(timeout=STEP_TIMEOUT_MS)  # expect_member() uses the default
     with server_process() as (_, port), sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page()
-            page.set_default_timeout(5_000)
+            page.set_default_timeout(STEP_TIMEOUT_MS)
             page.on("console", on_console)
             page.goto(f"http://127.0.0.1:{port}/")
             page.fill("#username", "alice")
             page.click("#connect")
             # The WebSocket to the page's own host passes connect-src 'self'.
-            expect(page.locator("#status")).to_have_text("connected")
+            expect(page.locator("#status")).to_have_text("connected", timeout=STEP_TIMEOUT_MS)
+            expect_member(page, "alice")  # joined: a send before the join is kept, not sent
             page.fill("#message", "under CSP")
             page.click("#send")
-            expect(page.locator("#messages .message .text")).to_have_text(["under CSP"])
+            expect(page.locator("#messages .message .text")).to_have_text(
+                ["under CSP"], timeout=STEP_TIMEOUT_MS
+            )
             assert violations == []  # the page itself needs nothing the policy forbids
 
             # Markup injected despite the page's escaping still cannot run code.

@@ -393,7 +393,9 @@ class TestSlowConsumer:
                 for n in range(messages):
                     await readers[0].send(json.dumps({"username": "s", "message": f"{n}:{text}"}))
             assert all(got == list(range(messages)) for got in received)
-            await wait_members(server, 3)  # the non-reader is gone
+            # The non-reader is gone: its close frame cannot arrive, so it goes after the
+            # close timeout (1 s) and a watchdog tick; more on a loop the whole suite loads.
+            await wait_members(server, 3, timeout=15)
             metrics = server.metrics.render()
             assert b"wschat_slow_consumer_closes_total 1.0" in metrics
             for ws in readers:
