@@ -549,7 +549,7 @@ def test_name_and_length_rules_agree_with_the_server_and_are_explained(
         page.click("#connect")
         expect_status(page, "connected")
         # Connected comes before the room's join is answered; a send before it is kept, not sent.
-        page.wait_for_function("() => window.wschat.joined('lobby')")
+        expect_member(page, "alice")
         longest = "\U0001f600" * 4096  # 4,096 code points, 8,192 UTF-16 units
         page.fill("#message", longest)
         expect(page.locator("#counter")).to_have_text("4,096 of 4,096 characters.")
