@@ -182,7 +182,7 @@ def open_sidebar_if_narrow(page: Page) -> None:
 
 
 def join(page: Page, port: int, username: str, room: str = "lobby") -> None:
-    """Open the page, join ``room`` as ``username`` and wait for ``connected``."""
+    """Open the page, join ``room`` as ``username`` and wait until the page can send there."""
     page.goto(page_url(port))
     expect_status(page, "disconnected")
     open_sidebar_if_narrow(page)
@@ -191,6 +191,9 @@ def join(page: Page, port: int, username: str, room: str = "lobby") -> None:
     page.click("#connect")
     expect_status(page, "connected")
     expect_member(page, username)
+    # The member list can show the presence before the join's history arrives; until then
+    # the page keeps what is typed instead of sending it.
+    page.wait_for_function(f"window.wschat.joined({json.dumps(room)})", timeout=STEP_TIMEOUT_MS)
 
 
 def join_another(page: Page, room: str) -> None:
