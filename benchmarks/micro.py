@@ -232,10 +232,17 @@ class _IdleTransport:
         return default
 
 
+class _NoStream:
+    """What a Peer asks of its stream when it is told to stop reading: no socket here."""
+
+    def extra(self, attribute: Any, default: Any = None) -> Any:
+        return default
+
+
 async def _real_members(n: int) -> list[Any]:
     from wschat.server.flusher import Flusher
     from wschat.server.metrics import Metrics
-    from wschat.server.peer import Peer
+    from wschat.server.peer import Closings, Peer
     from wschat.server.ratelimit import TokenBucket
     from wschat.server.writer import TransportWriter
 
@@ -258,7 +265,8 @@ async def _real_members(n: int) -> list[Any]:
                 bucket=TokenBucket(0, 20, now),
                 strikes=TokenBucket(0, 20, now),
                 metrics=metrics,
-                close_timeout=5.0,
+                closings=Closings(5.0),
+                stream=_NoStream(),  # type: ignore[arg-type]
             )
         )
     return members

@@ -15,6 +15,11 @@ run.py, memory.py and pyspy_profile.py start these as the server ``wschat+VARIAN
     any transport that has ``write``, ``is_closing``, ``get_write_buffer_size``
     and ``abort``: the proposed one-line fix, measured before anyone edits wschat/.
 
+``batches``
+    Counts what each flusher batch carried (frames written at once, frames queued,
+    writes) and prints the totals to the server's log every second:
+    how well fan-outs batch under a load.
+
 ``trace``
     tracemalloc from start-up; SIGUSR1 takes a baseline snapshot, SIGUSR2 writes
     the allocations that grew since, by file and by line, to $WSCHAT_TRACE_FILE
@@ -77,14 +82,61 @@ def _install_tracing(path: str) -> None:
     signal.signal(signal.SIGUSR2, dump)
 
 
+def _install_batch_counts() -> None:
+    import threading
+    import time
+
+    from wschat.server import flusher as flusher_module
+
+    counts = {"batches": 0, "direct": 0, "queued": 0, "writes": 0}
+    original = flusher_module.Flusher.flush
+
+    def flush(self: Any) -> None:
+        if self._dirty or self.direct_writes:
+            counts["batches"] += 1
+            counts["direct"] += self.direct_writes
+            counts["writes"] += self.direct_writes
+        original(self)
+
+    from wschat.server import writer as writer_module
+
+    write_now = writer_module.TransportWriter.write_now
+
+    def counted_write_now(self: Any) -> int:
+        if self._chunks:
+            counts["queued"] += len(self._chunks)
+            counts["writes"] += 1
+        return write_now(self)
+
+    writer_module.TransportWriter.write_now = counted_write_now  # type: ignore[method-assign]
+    flusher_module.Flusher.flush = flush  # type: ignore[method-assign]
+
+    def report() -> None:
+        while True:
+            time.sleep(1)
+            c = dict(counts)
+            frames = c["direct"] + c["queued"]
+            print(
+                f"batches: {c['batches']} batches, {frames} frames, {c['writes']} writes "
+                f"({frames / max(c['writes'], 1):.2f} frames/write, "
+                f"{c['direct'] / max(frames, 1):.0%} written at once)",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    threading.Thread(target=report, daemon=True).start()
+
+
 def main() -> int:
     variant, argv = sys.argv[1], sys.argv[2:]
     if variant == "duck":
         _install_duck()
+    elif variant == "batches":
+        _install_batch_counts()
     elif variant == "trace":
         _install_tracing(os.environ.get("WSCHAT_TRACE_FILE", "tracemalloc.txt"))
     else:
-        raise SystemExit(f"unknown variant {variant!r}: duck or trace")
+        raise SystemExit(f"unknown variant {variant!r}: duck, batches or trace")
     return cli.main(argv)
 
 
