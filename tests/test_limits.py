@@ -7,6 +7,7 @@ both the answer the bad client gets and that the good ones lose nothing.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import socket
@@ -442,6 +443,34 @@ class TestChurn:
             assert await server.call(server.hub.backend.presence, "lobby") == []
             assert await server.call(count_tasks) <= tasks_before
             assert len(os.listdir("/proc/self/fd")) <= fds_before + 2
+
+    async def test_closed_connections_are_freed_without_the_cycle_collector(self) -> None:
+        # Whatever a connection holds must go when it closes, by reference counting: left
+        # to the cyclic collector, thousands of closed connections pile up until a full
+        # collection, which stalls every other connection for as long as it takes.
+        server_types = {"Peer", "TransportWriter", "TaskWriter", "ServerConnection", "ChatSession"}
+        async with running_server() as server:
+            gc.collect()
+            gc.disable()
+            try:
+                for cycle in range(20):
+                    ws = await connect(ws_url(server) + "?room=lobby")
+                    await ws.send(json.dumps({"username": f"u{cycle}", "message": "hi"}))
+                    await recv_type(ws, "message")
+                    if cycle % 2:
+                        rst(ws)
+                    else:
+                        await ws.close()
+                await wait_members(server, 0)
+                await anyio.sleep(0.2)
+                gc.set_debug(gc.DEBUG_SAVEALL)
+                gc.collect()
+                left = sorted({type(o).__name__ for o in gc.garbage} & server_types)
+            finally:
+                gc.set_debug(0)
+                gc.garbage.clear()
+                gc.enable()
+            assert left == []
 
 
 class TestDrainAndHealth:

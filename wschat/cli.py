@@ -30,6 +30,7 @@ from .serve_options import (
     settings_from_args,
 )
 from .server import Server, ServerConfig
+from .server.collector import tune_collector
 from .server.descriptors import connection_cap, raise_open_file_limit
 from .startup import StartupError, check_before_serving, describe_startup_failure
 
@@ -62,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
 async def run_server(app: App, on_ready: Callable[[], None] | None = None) -> None:
     """Serve ``app`` until SIGINT or SIGTERM, then drain gracefully.
 
+    Once the server listens, the garbage collector is set for many connections
+    (:func:`~wschat.server.collector.tune_collector`), before ``on_ready``.
+
     Args:
         app: The application (its ``config`` holds the server settings).
         on_ready: Called once the server listens (and its hub is connected).
@@ -85,6 +89,7 @@ async def run_server(app: App, on_ready: Callable[[], None] | None = None) -> No
                 if line is None:
                     raise
                 raise StartupError(line) from None
+            tune_collector()
             if on_ready is not None:
                 on_ready()
             if server.metrics.shared:

@@ -20,6 +20,10 @@ run.py, memory.py and pyspy_profile.py start these as the server ``wschat+VARIAN
     writes) and prints the totals to the server's log every second:
     how well fan-outs batch under a load.
 
+``gcstats``
+    Times every garbage collection (gc.callbacks) and prints, every second, how many
+    of each generation ran and the longest pause: does the collector stall the loop?
+
 ``trace``
     tracemalloc from start-up; SIGUSR1 takes a baseline snapshot, SIGUSR2 writes
     the allocations that grew since, by file and by line, to $WSCHAT_TRACE_FILE
@@ -127,16 +131,59 @@ def _install_batch_counts() -> None:
     threading.Thread(target=report, daemon=True).start()
 
 
+def _install_gc_stats() -> None:
+    import gc
+    import threading
+    import time
+
+    started: list[float] = [0.0]
+    runs = [0, 0, 0]
+    longest = [0.0, 0.0, 0.0]
+    total = [0.0]
+
+    def timed(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            started[0] = time.perf_counter()
+            return
+        generation = info["generation"]
+        pause = time.perf_counter() - started[0]
+        runs[generation] += 1
+        longest[generation] = max(longest[generation], pause)
+        total[0] += pause
+        if generation == 2:
+            print(
+                f"gc: full collection {pause * 1e3:.1f} ms, {info['collected']} collected",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    gc.callbacks.append(timed)
+
+    def report() -> None:
+        while True:
+            time.sleep(1)
+            print(
+                f"gc: runs {runs} longest ms {[round(x * 1e3, 1) for x in longest]} "
+                f"total ms {total[0] * 1e3:.0f}",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    threading.Thread(target=report, daemon=True).start()
+
+
 def main() -> int:
     variant, argv = sys.argv[1], sys.argv[2:]
     if variant == "duck":
         _install_duck()
     elif variant == "batches":
         _install_batch_counts()
+    elif variant == "gcstats":
+        _install_gc_stats()
     elif variant == "trace":
         _install_tracing(os.environ.get("WSCHAT_TRACE_FILE", "tracemalloc.txt"))
     else:
-        raise SystemExit(f"unknown variant {variant!r}: duck, batches or trace")
+        raise SystemExit(f"unknown variant {variant!r}: duck, batches, gcstats or trace")
     return cli.main(argv)
 
 

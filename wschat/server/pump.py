@@ -197,6 +197,9 @@ class ConnectionPump:
             )
             with anyio.CancelScope(shield=True):
                 await self._leave_hub(peer)
+            # Nothing reads any more. Peer -> writer -> on_abort -> Peer is a cycle:
+            # broken, the connection is freed at once instead of by a full collection.
+            writer.on_abort = None
         if polite:
             # Gone from the room already; the TCP goodbye has the close timeout.
             await _half_close(stream, anyio.current_time() + self.config.close_timeout)
