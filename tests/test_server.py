@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 import struct
 from typing import Any
@@ -110,6 +111,44 @@ class TestChat:
             for ws in (alice, bob):
                 event = await recv_type(ws, "message")
                 assert (event["username"], event["message"], event["seq"]) == ("bob", "hi alice", 2)
+
+    async def test_bytes_out_counts_every_frame_delivered(self) -> None:
+        # Frames written at once and frames flushed in batches are both counted, exactly.
+        async with running_server() as server:
+            clients = [await connect(ws_url(server)) for _ in range(3)]
+            for index, ws in enumerate(clients):
+                await join(ws, "lobby", f"u{index}")
+            delivered = 0
+
+            def frame_size(text: str | bytes) -> int:
+                payload = len(text.encode() if isinstance(text, str) else text)
+                return payload + (2 if payload < 126 else 4)  # the server does not mask
+
+            async def bytes_out_when_settled() -> float:
+                # Once each client has this message, it has everything sent before it.
+                nonlocal delivered
+                marker = json.dumps({"type": "message", "room": "lobby", "message": "."})
+                await clients[0].send(marker)
+                for ws in clients:
+                    while True:
+                        text = await ws.recv()
+                        delivered += frame_size(text)
+                        if json.loads(text).get("message") == ".":
+                            break
+                text = server.metrics.render().decode()
+                found = re.search(r"^wschat_bytes_out_total (\S+)$", text, re.M)
+                assert found is not None
+                return float(found[1])
+
+            before = await bytes_out_when_settled()
+            delivered = 0
+            for n in range(20):
+                message = {"type": "message", "room": "lobby", "message": f"m{n} " * (3 * n)}
+                await clients[0].send(json.dumps(message))  # one sender: in order before the marker
+            after = await bytes_out_when_settled()
+            assert after - before == delivered
+            for ws in clients:
+                await ws.close()
 
     async def test_seed_format_client_without_join(self) -> None:
         async with (

@@ -96,10 +96,10 @@ def _install_batch_counts() -> None:
     original = flusher_module.Flusher.flush
 
     def flush(self: Any) -> None:
-        if self._dirty or self.direct_writes:
+        if self._dirty or self.written_at_once:
             counts["batches"] += 1
-            counts["direct"] += self.direct_writes
-            counts["writes"] += self.direct_writes
+            counts["direct"] += len(self.written_at_once)
+            counts["writes"] += len(self.written_at_once)
         original(self)
 
     from wschat.server import writer as writer_module

@@ -83,10 +83,8 @@ class Flusher:
         self._wakeup: anyio.Event | None = None
         self.open = False
         """Whether a batch has begun (and the flusher is to run to end it)."""
-        self.direct_bytes = 0
-        """Bytes written at once in this batch (by writers, which count them here)."""
-        self.direct_writes = 0
-        """Frames written at once in this batch."""
+        self.written_at_once: list[bytes] = []
+        """The frames written at once in this batch (by writers, which list them here)."""
         # Connections touched by batches of about one frame each since the last
         # batch of several, and how many turn direct mode on again.
         self._singles = self._singles_wanted = 0
@@ -120,7 +118,11 @@ class Flusher:
     def flush(self) -> None:
         """Write every dirty connection's queue now; end the batch."""
         dirty, self._dirty = self._dirty, []
-        written = self.direct_bytes
+        at_once = self.written_at_once
+        direct_writes = len(at_once)
+        written = sum(map(len, at_once)) if direct_writes else 0
+        if direct_writes:
+            self.written_at_once = []
         for writer in dirty:
             try:
                 written += writer.write_now()
@@ -130,8 +132,8 @@ class Flusher:
             self._count_bytes(written)
         if dirty:
             # Frames per connection touched this batch, written at once or queued.
-            frames = self.direct_writes + self.frames
-            touched = self.direct_writes + self.writers
+            frames = direct_writes + self.frames
+            touched = direct_writes + self.writers
             if 2 * frames > 3 * touched:
                 self.direct = False
                 self._singles = 0
@@ -146,7 +148,7 @@ class Flusher:
                 self.direct = False
             self._ended = now
         self.batch += 1
-        self.frames = self.writers = self.direct_writes = self.direct_bytes = 0
+        self.frames = self.writers = 0
         self.open = False
 
     def _failed(self, writer: Flushable, exc: Exception) -> None:

@@ -240,7 +240,7 @@ class ConnectionPump:
         transport = direct_transport(stream) if self.direct_writes else None
         if transport is not None:
             return TransportWriter(limit, transport, self.flusher)
-        return TaskWriter(limit, stream)
+        return TaskWriter(limit, stream, self.metrics.bytes_out.inc)
 
     async def _enter(self, peer: Peer, room: str) -> None:
         """Enter the URL room, then release the writer (the 101 and the room's first events)."""
