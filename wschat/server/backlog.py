@@ -140,7 +140,7 @@ class Writer:
             backlog, size = self._size + self.unsent(), len(data)
             # _admits only near the limit or behind an oversized item.
             if (
-                backlog + size > limit or self._oversized_end > self._total - backlog
+                backlog + size > limit or self._oversized_end + backlog > self._total
             ) and not self._admits(backlog, size):
                 return self._final
         self._append(data)

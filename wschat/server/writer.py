@@ -114,7 +114,7 @@ class TransportWriter(Writer):
             backlog = self._size + self._base
             if (
                 limit
-                and (backlog + size > limit or self._oversized_end > self._total - backlog)
+                and (backlog + size > limit or self._oversized_end + backlog > self._total)
                 and not self._admits(backlog, size)
             ):
                 return self._final
@@ -126,7 +126,7 @@ class TransportWriter(Writer):
         buffered = transport.get_write_buffer_size()
         if (
             limit
-            and (buffered + size > limit or self._oversized_end > self._total - buffered)
+            and (buffered + size > limit or self._oversized_end + buffered > self._total)
             and not self._admits(buffered, size)
         ):
             return self._final
