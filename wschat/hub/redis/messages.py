@@ -12,11 +12,18 @@ by the time Redis stored each) and publishes ``{seq}|{epoch}|{json}`` on the
 room's channel. Presence events travel on the same channel as ``|{json}``, so
 they are ordered with messages, and relayed ephemeral events (``typing``) as
 ``R{origin}|{json}``. A retry of an id already published returns the
-original position and publishes nothing.
+original position and publishes nothing. Publishes go through the node's
+:class:`~.pipeline.Pipelines` with every other command: all that queued during
+a round trip go to the room's shard as one pipeline, in the order they were
+queued (``publish_soon`` queues one without waiting), so one sender's messages
+keep their order and a burst of them is one round trip.
 
 Delivery. A node holds one pub/sub connection per shard (one Redis: one; a
 Cluster: one per master it has rooms on), each read by one task, so a room's
-events reach the node in the order Redis published them. For each subscribed
+events reach the node in the order Redis published them. The reader hands the
+Hub every message redis-py has already buffered before it yields (a buffered
+reply is parsed without awaiting the socket), so a read of many messages is
+one batch for the server's flusher: one write per member. For each subscribed
 room the node remembers the last position it delivered. Before subscribing it
 reads the room's position (the baseline); when Redis confirms a subscription
 (first time, after a reconnect, or after the room moved to another shard) and

@@ -13,6 +13,11 @@ else's. (Through ``RedisCluster.execute_command`` a CLUSTERDOWN answer from a
 restarting master resets the client's connections to every master, failing
 commands in flight on the healthy ones.)
 
+The backend's commands go through :class:`~.pipeline.Pipelines`, one
+pipeline at a time per shard on a client of that shard (:meth:`client`); the
+commands below (and :meth:`execute`) run one by one, for what runs before the
+backend starts or after it stops.
+
 Commands are never retried by redis-py: a publish whose reply was lost may
 have run, so retrying it blindly could publish twice (a message with an id may
 be retried: the backend returns the original position).
