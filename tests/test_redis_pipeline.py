@@ -300,3 +300,20 @@ async def test_redis_down_fails_every_queued_publish_and_later_ones_work() -> No
             assert recorder.seqs("lobby") == list(range(1, 51))
             await backend.aclose()
             group.cancel_scope.cancel()
+
+
+async def test_a_burst_of_subscriptions_is_filled_in_a_few_round_trips(redis_nodes: Nodes) -> None:
+    backend, recorder = await redis_nodes.new()
+    assert isinstance(backend, RedisBackend)
+    rooms = [f"burst{n}" for n in range(300)]
+    before = backend.commands.pipelines
+    async with anyio.create_task_group() as group:
+        for room in rooms:  # as 300 clients joining their rooms at once
+            group.start_soon(backend.subscribe, room)
+    # Baselines, then the reads after Redis confirmed, share pipelines: not one each.
+    assert backend.commands.pipelines - before < 60
+    results: dict[str, Result] = {}
+    for room in rooms:
+        queue(backend, room, said(room, 0), results)
+    await results_of(len(rooms), results)
+    await recorder.wait(lambda: all(recorder.seqs(room) == [1] for room in rooms))

@@ -15,8 +15,9 @@ Rooms shared by many nodes, on one Redis or on a Redis Cluster. The parts:
 
 Failures: commands are never retried by redis-py; a publish that fails raises
 (or answers ``publish_soon`` with) :class:`~wschat.hub.BackendUnavailable` (a
-message with an id may be retried safely). Readers reconnect with exponential backoff (50 ms to 1 s), resubscribe
-and fill the gaps; presence changes that fail are made once Redis answers again.
+message with an id may be retried safely). Readers reconnect with exponential
+backoff (50 ms to 1 s), resubscribe and fill the gaps; presence changes that
+fail are made once Redis answers again.
 redis-py's asyncio client runs on asyncio (and uvloop), not on trio.
 """
 
