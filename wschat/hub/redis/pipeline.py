@@ -25,6 +25,11 @@ they mean the command did not run:
 - MOVED (a Cluster slot that moved): the slot map is read again and the
   command queued at the head of its new owner's queue.
 
+Both keep a room's order unless the answer changes in the middle of a
+pipeline: another client loading the script (or the slot finishing its move)
+between two of its commands lets the later one run first. Seqs stay unique and
+gap-free either way (Redis assigns them).
+
 Before the backend starts and after it stops (the goodbye that removes this
 node's presence), commands run one by one on the topology's clients.
 """
