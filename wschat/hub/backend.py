@@ -110,6 +110,9 @@ class History:
 Deliver = Callable[[str, Delivery], None]
 """The Hub's callback for room events: ``deliver(room, delivery)``. Never blocks."""
 
+PublishDone = Callable[["Position | BackendUnavailable"], None]
+"""Called once with a queued publish's position, or the error that refused it."""
+
 
 class BackendError(Exception):
     """Base class of backend errors."""
@@ -162,6 +165,12 @@ class Backend(Protocol):
         Raises:
             BackendUnavailable: The message was not published.
         """
+
+    # A backend whose publish waits for a round trip may also offer
+    # ``publish_soon(room, message, done: PublishDone) -> None``: the same
+    # publish, queued without waiting (a room's in the order queued), ``done``
+    # called with the position or the BackendUnavailable. The Hub's ``say_soon``
+    # uses it; a backend without it (memory: publish never suspends) is awaited.
 
     async def history(self, room: str, since: Position | None) -> History:
         """Messages after ``since`` (None: the latest retained window).

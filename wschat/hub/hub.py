@@ -41,7 +41,7 @@ from ..chat import (
     presence_event,
 )
 from ..protocol import MessageDeflater, encode_text_frame
-from .backend import Backend, BackendError, ChatMessage, Delivery
+from .backend import Backend, BackendError, ChatMessage, Delivery, PublishDone
 
 logger = logging.getLogger("wschat.hub")
 
@@ -293,6 +293,30 @@ class Hub:
             username, message, format_time(self._clock()), message_id, name, server
         )
         return await self.backend.publish(room, stamped)
+
+    @property
+    def pipelined(self) -> bool:
+        """Whether :meth:`say_soon` queues without waiting (the backend has ``publish_soon``)."""
+        return hasattr(self.backend, "publish_soon")
+
+    def say_soon(
+        self,
+        room: str,
+        username: str,
+        message: str,
+        message_id: str | None,
+        done: PublishDone,
+        *,
+        name: str | None = None,
+    ) -> None:
+        """:meth:`say` without waiting, on a :attr:`pipelined` backend; never blocks.
+
+        ``done`` is called once (maybe before this returns) with the position,
+        or with the :class:`~wschat.hub.BackendUnavailable` that refused it. A
+        room's messages are published in the order of these calls.
+        """
+        stamped = ChatMessage(username, message, format_time(self._clock()), message_id, name)
+        self.backend.publish_soon(room, stamped, done)  # type: ignore[attr-defined]
 
     async def relay(self, room: str, payload: bytes, exclude: Member) -> None:
         """Relay an ephemeral event (e.g. ``typing``) to ``room``'s members on every node.

@@ -20,9 +20,11 @@ from ..backend import (
     Deliver,
     Delivery,
     History,
+    PublishDone,
 )
 from .keys import room_key
 from .messages import Limits, Messages
+from .pipeline import Pipelines
 from .presence import Presence
 from .topology import CLUSTER_SCHEME, FAILURES, ClusterRedis, SingleRedis, Topology
 
@@ -93,9 +95,14 @@ class RedisBackend:
         self.topology: Topology = (
             ClusterRedis(url) if urlsplit(url).scheme == CLUSTER_SCHEME else SingleRedis(url)
         )
-        self._messages = Messages(self.topology, self.limits, self._emit, self._resubscribed)
+        self.commands = Pipelines(self.topology)
+        """Every command to Redis goes here: one pipeline per round trip per shard."""
+        self._messages = Messages(
+            self.topology, self.commands, self.limits, self._emit, self._resubscribed
+        )
         self._presence = Presence(
             self.topology,
+            self.commands,
             self.node_id,
             presence_ttl,
             self.limits,
@@ -144,6 +151,7 @@ class RedisBackend:
             self._scope.cancel()
             with anyio.move_on_after(_CLOSE_TIMEOUT, shield=True):
                 await self._stopped.wait()
+        self.commands.stop()  # the goodbye's commands run on their own
         with anyio.move_on_after(_CLOSE_TIMEOUT, shield=True):
             await self._presence.goodbye()
         with anyio.move_on_after(_CLOSE_TIMEOUT, shield=True):
@@ -158,6 +166,7 @@ class RedisBackend:
                     group.start_soon(self._presence.run, name="wschat redis presence")
                     task_status.started()
         finally:
+            self.commands.stop()
             self._stopped.set()
 
     def _emit(self, room: str, delivery: Delivery) -> None:
@@ -204,6 +213,18 @@ class RedisBackend:
         if self._closed:
             raise BackendUnavailable("the Redis backend is closed")
         return await self._messages.publish(room, message)
+
+    def publish_soon(self, room: str, message: ChatMessage, done: PublishDone) -> None:
+        """:meth:`publish` without waiting: queued for the room's shard's next pipeline.
+
+        ``done`` is called once (maybe before this returns) with the position,
+        or with :class:`~wschat.hub.BackendUnavailable`. Publishes to a room
+        run in the order they were queued.
+        """
+        if self._closed:
+            done(BackendUnavailable("the Redis backend is closed"))
+            return
+        self._messages.publish_soon(room, message, done)
 
     async def relay(self, room: str, payload: bytes, origin: str) -> None:
         """Deliver an ephemeral event to every node subscribed to ``room`` (no seq, no history).

@@ -12,11 +12,18 @@ by the time Redis stored each) and publishes ``{seq}|{epoch}|{json}`` on the
 room's channel. Presence events travel on the same channel as ``|{json}``, so
 they are ordered with messages, and relayed ephemeral events (``typing``) as
 ``R{origin}|{json}``. A retry of an id already published returns the
-original position and publishes nothing.
+original position and publishes nothing. Publishes go through the node's
+:class:`~.pipeline.Pipelines` with every other command: all that queued during
+a round trip go to the room's shard as one pipeline, in the order they were
+queued (``publish_soon`` queues one without waiting), so one sender's messages
+keep their order and a burst of them is one round trip.
 
 Delivery. A node holds one pub/sub connection per shard (one Redis: one; a
 Cluster: one per master it has rooms on), each read by one task, so a room's
-events reach the node in the order Redis published them. For each subscribed
+events reach the node in the order Redis published them. The reader hands the
+Hub every message redis-py has already buffered before it yields (a buffered
+reply is parsed without awaiting the socket), so a read of many messages is
+one batch for the server's flusher: one write per member. For each subscribed
 room the node remembers the last position it delivered. Before subscribing it
 reads the room's position (the baseline); when Redis confirms a subscription
 (first time, after a reconnect, or after the room moved to another shard) and
@@ -42,13 +49,22 @@ import logging
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import anyio
 from anyio.abc import TaskGroup
 
 from ...chat import Position
-from ..backend import BackendUnavailable, ChatMessage, Delivery, History, message_payload
+from ..backend import (
+    BackendUnavailable,
+    ChatMessage,
+    Delivery,
+    History,
+    PublishDone,
+    message_payload,
+)
 from . import keys, scripts
+from .pipeline import Pipelines
 from .reader import ShardReader
 from .topology import COMMAND_TIMEOUT, FAILURES, Topology
 
@@ -84,6 +100,14 @@ def split_message(room: str, message: ChatMessage) -> tuple[bytes, bytes]:
     return head + b'"seq":', tail
 
 
+def _position(reply: Any) -> Position | BackendUnavailable:
+    """The publish script's reply (or the error that answered it) as what a sender learns."""
+    if isinstance(reply, Exception):
+        return BackendUnavailable(f"Redis did not take the message: {reply}")
+    seq, epoch, _ = reply
+    return Position(epoch.decode(), int(seq))
+
+
 @dataclass(frozen=True, slots=True)
 class Limits:
     """What a room keeps in Redis, in the units the scripts take (ms)."""
@@ -100,6 +124,7 @@ class Messages:
 
     Args:
         topology: One Redis or a Cluster.
+        commands: Where the commands go (pipelined per shard).
         limits: History, idle and dedup bounds.
         emit: Called with every event to deliver (never blocks).
         resubscribed: Called with a room whose subscription came back after a
@@ -109,11 +134,13 @@ class Messages:
     def __init__(
         self,
         topology: Topology,
+        commands: Pipelines,
         limits: Limits,
         emit: Callable[[str, Delivery], None],
         resubscribed: Callable[[str], None],
     ) -> None:
         self.topology = topology
+        self.commands = commands
         self.limits = limits
         self._emit = emit
         self._resubscribed = resubscribed
@@ -124,10 +151,26 @@ class Messages:
         """How many times a pub/sub connection was re-established."""
 
     def start(self, group: TaskGroup) -> None:
-        """Start readers in ``group`` from now on."""
+        """Start readers and pipelines in ``group`` from now on."""
         self._group = group
+        self.commands.start(group)
 
     # -- publish and history -----------------------------------------------------
+
+    def publish_soon(self, room: str, message: ChatMessage, done: PublishDone) -> None:
+        """Queue the publish for the room's shard's next pipeline; never blocks.
+
+        ``done`` is called once with the position, or with
+        :class:`BackendUnavailable` when Redis did not take the message (or did
+        not say). A room's publishes run in the order they were queued.
+        """
+
+        def finished(reply: Any) -> None:
+            done(_position(reply))
+
+        room_keys, args = self._publish_args(room, message)
+        command = ("EVALSHA", scripts.PUBLISH.sha, len(room_keys), *room_keys, *args)
+        self.commands.submit(room_keys[0], command, finished)
 
     async def publish(self, room: str, message: ChatMessage) -> Position:
         """Assign the next position, store the message and publish it, atomically.
@@ -135,29 +178,32 @@ class Messages:
         Raises:
             BackendUnavailable: Redis did not take the message (or did not say).
         """
+        try:
+            reply = await scripts.PUBLISH(self.commands, *self._publish_args(room, message))
+        except FAILURES as exc:
+            reply = exc
+        position = _position(reply)
+        if isinstance(position, BackendUnavailable):
+            raise position
+        return position
+
+    def _publish_args(self, room: str, message: ChatMessage) -> tuple[list[str], list[Any]]:
+        """The publish script's keys and arguments."""
         head, tail = split_message(room, message)
         limits = self.limits
-        try:
-            seq, epoch, _ = await scripts.PUBLISH(
-                self.topology.commands,
-                keys.message_keys(room),
-                [
-                    secrets.token_hex(6),
-                    head,
-                    tail,
-                    limits.history_size,
-                    limits.history_ttl_ms,
-                    limits.idle_ms,
-                    keys.channel(room),
-                    self.topology.publish_command,
-                    keys.identity(message.username, message.id) if message.id else "",
-                    limits.dedup_ms,
-                    limits.dedup_size,
-                ],
-            )
-        except FAILURES as exc:
-            raise BackendUnavailable(f"Redis did not take the message: {exc}") from exc
-        return Position(epoch.decode(), int(seq))
+        return keys.message_keys(room), [
+            secrets.token_hex(6),
+            head,
+            tail,
+            limits.history_size,
+            limits.history_ttl_ms,
+            limits.idle_ms,
+            keys.channel(room),
+            self.topology.publish_command,
+            keys.identity(message.username, message.id) if message.id else "",
+            limits.dedup_ms,
+            limits.dedup_size,
+        ]
 
     async def relay(self, room: str, payload: bytes, origin: str) -> None:
         """Publish an ephemeral event on the room's channel: no seq, no history.
@@ -167,7 +213,7 @@ class Messages:
         """
         data = _RELAY_MARK + origin.encode() + b"|" + payload
         try:
-            await self.topology.publish(keys.channel(room), data)
+            await self.commands.publish(keys.channel(room), data)
         except FAILURES as exc:
             raise BackendUnavailable(f"Redis did not relay the event: {exc}") from exc
 
@@ -180,7 +226,7 @@ class Messages:
         means Redis lost writes and the room gets a new epoch.
         """
         reply = await scripts.READ(
-            self.topology.commands,
+            self.commands,
             keys.message_keys(room),
             [
                 secrets.token_hex(6),
@@ -263,7 +309,7 @@ class Messages:
     async def baseline(self, room: str, state: Room) -> None:
         """Record the room's position before subscribing: later messages get delivered."""
         meta = keys.room_key(room, "meta")
-        epoch, seq = await self.topology.commands.hmget(meta, ["epoch", "seq"])
+        epoch, seq = await self.commands.hmget(meta, ["epoch", "seq"])
         if state.epoch is None:
             state.epoch = epoch.decode() if isinstance(epoch, bytes) else ""
             state.seq = int(seq) if seq is not None else 0

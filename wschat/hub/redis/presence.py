@@ -42,6 +42,7 @@ from ...chat import membership_event, presence_event
 from ..backend import BackendUnavailable, Delivery
 from . import keys, scripts
 from .messages import Limits
+from .pipeline import Pipelines
 from .topology import FAILURES, Topology
 
 # Room heartbeats sent at once (each one round trip): enough to hide latency,
@@ -56,6 +57,7 @@ class Presence:
 
     Args:
         topology: One Redis or a Cluster.
+        commands: Where the commands go (pipelined per shard).
         node_id: This node's name in presence.
         ttl: Seconds a node's connections count after its last heartbeat.
         limits: The room bounds (the heartbeat keeps a subscribed room alive).
@@ -66,6 +68,7 @@ class Presence:
     def __init__(
         self,
         topology: Topology,
+        commands: Pipelines,
         node_id: str,
         ttl: float,
         limits: Limits,
@@ -73,6 +76,7 @@ class Presence:
         subscribed: Callable[[], Iterable[str]],
     ) -> None:
         self.topology = topology
+        self.commands = commands
         self.node_id = node_id
         self.interval = ttl / 3
         self._ttl_ms = max(1, round(ttl * 1000))
@@ -99,7 +103,7 @@ class Presence:
         self._versions[room] += 1
         try:
             alive = await scripts.PRESENCE_JOIN(
-                self.topology.commands,
+                self.commands,
                 keys.presence_keys(room),
                 [
                     self.node_id,
@@ -136,7 +140,7 @@ class Presence:
                 self._versions.pop(room, None)
         try:
             await scripts.PRESENCE_LEAVE(
-                self.topology.commands,
+                self.commands,
                 keys.presence_keys(room),
                 [
                     conn_id,
@@ -158,7 +162,7 @@ class Presence:
         """
         conns, _, leases = keys.presence_keys(room)
         try:
-            names = await scripts.PRESENCE_LIST(self.topology.commands, [conns, leases], [])
+            names = await scripts.PRESENCE_LIST(self.commands, [conns, leases], [])
         except FAILURES as exc:
             raise BackendUnavailable(f"cannot read presence of {room!r}: {exc}") from exc
         return sorted(name.decode() for name in names)
@@ -228,7 +232,7 @@ class Presence:
             if shard in down:
                 return  # one failure per shard and pass is enough
             alive = await scripts.ROOM_BEAT(
-                self.topology.commands,
+                self.commands,
                 [
                     keys.room_key(room, "meta"),
                     keys.room_key(room, "history"),
@@ -284,7 +288,7 @@ class Presence:
                 membership_event("joined", room, username),
                 membership_event("left", room, username),
             ]
-        await scripts.PRESENCE_HEAL(self.topology.commands, keys.presence_keys(room), args)
+        await scripts.PRESENCE_HEAL(self.commands, keys.presence_keys(room), args)
         self.heals += 1
 
     async def goodbye(self) -> None:

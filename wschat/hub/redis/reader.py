@@ -36,6 +36,8 @@ _RECONNECT_MAX = 1.0
 # after two unanswered intervals (TCP keepalive alone takes minutes).
 _PING_INTERVAL = 5.0
 _CLOSE_TIMEOUT = 2.0
+# Subscription confirmations filled together (their reads share a pipeline).
+_FILL_BATCH = 1000
 
 
 class ShardReader:
@@ -132,12 +134,21 @@ class ShardReader:
                 await messages.reroute(self)
 
     async def _consume(self, pubsub: PubSub) -> None:
-        """Deliver pub/sub messages until the connection fails."""
+        """Deliver pub/sub messages until the connection fails.
+
+        A message redis-py has already buffered is parsed without awaiting the
+        socket, so a read of many messages reaches the Hub before this task
+        yields: one batch for the server's flusher.
+        """
         messages = self.messages
         rooms = self.rooms
         silent = 0
+        following: dict[str, Any] | None = None
         while True:
-            msg: dict[str, Any] | None = await pubsub.get_message(timeout=_PING_INTERVAL)
+            msg: dict[str, Any] | None = following
+            following = None
+            if msg is None:
+                msg = await pubsub.get_message(timeout=_PING_INTERVAL)
             if msg is None:
                 silent += 1
                 if silent > 2:
@@ -152,10 +163,7 @@ class ShardReader:
                 if state is not None:
                     await messages.on_event(room, state, msg["data"])
             elif kind == self._subscribed_kind:
-                room = keys.room_of_channel(msg["channel"])
-                state = rooms.get(room)
-                if state is not None and state.epoch is not None:
-                    await messages.on_subscribed(room, state)
+                following = await self._subscribed(pubsub, msg)
             elif kind == "sunsubscribe":
                 name: bytes = msg["channel"]
                 if self._unsubscribing[name] > 0:
@@ -165,3 +173,40 @@ class ShardReader:
                 elif keys.room_of_channel(name) in rooms:
                     # Redis dropped the subscription itself: the slot moved.
                     raise RedisConnectionError(f"{name.decode()} moved to another shard")
+
+    async def _subscribed(self, pubsub: PubSub, first: dict[str, Any]) -> dict[str, Any] | None:
+        """Fill every room whose confirmation is in this read, together.
+
+        A burst of joins confirms hundreds of subscriptions at once; filling
+        them one after another would cost a round trip each. The
+        confirmations that follow ``first`` in redis-py's buffer are taken
+        too, up to the first other message (returned: it is handled after
+        the fills, so every room's events stay in order), and the rooms'
+        reads share the next pipeline.
+        """
+        batch = {keys.room_of_channel(first["channel"])}
+        following: dict[str, Any] | None = None
+        while len(batch) < _FILL_BATCH:
+            msg: dict[str, Any] | None = await pubsub.get_message(timeout=0)
+            if msg is None:
+                break
+            if msg["type"] != self._subscribed_kind:
+                following = msg
+                break
+            batch.add(keys.room_of_channel(msg["channel"]))
+        failures: list[Exception] = []
+
+        async def fill(room: str, state: Room) -> None:
+            try:
+                await self.messages.on_subscribed(room, state)
+            except FAILURES as exc:
+                failures.append(exc)
+
+        async with anyio.create_task_group() as group:
+            for room in batch:
+                state = self.rooms.get(room)
+                if state is not None and state.epoch is not None:
+                    group.start_soon(fill, room, state)
+        if failures:
+            raise failures[0]
+        return following

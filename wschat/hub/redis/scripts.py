@@ -37,7 +37,9 @@ class Script:
     async def __call__(self, client: Any, keys: list[str], args: list[Any]) -> Any:
         """Run with ``keys`` (every key the script touches) and ``args`` on ``client``.
 
-        ``client`` is a ``redis.asyncio`` Redis or RedisCluster.
+        ``client`` is a ``redis.asyncio`` Redis, the Cluster's commands, or
+        the backend's :class:`~.pipeline.Pipelines` (which answers NOSCRIPT
+        itself inside a pipeline).
         """
         try:
             return await client.evalsha(self.sha, len(keys), *keys, *args)
@@ -52,3 +54,17 @@ PRESENCE_LEAVE = Script("presence_leave")
 PRESENCE_LIST = Script("presence_list")
 PRESENCE_HEAL = Script("presence_heal")
 ROOM_BEAT = Script("room_beat")
+
+BY_SHA = {
+    script.sha: script
+    for script in (
+        PUBLISH,
+        READ,
+        PRESENCE_JOIN,
+        PRESENCE_LEAVE,
+        PRESENCE_LIST,
+        PRESENCE_HEAL,
+        ROOM_BEAT,
+    )
+}
+"""Every script by its SHA1 (a pipeline sends one that got NOSCRIPT again with EVAL)."""

@@ -13,6 +13,11 @@ else's. (Through ``RedisCluster.execute_command`` a CLUSTERDOWN answer from a
 restarting master resets the client's connections to every master, failing
 commands in flight on the healthy ones.)
 
+The backend's commands go through :class:`~.pipeline.Pipelines`, one
+pipeline at a time per shard on a client of that shard (:meth:`client`); the
+commands below (and :meth:`execute`) run one by one, for what runs before the
+backend starts or after it stops.
+
 Commands are never retried by redis-py: a publish whose reply was lost may
 have run, so retrying it blindly could publish twice (a message with an id may
 be retried: the backend returns the original position).
@@ -88,6 +93,21 @@ class SingleRedis:
         """Every room is on the one shard."""
         return ""
 
+    def shard_of_key(self, key: str) -> str:
+        """Every key is on the one shard."""
+        return ""
+
+    def client(self, shard: str) -> Redis:
+        """The client whose connections carry the shard's pipelines."""
+        return self.commands
+
+    async def execute(self, key: str, *args: Any) -> Any:
+        """Run one command on its own (no pipeline)."""
+        return await self.commands.execute_command(*args)  # type: ignore[no-untyped-call]
+
+    async def failed(self) -> None:
+        """Nothing to learn after a failure: there is one server."""
+
     def pubsub(self, shard: str) -> PubSub:
         """A new pub/sub connection (not yet connected) to the server."""
         return self.commands.pubsub()
@@ -157,21 +177,22 @@ class ClusterCommands:
 
     async def evalsha(self, sha: str, numkeys: int, *keys_and_args: Any) -> Any:
         """EVALSHA on the owner of the first key."""
-        return await self._run(keys_and_args[0], "EVALSHA", sha, numkeys, *keys_and_args)
+        return await self.run(keys_and_args[0], "EVALSHA", sha, numkeys, *keys_and_args)
 
     async def eval(self, script: str, numkeys: int, *keys_and_args: Any) -> Any:
         """EVAL on the owner of the first key."""
-        return await self._run(keys_and_args[0], "EVAL", script, numkeys, *keys_and_args)
+        return await self.run(keys_and_args[0], "EVAL", script, numkeys, *keys_and_args)
 
     async def hmget(self, key: str, fields: list[str]) -> Any:
         """HMGET on the owner of ``key``."""
-        return await self._run(key, "HMGET", key, *fields)
+        return await self.run(key, "HMGET", key, *fields)
 
     async def spublish(self, name: str, data: bytes) -> Any:
         """SPUBLISH on the owner of shard channel ``name``."""
-        return await self._run(name, "SPUBLISH", name, data)
+        return await self.run(name, "SPUBLISH", name, data)
 
-    async def _run(self, key: str, *args: Any) -> Any:
+    async def run(self, key: str, *args: Any) -> Any:
+        """Run a command on the owner of ``key``."""
         node = self._cluster.get_node_from_key(key)
         assert node is not None
         try:
@@ -179,13 +200,17 @@ class ClusterCommands:
         except MovedError:
             await self.refresh()
         except (RedisConnectionError, RedisTimeoutError, OSError):
-            if anyio.current_time() - self._refreshed_at >= _REFRESH_INTERVAL:
-                with contextlib.suppress(RedisError, RedisClusterException, OSError):
-                    await self.refresh()
+            await self.failed()
             raise
         node = self._cluster.get_node_from_key(key)
         assert node is not None
         return await node.execute_command(*args)
+
+    async def failed(self) -> None:
+        """A master did not answer: read the slot map again (at most once a second)."""
+        if anyio.current_time() - self._refreshed_at >= _REFRESH_INTERVAL:
+            with contextlib.suppress(RedisError, RedisClusterException, OSError):
+                await self.refresh()
 
     async def refresh(self) -> None:
         """Read the slot map again (after a failover or a slot migration)."""
@@ -235,15 +260,38 @@ class ClusterRedis:
         """SPUBLISH ``data`` on shard channel ``name`` (on the master that owns it)."""
         await self.commands.spublish(name, data)
 
-    def pubsub(self, shard: str) -> PubSub:
-        """A new pub/sub connection (not yet connected) to master ``shard``."""
+    def shard_of_key(self, key: str) -> str:
+        """The name of the master that owns ``key``'s slot.
+
+        Raises:
+            RedisClusterException: No master covers the slot.
+        """
+        node = self.cluster.get_node_from_key(key)
+        assert node is not None
+        name: str = node.name
+        return name
+
+    def client(self, shard: str) -> Redis:
+        """A client of master ``shard`` alone: its pipelines and its pub/sub connection."""
         client = self._clients.get(shard)
         if client is None:
             host, _, port = shard.rpartition(":")
             client = self._clients[shard] = Redis(
                 host=host, port=int(port), **self._auth, **_client_options()
             )
-        return client.pubsub()
+        return client
+
+    async def execute(self, key: str, *args: Any) -> Any:
+        """Run one command on its own (no pipeline) on the owner of ``key``."""
+        return await self.commands.run(key, *args)
+
+    async def failed(self) -> None:
+        """A master did not answer: read the slot map again (at most once a second)."""
+        await self.commands.failed()
+
+    def pubsub(self, shard: str) -> PubSub:
+        """A new pub/sub connection (not yet connected) to master ``shard``."""
+        return self.client(shard).pubsub()
 
     async def scan(self, pattern: str) -> list[bytes]:
         """Every key matching ``pattern`` on every master (SCAN on each)."""

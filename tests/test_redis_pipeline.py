@@ -1,0 +1,331 @@
+"""The Redis backend's pipelines: many publishes in flight, in order, exactly once.
+
+On one Redis and on the Cluster (``redis_nodes``): publishes queued without
+waiting (``publish_soon``) share round trips and keep each sender's order;
+the pub/sub reader hands a read of many messages to the Hub before it yields.
+On one Redis behind a TCP proxy that cuts the pipeline's connection: every
+sender gets an error, retries with the same ids publish nothing twice, and the
+backend works on.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+import pytest
+import redis
+from anyio.abc import SocketStream
+
+from wschat.chat import Position
+from wschat.hub import BackendUnavailable, ChatMessage, Delivery
+from wschat.hub.redis import RedisBackend, scripts
+
+from .helpers import RedisProcess
+from .redis_cluster import redis_cluster_fixture  # noqa: F401 (fixture)
+from .test_backends import (  # noqa: F401 (redis_url: a fixture)
+    REDIS_KINDS,
+    TIME,
+    WAIT,
+    Nodes,
+    Recorder,
+    flush,
+    redis_or_cluster_url,
+    redis_url,
+    started_nodes,
+)
+
+pytestmark = [pytest.mark.anyio, pytest.mark.redis]
+
+Result = Position | BackendUnavailable
+
+
+@pytest.fixture(params=REDIS_KINDS)
+async def redis_nodes(request: pytest.FixtureRequest) -> AsyncIterator[Nodes]:
+    """Nodes on one Redis, then on the Cluster."""
+    url = await redis_or_cluster_url(request.param, request)
+    async with started_nodes(request.param, url) as made:
+        yield made
+
+
+def said(username: str, i: int) -> ChatMessage:
+    return ChatMessage(username, f"{username} {i}", TIME, f"{username}-{i}")
+
+
+def texts(recorder: Recorder, room: str) -> list[str]:
+    return [json.loads(d.payload)["message"] for d in recorder.messages(room)]
+
+
+async def results_of(count: int, results: dict[str, Result]) -> None:
+    with anyio.fail_after(WAIT):
+        while len(results) < count:
+            await anyio.sleep(0.005)
+
+
+def queue(backend: RedisBackend, room: str, message: ChatMessage, into: dict[str, Any]) -> None:
+    """publish_soon, recording the result (once) under the message id."""
+    assert message.id is not None
+    key = message.id
+
+    def done(result: Result) -> None:
+        assert key not in into, "done called twice"
+        into[key] = result
+
+    backend.publish_soon(room, message, done)
+
+
+async def test_one_sender_many_in_flight_consecutive_seqs_in_order(redis_nodes: Nodes) -> None:
+    sender, _ = await redis_nodes.new()
+    reader, recorder = await redis_nodes.new()
+    assert isinstance(sender, RedisBackend)
+    await reader.subscribe("lobby")
+    results: dict[str, Result] = {}
+    for i in range(300):  # queued at once, none awaited
+        queue(sender, "lobby", said("alice", i), results)
+    await results_of(300, results)
+    seqs = [results[f"alice-{i}"] for i in range(300)]
+    assert all(isinstance(r, Position) for r in seqs)
+    assert [r.seq for r in seqs if isinstance(r, Position)] == list(range(1, 301))
+    # A few round trips carried them, not one each.
+    assert sender.commands.pipelines < 30
+    await recorder.wait(lambda: len(recorder.seqs("lobby")) >= 300)
+    assert recorder.seqs("lobby") == list(range(1, 301))
+    assert texts(recorder, "lobby") == [f"alice {i}" for i in range(300)]
+
+
+async def test_two_senders_one_room_each_in_order_all_exactly_once(redis_nodes: Nodes) -> None:
+    alice, _ = await redis_nodes.new()
+    bob, _ = await redis_nodes.new()
+    reader, recorder = await redis_nodes.new()
+    assert isinstance(alice, RedisBackend) and isinstance(bob, RedisBackend)
+    await reader.subscribe("lobby")
+    results: dict[str, Result] = {}
+    for burst in range(10):
+        for i in range(burst * 40, burst * 40 + 40):
+            queue(alice, "lobby", said("alice", i), results)
+            queue(bob, "lobby", said("bob", i), results)
+        await anyio.sleep(0)  # a pipeline may leave between bursts
+    await results_of(800, results)
+    positions = list(results.values())
+    assert all(isinstance(p, Position) for p in positions)
+    assert sorted(p.seq for p in positions if isinstance(p, Position)) == list(range(1, 801))
+    for name in ("alice", "bob"):
+        mine = [results[f"{name}-{i}"] for i in range(400)]
+        seqs = [p.seq for p in mine if isinstance(p, Position)]
+        assert seqs == sorted(seqs), f"{name}'s messages were reordered"
+    await recorder.wait(lambda: len(recorder.seqs("lobby")) >= 800)
+    assert recorder.seqs("lobby") == list(range(1, 801))
+    delivered = texts(recorder, "lobby")
+    for name in ("alice", "bob"):
+        assert [t for t in delivered if t.startswith(name)] == [f"{name} {i}" for i in range(400)]
+
+
+async def test_rooms_on_every_shard_keep_their_order(redis_nodes: Nodes) -> None:
+    sender, _ = await redis_nodes.new()
+    reader, recorder = await redis_nodes.new()
+    assert isinstance(sender, RedisBackend)
+    rooms = [f"room{n}" for n in range(12)]  # on a Cluster, spread over its masters
+    for room in rooms:
+        await reader.subscribe(room)
+    results: dict[str, Result] = {}
+    for i in range(50):
+        for room in rooms:
+            queue(sender, room, said(room, i), results)
+    await results_of(50 * len(rooms), results)
+    for room in rooms:
+        positions = [results[f"{room}-{i}"] for i in range(50)]
+        epoch = positions[0].epoch if isinstance(positions[0], Position) else None
+        assert positions == [Position(epoch or "?", seq) for seq in range(1, 51)]
+    await recorder.wait(lambda: sum(len(recorder.seqs(r)) for r in rooms) >= 50 * len(rooms))
+    for room in rooms:
+        assert texts(recorder, room) == [f"{room} {i}" for i in range(50)]
+
+
+async def test_a_read_of_many_messages_reaches_the_hub_without_yielding(
+    request: pytest.FixtureRequest,
+) -> None:
+    url: str = request.getfixturevalue("redis_url")  # one Redis: the reader is the same code
+    await flush(url)
+    async with started_nodes("redis", url) as nodes:
+        reader, recorder = await nodes.new()
+        assert isinstance(reader, RedisBackend)
+        await reader.subscribe("lobby")
+        turns = 0
+        seen: list[int] = []  # the loop turn each delivery came in
+
+        async def count_turns() -> None:
+            nonlocal turns
+            while True:
+                turns += 1
+                await anyio.sleep(0)
+
+        def deliver(room: str, delivery: Delivery) -> None:
+            recorder(room, delivery)
+            seen.append(turns)
+
+        reader._deliver = deliver  # type: ignore[attr-defined]
+        publisher = redis.Redis.from_url(url)
+        pipe = publisher.pipeline(transaction=False)
+        for i in range(200):
+            room_keys, args = reader._messages._publish_args("lobby", said("alice", i))
+            pipe.eval(scripts.PUBLISH.text, len(room_keys), *room_keys, *args)
+        async with anyio.create_task_group() as group:
+            group.start_soon(count_turns)
+            await anyio.sleep(0.05)
+            # Blocking the loop: all 200 are on the reader's socket before it reads.
+            pipe.execute()
+            time.sleep(0.2)
+            await recorder.wait(lambda: len(recorder.seqs("lobby")) >= 200)
+            group.cancel_scope.cancel()
+        publisher.close()
+        assert recorder.seqs("lobby") == list(range(1, 201))
+        # A loop turn per socket read (64 KiB), not one per message.
+        assert len(set(seen)) <= 4, f"{len(set(seen))} loop turns for 200 messages"
+
+
+# -- a connection that goes away mid-pipeline --------------------------------
+
+
+class CuttingProxy:
+    """TCP proxy to Redis; :meth:`cut_after` closes connections mid-reply."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = 0
+        self.cut_at: int | None = None
+        self.cuts = 0
+
+    def cut_after(self, reply_bytes: int) -> None:
+        """Close the next connection whose replies pass ``reply_bytes`` (once)."""
+        self.cut_at = reply_bytes
+
+    async def serve(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
+        listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+        self.port = listener.extra(anyio.abc.SocketAttribute.local_port)
+        task_status.started()
+        await listener.serve(self._relay)
+
+    async def _relay(self, client: SocketStream) -> None:
+        upstream_stream = await anyio.connect_tcp("127.0.0.1", self.target_port)
+        async with client, upstream_stream as server, anyio.create_task_group() as group:
+
+            async def upstream() -> None:
+                try:
+                    async for data in client:
+                        await server.send(data)
+                except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
+                    pass
+                group.cancel_scope.cancel()
+
+            group.start_soon(upstream)
+            sent = 0
+            try:
+                async for data in server:
+                    cut_at = self.cut_at
+                    if cut_at is not None and sent + len(data) > cut_at:
+                        self.cut_at = None
+                        self.cuts += 1
+                        if cut_at > sent:
+                            await client.send(data[: cut_at - sent])
+                        break
+                    sent += len(data)
+                    await client.send(data)
+            except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
+                pass
+            group.cancel_scope.cancel()
+
+
+@pytest.fixture
+async def behind_proxy() -> AsyncIterator[tuple[RedisProcess, CuttingProxy]]:
+    with RedisProcess() as redis:
+        proxy = CuttingProxy(redis.port)
+        async with anyio.create_task_group() as group:
+            await group.start(proxy.serve)
+            yield redis, proxy
+            group.cancel_scope.cancel()
+
+
+async def test_a_connection_lost_mid_pipeline_fails_its_senders_and_retries_dedup(
+    behind_proxy: tuple[RedisProcess, CuttingProxy],
+) -> None:
+    redis, proxy = behind_proxy
+    async with anyio.create_task_group() as group:
+        sender = RedisBackend(f"redis://127.0.0.1:{proxy.port}/0")
+        reader = RedisBackend(redis.url)  # direct: sees what Redis really published
+        recorder = Recorder()
+        await sender.start(lambda room, delivery: None, group)
+        await reader.start(recorder, group)
+        await reader.subscribe("lobby")
+        first = await sender.publish("lobby", said("alice", 0))  # the script is cached
+        assert first.seq == 1
+        proxy.cut_after(2000)  # some replies in, then the connection is gone
+        results: dict[str, Result] = {}
+        for i in range(1, 301):
+            queue(sender, "lobby", said("alice", i), results)
+        await results_of(300, results)
+        assert proxy.cuts == 1
+        failed = [i for i in range(1, 301) if isinstance(results[f"alice-{i}"], BackendUnavailable)]
+        assert failed, "the cut failed nobody"
+        # The cut came after replies: Redis ran some of the failed ones.
+        await recorder.wait(lambda: len(recorder.seqs("lobby")) > 1)
+        # The senders retry with the same ids: nothing is published twice.
+        retried: dict[str, Result] = {}
+        for i in failed:
+            queue(sender, "lobby", said("alice", i), retried)
+        await results_of(len(failed), retried)
+        assert all(isinstance(r, Position) for r in retried.values())
+        seqs = {i: (results if i not in failed else retried)[f"alice-{i}"] for i in range(1, 301)}
+        assert [p.seq for p in seqs.values() if isinstance(p, Position)] == list(range(2, 302))
+        later = await sender.publish("lobby", said("alice", 301))
+        assert later.seq == 302
+        await recorder.wait(lambda: len(recorder.seqs("lobby")) == 302)
+        assert recorder.seqs("lobby") == list(range(1, 303))
+        assert texts(recorder, "lobby") == [f"alice {i}" for i in range(302)]
+        await sender.aclose()
+        await reader.aclose()
+        group.cancel_scope.cancel()
+
+
+async def test_redis_down_fails_every_queued_publish_and_later_ones_work() -> None:
+    with RedisProcess() as redis:
+        async with anyio.create_task_group() as group:
+            backend = RedisBackend(redis.url)
+            recorder = Recorder()
+            await backend.start(recorder, group)
+            await backend.subscribe("lobby")
+            redis.stop()
+            results: dict[str, Result] = {}
+            for i in range(50):
+                queue(backend, "lobby", said("alice", i), results)
+            await results_of(50, results)
+            assert all(isinstance(r, BackendUnavailable) for r in results.values())
+            redis.start()  # empty
+            again: dict[str, Result] = {}
+            for i in range(50):
+                queue(backend, "lobby", said("alice", i), again)
+            await results_of(50, again)
+            assert [r.seq for r in again.values() if isinstance(r, Position)] == list(range(1, 51))
+            await recorder.wait(lambda: len(recorder.seqs("lobby")) >= 50)
+            assert recorder.seqs("lobby") == list(range(1, 51))
+            await backend.aclose()
+            group.cancel_scope.cancel()
+
+
+async def test_a_burst_of_subscriptions_is_filled_in_a_few_round_trips(redis_nodes: Nodes) -> None:
+    backend, recorder = await redis_nodes.new()
+    assert isinstance(backend, RedisBackend)
+    rooms = [f"burst{n}" for n in range(300)]
+    before = backend.commands.pipelines
+    async with anyio.create_task_group() as group:
+        for room in rooms:  # as 300 clients joining their rooms at once
+            group.start_soon(backend.subscribe, room)
+    # Baselines, then the reads after Redis confirmed, share pipelines: not one each.
+    assert backend.commands.pipelines - before < 100  # one each: 600
+    results: dict[str, Result] = {}
+    for room in rooms:
+        queue(backend, room, said(room, 0), results)
+    await results_of(len(rooms), results)
+    await recorder.wait(lambda: all(recorder.seqs(room) == [1] for room in rooms))
