@@ -244,6 +244,9 @@ def main() -> int:
     parser.add_argument("--svg", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--analyze", type=Path, help="only analyse an existing raw profile")
     parser.add_argument("--server", default="wschat", help="wschat, wschat@REV, wschat+duck")
+    parser.add_argument(
+        "--redis", action="store_true", help="the Redis hub (a private redis-server on CPU 1)"
+    )
     args = parser.parse_args()
     if args.analyze:
         sidecar = args.analyze.with_suffix(".json")
@@ -261,8 +264,10 @@ def main() -> int:
     RESULTS.mkdir(exist_ok=True)
     source = servers.describe(args.server)
     tag = args.server.replace("@", "-").replace("+", "-")
-    name = f"profile-{tag}-{args.mode}-{args.clients}"
-    server = servers.start(args.server, 0, RESULTS / "logs")
+    name = f"profile-{tag}{'-redis' if args.redis else ''}-{args.mode}-{args.clients}"
+    redis = servers.start_redis(1, RESULTS / "logs") if args.redis else None
+    options = servers.Options(hub_url=redis.url if redis is not None else None)
+    server = servers.start(args.server, 0, RESULTS / "logs", options=options)
     gen: LoadGen | None = None
     try:
         rooms = args.mode == "rooms"
@@ -290,6 +295,8 @@ def main() -> int:
         if gen is not None:
             gen.stop()
         server.stop()
+        if redis is not None:
+            redis.stop()
     report = analyze(
         raw,
         measured["cpu_s"],
