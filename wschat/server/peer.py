@@ -16,6 +16,7 @@ from ..app import AppSession
 from ..chat import ChatSession
 from ..hub import PreparedMessage
 from ..protocol import ServerConnection, State, encode_text_frame
+from .constants import loop_time
 from .metrics import Metrics
 from .ratelimit import TokenBucket
 from .writer import Writer
@@ -47,7 +48,7 @@ class Closings:
 
     def add(self, peer: Peer) -> float:
         """Start ``peer``'s close timeout; its deadline."""
-        deadline = anyio.current_time() + self.timeout
+        deadline = loop_time() + self.timeout
         self._queue.append((deadline, peer))
         return deadline
 

@@ -39,6 +39,7 @@ from typing import Any, Protocol
 import anyio
 
 from ..protocol import ConnectionClosed, Event, TextReceived
+from .constants import loop_time
 from .peer import Peer
 
 logger = logging.getLogger("wschat.server")
@@ -148,7 +149,7 @@ class TransportReader(asyncio.Protocol):
             self._defer(data)
             return
         peer = self._peer
-        peer.last_seen = anyio.current_time()
+        peer.last_seen = loop_time()
         peer.conn.receive_data(data)
         self._process()
 
@@ -278,7 +279,7 @@ class TransportReader(asyncio.Protocol):
                 return
             for data in backlog:
                 if data:
-                    peer.last_seen = anyio.current_time()
+                    peer.last_seen = loop_time()
                     conn.receive_data(data)
                 else:
                     conn.receive_eof()
