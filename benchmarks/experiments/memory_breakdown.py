@@ -28,11 +28,14 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--connections", type=int, default=2000)
     parser.add_argument("--server", default="wschat", help="wschat or wschat@REV")
+    parser.add_argument("--loop", choices=("asyncio", "uvloop"), help="wschat's --loop")
     args = parser.parse_args()
     servers.raise_nofile()
     out = servers.HERE / "results" / "tracemalloc.txt"
     os.environ["WSCHAT_TRACE_FILE"] = str(out)
-    server = servers.start(args.server + "+trace", 0, servers.HERE / "results" / "logs")
+    options = servers.Options(extra=("--loop", args.loop) if args.loop else ())
+    logs = servers.HERE / "results" / "logs"
+    server = servers.start(args.server + "+trace", 0, logs, options=options)
     gen = None
     try:
         time.sleep(1)

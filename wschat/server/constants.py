@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 
 import anyio
@@ -19,3 +20,13 @@ DISCONNECTED: tuple[type[BaseException], ...] = (
     OSError,
     ssl.SSLError,
 )
+
+
+def loop_time() -> float:
+    """``anyio.current_time()``, also where anyio cannot tell which loop runs: in an
+    asyncio Protocol's callbacks (no current task), when sniffio is installed and the
+    server was not started by ``anyio.run``. The same clock: asyncio's ``loop.time()``."""
+    try:
+        return asyncio.get_running_loop().time()
+    except RuntimeError:
+        return anyio.current_time()  # trio

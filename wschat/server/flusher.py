@@ -27,6 +27,8 @@ from typing import Protocol
 
 import anyio
 
+from .constants import loop_time
+
 logger = logging.getLogger("wschat.server")
 
 # After a batch of several frames per connection, frames go at once again only
@@ -109,7 +111,7 @@ class Flusher:
     def begin(self) -> None:
         """Begin a batch: the flusher runs (to end it) once the current task yields."""
         self.open = True
-        self._began = anyio.current_time()
+        self._began = loop_time()
         wakeup = self._wakeup
         if wakeup is not None:
             self._wakeup = None
@@ -142,7 +144,7 @@ class Flusher:
                 self._singles += touched
                 self.direct = self._singles >= self._singles_wanted
         if self.open:
-            now = anyio.current_time()
+            now = loop_time()
             busy = now - self._began
             if busy > self._busy_batch and self._began - self._ended < busy:
                 self.direct = False

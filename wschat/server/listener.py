@@ -13,7 +13,10 @@ On asyncio (and uvloop) each connection runs in a bare asyncio task, not one
 of an anyio task group: anyio gives every task it starts a handle with an
 Event and a CancelScope of its own (about 2.5 KiB with its task state), which
 an idle connection does not need. The listener cancels those tasks itself when
-it stops serving, and waits for them. On trio they run in ``group``.
+it stops serving, and waits for them. On trio they run in ``group``. A
+connection whose task hands it over to an asyncio Protocol (the pump's
+:class:`~.reader.TransportReader`) tells the listener through ``closed.detach()``:
+the task is forgotten, the socket counted until ``closed()``.
 """
 
 from __future__ import annotations
@@ -33,6 +36,21 @@ EXHAUSTED = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 ABORTED = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.ECONNRESET})
 BACKOFF_MIN = 0.005
 BACKOFF_MAX = 1.0
+
+
+class _Slot:
+    """The ``closed`` callback every connection of a listener gets (see the module docs)."""
+
+    __slots__ = ("_listener",)
+
+    def __init__(self, listener: Listener) -> None:
+        self._listener = listener
+
+    def __call__(self) -> None:
+        self._listener._closed()
+
+    def detach(self) -> None:
+        self._listener._detached()
 
 
 class Listener:
@@ -61,6 +79,7 @@ class Listener:
         self._paused = False  # logged once per episode at the cap
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._slot = _Slot(self)
 
     async def serve(self, group: TaskGroup) -> None:
         """Accept on every listening socket, serving connections in ``group`` (on trio)
@@ -82,10 +101,10 @@ class Listener:
     def _spawn(self, group: TaskGroup, stream: ByteStream) -> None:
         # The handler itself is the task (no wrapper coroutine kept per connection).
         if self._loop is None:
-            group.start_soon(self._handle, stream, self._closed)
+            group.start_soon(self._handle, stream, self._slot)
         else:
             # No done callback either: the handler's ``closed`` call forgets the task.
-            self._tasks.add(self._loop.create_task(self._handle(stream, self._closed)))
+            self._tasks.add(self._loop.create_task(self._handle(stream, self._slot)))
 
     async def _cancel_tasks(self) -> None:
         while self._tasks:
@@ -123,6 +142,10 @@ class Listener:
                 backoff = 0.0
             self.open_sockets += 1
             self._spawn(group, stream)
+
+    def _detached(self) -> None:
+        if self._loop is not None:
+            self._tasks.discard(asyncio.current_task())
 
     def _closed(self) -> None:
         if self._loop is not None:

@@ -7,6 +7,7 @@ import logging
 import socket
 from collections import deque
 from collections.abc import Collection, Iterator
+from typing import Protocol
 
 import anyio
 from anyio.abc import ByteStream, SocketAttribute
@@ -15,6 +16,7 @@ from ..app import AppSession
 from ..chat import ChatSession
 from ..hub import PreparedMessage
 from ..protocol import ServerConnection, State, encode_text_frame
+from .constants import loop_time
 from .metrics import Metrics
 from .ratelimit import TokenBucket
 from .writer import Writer
@@ -46,7 +48,7 @@ class Closings:
 
     def add(self, peer: Peer) -> float:
         """Start ``peer``'s close timeout; its deadline."""
-        deadline = anyio.current_time() + self.timeout
+        deadline = loop_time() + self.timeout
         self._queue.append((deadline, peer))
         return deadline
 
@@ -87,6 +89,12 @@ def shutdown_reading(stream: ByteStream) -> None:
             alias.detach()
 
 
+class Reader(Protocol):
+    """What reads a connection that is not read through its stream (:mod:`.reader`)."""
+
+    def stop_reading(self) -> None: ...
+
+
 class Peer:
     """A WebSocket client: protocol state, its writer, chat session, keepalive timers.
 
@@ -100,7 +108,8 @@ class Peer:
         address: The client's address, for logs.
         path: The WebSocket path (``/ws`` or ``/echo``).
         conn: The sans-IO connection, already upgraded.
-        stream: The connection's stream (read by the pump; here only to stop reading).
+        stream: The connection's stream (read by the pump; here only to stop reading),
+            until :meth:`read_by` gives the connection to a reader.
         writer: Carries this client's bytes.
         session: Chat state (None on ``/echo``).
         bucket: Per-connection message rate limit.
@@ -113,6 +122,7 @@ class Peer:
     __slots__ = (
         "_closings",
         "_metrics",
+        "_reader",
         "_stream",
         "address",
         "app_session",
@@ -155,7 +165,8 @@ class Peer:
         self.address = address
         self.path = path
         self.conn = conn
-        self._stream = stream
+        self._stream: ByteStream | None = stream
+        self._reader: Reader | None = None
         self.writer = writer
         self.session = session
         self.bucket = bucket
@@ -262,7 +273,14 @@ class Peer:
         self.writer.discard()  # it will recover what it missed from history
         self.close(1013, f"slow consumer: more than {self.writer.limit} bytes queued")
 
+    def read_by(self, reader: Reader) -> None:
+        """From now on ``reader`` reads this connection; its stream is not kept."""
+        self._reader, self._stream = reader, None
+
     def stop_reading(self) -> None:
         """End the read loop (abort, close timeout): its pending receive sees end of stream."""
         self.open = False
-        shutdown_reading(self._stream)
+        if self._reader is not None:
+            self._reader.stop_reading()
+        elif self._stream is not None:
+            shutdown_reading(self._stream)

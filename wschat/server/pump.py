@@ -14,19 +14,23 @@ costs only this connection. It never raises, except for cancellation.
    task), the read loop (chat text goes to :class:`~.dispatch.ChatDispatch`),
    then the end of the closing handshake: drain the writer (so the close frame
    arrives), half-close, wait for the client's FIN, all within the close
-   timeout.
+   timeout. On asyncio/uvloop a plain TCP connection leaves its task once in
+   its room: a :class:`~.reader.TransportReader` reads it from then on, the
+   same way, with no task while idle (:mod:`.reader`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import random
 import time
 from collections.abc import Callable
+from typing import Protocol, runtime_checkable
 
 import anyio
-from anyio.abc import ByteStream, SocketAttribute
+from anyio.abc import ByteStream
 
 from ..app import App
 from ..chat import ChatSession
@@ -34,6 +38,7 @@ from ..hub import BackendUnavailable, Hub
 from ..protocol import (
     BinaryReceived,
     ConnectionClosed,
+    Event,
     HostPolicy,
     OriginPolicy,
     ServerConnection,
@@ -47,7 +52,9 @@ from .http_phase import HttpPhase, Upgrade, url_room
 from .metrics import Metrics
 from .peer import Closings, Peer
 from .ratelimit import TokenBucket
+from .reader import TransportReader, stream_state
 from .routes import Routes
+from .streams import close_quietly, half_close, peer_address
 from .writer import TaskWriter, TransportWriter, Writer, direct_transport
 
 logger = logging.getLogger("wschat.server")
@@ -55,6 +62,15 @@ logger = logging.getLogger("wschat.server")
 # Strikes: rate-limited messages a client may pile up (refilled at one a second)
 # before "sustained abuse" closes it with 1008.
 STRIKE_REFILL = 1.0
+
+
+@runtime_checkable
+class SocketSlot(Protocol):
+    """The listener's ``closed`` callback, which also hears when a task stops serving
+    a socket that stays open (a :class:`~.reader.TransportReader` took it over)."""
+
+    def __call__(self) -> None: ...
+    def detach(self) -> None: ...
 
 
 class ConnectionPump:
@@ -91,6 +107,12 @@ class ConnectionPump:
         self.direct_writes = False
         """Whether plain TCP streams may be written through their asyncio transport
         (checked once at start-up)."""
+        self.transport_readers = True
+        """Whether such connections are read by a :class:`TransportReader` once in
+        their room (else by the read loop, as TLS and trio are)."""
+        self.readers: set[TransportReader] = set()
+        """The connections :class:`TransportReader` serves."""
+        self.close_timeout = config.close_timeout
         self.peers: set[Peer] = set()
         """The open WebSockets."""
         self.closings = Closings(config.close_timeout)
@@ -107,9 +129,13 @@ class ConnectionPump:
     async def handle(self, stream: ByteStream, closed: Callable[[], None] | None = None) -> None:
         """Serve one accepted socket to its end, then call ``closed``.
 
-        Never raises (but for cancellation); ``closed`` is called either way.
+        Never raises (but for cancellation); ``closed`` is called either way,
+        once the socket is closed: by the :class:`~.reader.TransportReader`
+        when one took the connection over (then ``closed.detach()``, if it is
+        a :class:`SocketSlot`, is called as this task ends).
         """
-        address, peer_ip = _address(stream)
+        handed_over = False
+        address, peer_ip = peer_address(stream)
         try:
             secured = await self.http.start_tls(stream, address)
             if secured is None:
@@ -123,26 +149,34 @@ class ConnectionPump:
             )
             upgrade = await self.http.serve(stream, conn, address, peer_ip)
             if upgrade is not None:
-                websocket = self._serve_websocket(stream, conn, upgrade, address)
+                websocket = self._serve_websocket(stream, conn, upgrade, address, closed)
                 del upgrade  # its request's headers are not kept for the connection's life
-                await websocket
+                handed_over = await websocket
         except DISCONNECTED:
             pass
         except Exception:
             logger.exception("! connection from %s failed", address)
         finally:
-            try:
-                with anyio.CancelScope(shield=True):
-                    await _close_quietly(stream)
-            finally:
-                if closed is not None:
-                    closed()
+            if not handed_over:
+                try:
+                    with anyio.CancelScope(shield=True):
+                        await close_quietly(stream)
+                finally:
+                    if closed is not None:
+                        closed()
 
     # -- WebSocket -------------------------------------------------------------
 
     async def _serve_websocket(
-        self, stream: ByteStream, conn: ServerConnection, upgrade: Upgrade, address: str
-    ) -> None:
+        self,
+        stream: ByteStream,
+        conn: ServerConnection,
+        upgrade: Upgrade,
+        address: str,
+        closed: Callable[[], None] | None,
+    ) -> bool:
+        """Serve the WebSocket to its end, or until a :class:`~.reader.TransportReader`
+        took it over (True: the socket is its to close)."""
         # Set up in a plain call: its locals are not kept in this coroutine's
         # frame for the connection's whole life.
         peer, room = self._open_peer(stream, conn, upgrade, address)
@@ -158,8 +192,8 @@ class ConnectionPump:
             room,
             peer.deflate,
         )
-        closed: ConnectionClosed | None = None
-        polite = False
+        event: ConnectionClosed | None = None
+        polite = handed_over = False
         try:
             # The 101 is the writer's first item, held back until the client has
             # entered its URL room: once the client sees its handshake complete,
@@ -173,36 +207,61 @@ class ConnectionPump:
                 async with anyio.create_task_group() as group:
                     group.start_soon(writer.run)
                     await self._enter(peer, room)
-                    closed = await self._read_loop(stream, peer)
-                    polite = await self._finish(peer)
+                    event = await self._read_loop(stream, peer)
+                    polite = await self.finish(peer)
                     group.cancel_scope.cancel()
             else:
                 await self._enter(peer, room)
-                closed = await self._read_loop(stream, peer)
-                polite = await self._finish(peer)
+                handed_over = self._hand_over(stream, peer, address, closed)
+                if handed_over:
+                    return True
+                event = await self._read_loop(stream, peer)
+                polite = await self.finish(peer)
         finally:
-            peer.open = False
-            self.peers.discard(peer)
-            self.metrics.connections_open.dec()
-            # The code this server sent when it started the close, else the client's.
-            if peer.close_code is not None:
-                code, reason = peer.close_code, peer.close_reason
-            elif closed is not None:
-                code, reason = closed.code, closed.reason
-            else:
-                code, reason = 1006, "connection lost"
-            self.metrics.count_close(code)
-            logger.info(
-                "x conn %s %s closed code=%d reason=%r", peer.conn_id, address, code, reason
-            )
-            with anyio.CancelScope(shield=True):
-                await self._leave_hub(peer)
-            # Nothing reads any more. Peer -> writer -> on_abort -> Peer is a cycle:
-            # broken, the connection is freed at once instead of by a full collection.
-            writer.on_abort = None
+            if not handed_over:
+                self.closing(peer, event, address)
+                with anyio.CancelScope(shield=True):
+                    await self.leave_hub(peer)
+                # Nothing reads any more. Peer -> writer -> on_abort -> Peer is a cycle:
+                # broken, the connection is freed at once instead of by a full collection.
+                writer.on_abort = None
         if polite:
             # Gone from the room already; the TCP goodbye has the close timeout.
-            await _half_close(stream, anyio.current_time() + self.config.close_timeout)
+            await half_close(stream, anyio.current_time() + self.config.close_timeout)
+        return False
+
+    def _hand_over(
+        self, stream: ByteStream, peer: Peer, address: str, closed: Callable[[], None] | None
+    ) -> bool:
+        """Give a plain TCP connection on asyncio/uvloop to a :class:`TransportReader`
+        (no task, no stream while idle); False when it keeps its stream."""
+        if not self.transport_readers or not isinstance(peer.writer, TransportWriter):
+            return False
+        transport = peer.writer.transport
+        state = stream_state(transport)
+        if state is None:
+            return False
+        reader = TransportReader(self, peer, transport, address, closed)
+        peer.read_by(reader)
+        if isinstance(closed, SocketSlot):
+            closed.detach()  # this task ends here; the socket stays counted
+        reader.take_over(*state)
+        return True
+
+    def closing(self, peer: Peer, event: ConnectionClosed | None, address: str) -> None:
+        """The WebSocket is over: out of the server's books, its close counted and logged."""
+        peer.open = False
+        self.peers.discard(peer)
+        self.metrics.connections_open.dec()
+        # The code this server sent when it started the close, else the client's.
+        if peer.close_code is not None:
+            code, reason = peer.close_code, peer.close_reason
+        elif event is not None:
+            code, reason = event.code, event.reason
+        else:
+            code, reason = 1006, "connection lost"
+        self.metrics.count_close(code)
+        logger.info("x conn %s %s closed code=%d reason=%r", peer.conn_id, address, code, reason)
 
     def _open_peer(
         self, stream: ByteStream, conn: ServerConnection, upgrade: Upgrade, address: str
@@ -258,6 +317,18 @@ class ConnectionPump:
                 peer.close(1011, "internal error")
         peer.writer.release()
 
+    async def stop_readers(self) -> None:
+        """Drop the connections :class:`TransportReader` serves, and wait until they are closed
+        (the server stops: after the drain, with the listener's tasks)."""
+        while self.readers:
+            readers = list(self.readers)
+            for reader in readers:
+                reader.cancel()
+            tasks = [reader.task for reader in readers if reader.task is not None]
+            if tasks:
+                await asyncio.wait(tasks)
+            self.readers.difference_update(readers)
+
     async def _read_loop(self, stream: ByteStream, peer: Peer) -> ConnectionClosed | None:
         conn = peer.conn
         closed: ConnectionClosed | None = None
@@ -279,22 +350,34 @@ class ConnectionPump:
             peer.flush()
         return closed
 
-    async def _on_event(self, peer: Peer, event: object) -> ConnectionClosed | None:
+    async def _on_event(self, peer: Peer, event: Event) -> ConnectionClosed | None:
+        if not self.on_event_now(peer, event):
+            assert isinstance(event, TextReceived)
+            await self.on_text(peer, event.text)
+        elif isinstance(event, ConnectionClosed):
+            return event
+        return None
+
+    def on_event_now(self, peer: Peer, event: Event) -> bool:
+        """Answer an event that needs no waiting; False (nothing done) for a chat message."""
         if isinstance(event, TextReceived):
+            if peer.session is not None:
+                return False
             self.metrics.messages_in.inc()
-            if peer.session is None:
-                peer.conn.send_text(event.text)
-            else:
-                await self.dispatch.on_text(peer, event.text)
+            peer.conn.send_text(event.text)
         elif isinstance(event, BinaryReceived):
             self.metrics.messages_in.inc()
             peer.conn.send_binary(event.data)
         elif isinstance(event, ConnectionClosed):
             peer.open = False
-            return event
-        return None
+        return True
 
-    async def _finish(self, peer: Peer) -> bool:
+    async def on_text(self, peer: Peer, text: str) -> None:
+        """A chat client's message, to the dispatch."""
+        self.metrics.messages_in.inc()
+        await self.dispatch.on_text(peer, text)
+
+    async def finish(self, peer: Peer) -> bool:
         """Deliver what is queued (the close frame above all) within the close timeout.
 
         True when the closing handshake is complete and TCP may be closed politely.
@@ -312,45 +395,9 @@ class ConnectionPump:
             return False
         return peer.conn.close_expected()
 
-    async def _leave_hub(self, peer: Peer) -> None:
+    async def leave_hub(self, peer: Peer) -> None:
+        """Out of the Hub's rooms (a failure is logged, not raised)."""
         try:
             await self.hub.disconnect(peer)
         except Exception:
             logger.exception("! conn %s: leaving the hub failed", peer.conn_id)
-
-
-def _address(stream: ByteStream) -> tuple[str, str]:
-    """``host:port`` of the client for logs, and its IP address alone."""
-    try:
-        address = stream.extra(SocketAttribute.remote_address)
-    except Exception:
-        return "?", "?"
-    if isinstance(address, tuple):
-        return f"{address[0]}:{address[1]}", str(address[0])
-    return str(address), str(address)
-
-
-async def _half_close(stream: ByteStream, deadline: float) -> None:
-    """After a clean close: shut our side, then let the client finish (until ``deadline``).
-
-    Closing a socket with unread input makes the kernel send RST, which can
-    destroy our close frame before the client reads it; so we shut down our
-    side first and read until the client closes too. Any error here means the
-    client is already gone.
-    """
-    with anyio.move_on_after(max(deadline - anyio.current_time(), 0)):
-        try:
-            await stream.send_eof()
-            while await stream.receive(RECEIVE_SIZE):
-                pass
-        except Exception:
-            # uvloop raises RuntimeError on a transport that is closed, anyio's
-            # TLSStream TypeError or NotImplementedError: the client is gone.
-            return
-
-
-async def _close_quietly(stream: ByteStream) -> None:
-    try:
-        await anyio.aclose_forcefully(stream)
-    except Exception as exc:
-        logger.info("! closing a socket failed: %r", exc)

@@ -146,10 +146,14 @@ class Server:
                     await self._drain()
                     accept_scope.cancel()
                     connection_group.cancel_scope.cancel()
+                with anyio.CancelScope(shield=True):
+                    # No task of the connection group holds these (see reader.py).
+                    await self._pump.stop_readers()
                 await self.hub.aclose()
                 service_group.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True):
+                await self._pump.stop_readers()  # cancelled from outside: still closed
                 for listener in listeners:  # closed already after serving; not if start-up failed
                     await listener.aclose()
             self._stopped.set()

@@ -91,6 +91,11 @@ class TransportWriter(Writer):
         self._batch = -1  # the flusher's batch this connection was last written in at once
         self.dirty = False
 
+    @property
+    def transport(self) -> WriteTransport:
+        """The transport this writer writes to."""
+        return self._transport
+
     def unsent(self) -> int:
         if self._size:
             # Between the first put of a batch and its flush nothing is written,
