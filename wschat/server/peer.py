@@ -277,6 +277,12 @@ class Peer:
         """From now on ``reader`` reads this connection; its stream is not kept."""
         self._reader, self._stream = reader, None
 
+    def read_no_more(self) -> None:
+        """The connection's reading is over: drop what refers back here (the writer's
+        abort hook, the reader), so the connection is freed by reference counting."""
+        self.writer.on_abort = None
+        self._reader = None
+
     def stop_reading(self) -> None:
         """End the read loop (abort, close timeout): its pending receive sees end of stream."""
         self.open = False

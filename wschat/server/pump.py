@@ -222,9 +222,7 @@ class ConnectionPump:
                 self.closing(peer, event, address)
                 with anyio.CancelScope(shield=True):
                     await self.leave_hub(peer)
-                # Nothing reads any more. Peer -> writer -> on_abort -> Peer is a cycle:
-                # broken, the connection is freed at once instead of by a full collection.
-                writer.on_abort = None
+                peer.read_no_more()  # no cycle left: freed at once, not by a full collection
         if polite:
             # Gone from the room already; the TCP goodbye has the close timeout.
             await half_close(stream, anyio.current_time() + self.config.close_timeout)

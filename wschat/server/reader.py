@@ -303,8 +303,7 @@ class TransportReader(asyncio.Protocol):
         self._owner.closing(self._peer, self._event, self._address)
         with anyio.CancelScope(shield=True):
             await self._owner.leave_hub(self._peer)
-        # Nothing reads any more: break Peer -> writer -> on_abort -> Peer (freed at once).
-        self._peer.writer.on_abort = None
+        self._peer.read_no_more()
 
     async def _abandon(self) -> None:
         """Cancelled or failed mid-way: out of the hub (if not yet), then closed."""
