@@ -135,6 +135,16 @@ class TestChat:
                         delivered += frame_size(text)
                         if json.loads(text).get("message") == ".":
                             break
+                # A writer task (trio) counts a send once the stream returns, which can be
+                # after the client has the bytes: read until the counter holds still.
+                value, previous = read_bytes_out(), -1.0
+                with anyio.fail_after(5):
+                    while value != previous:
+                        await anyio.sleep(0.1)
+                        value, previous = read_bytes_out(), value
+                return value
+
+            def read_bytes_out() -> float:
                 text = server.metrics.render().decode()
                 found = re.search(r"^wschat_bytes_out_total (\S+)$", text, re.M)
                 assert found is not None
