@@ -610,6 +610,10 @@ def test_keyboard_only_join_and_chat(new_page: OpenPage) -> None:
         alice.keyboard.press("Enter")
         expect_status(alice, "connected")
         expect(alice.locator("#message")).to_be_focused()
+        # Connected comes before the join's history; until it is in, the page keeps a send.
+        alice.wait_for_function(
+            "window.wschat.joined('lobby')", timeout=browser_helpers.STEP_TIMEOUT_MS
+        )
         alice.keyboard.type("typed, never clicked")
         alice.keyboard.press("Enter")
         expect_texts(alice, ["typed, never clicked"])
