@@ -21,6 +21,7 @@ import shutil
 import socket
 import socketserver
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -193,7 +194,21 @@ def join(page: Page, port: int, username: str, room: str = "lobby") -> None:
     expect_member(page, username)
     # The member list can show the presence before the join's history arrives; until then
     # the page keeps what is typed instead of sending it.
-    page.wait_for_function(f"window.wschat.joined({json.dumps(room)})", timeout=STEP_TIMEOUT_MS)
+    wait_joined(page, room)
+
+
+def wait_joined(page: Page, room: str = "lobby", timeout_ms: int = STEP_TIMEOUT_MS) -> None:
+    """Wait until the page has the join's history of ``room`` (it sends there from then on).
+
+    Polled with ``evaluate`` from here: ``wait_for_function`` with a string may need
+    ``eval``, which the page's Content-Security-Policy forbids.
+    """
+    deadline = time.monotonic() + timeout_ms / 1000
+    check = f"window.wschat.joined({json.dumps(room)})"
+    while not page.evaluate(check):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the page did not join {room!r} within {timeout_ms} ms")
+        page.wait_for_timeout(50)
 
 
 def join_another(page: Page, room: str) -> None:

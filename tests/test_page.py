@@ -393,7 +393,7 @@ def test_a_dropped_connection_says_why(new_page: OpenPage, shot: Shot) -> None:
         shot(alice, "rate-limited")
         # The page reconnects and rejoins by itself (a join dropped by the limit is retried).
         expect_status(alice, "connected", timeout=RECONNECT_TIMEOUT_MS)
-        alice.wait_for_function("window.wschat.joined('lobby')", timeout=RECONNECT_TIMEOUT_MS)
+        browser_helpers.wait_joined(alice, timeout_ms=RECONNECT_TIMEOUT_MS)
         expect(alice.locator("#messages .notice")).to_have_count(0)
         delivered = alice.locator("#messages .message .text")
         count = delivered.count()
@@ -611,9 +611,7 @@ def test_keyboard_only_join_and_chat(new_page: OpenPage) -> None:
         expect_status(alice, "connected")
         expect(alice.locator("#message")).to_be_focused()
         # Connected comes before the join's history; until it is in, the page keeps a send.
-        alice.wait_for_function(
-            "window.wschat.joined('lobby')", timeout=browser_helpers.STEP_TIMEOUT_MS
-        )
+        browser_helpers.wait_joined(alice)
         alice.keyboard.type("typed, never clicked")
         alice.keyboard.press("Enter")
         expect_texts(alice, ["typed, never clicked"])

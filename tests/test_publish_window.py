@@ -22,6 +22,7 @@ from wschat.server import Server
 from wschat.server.dispatch import MAX_IN_FLIGHT
 
 from .helpers import RedisProcess, running_server, ws_url
+from .test_server import recv_type
 
 pytestmark = [pytest.mark.anyio, pytest.mark.every_loop]
 
@@ -53,14 +54,6 @@ def held_server(backend: HeldBackend) -> Any:
     return lambda config: Server(config, hub=Hub(backend))
 
 
-async def next_event(ws: ClientConnection, kind: str, timeout: float = 10.0) -> dict[str, Any]:
-    with anyio.fail_after(timeout):
-        while True:
-            event: dict[str, Any] = json.loads(await ws.recv())
-            if event.get("type") == kind:
-                return event
-
-
 async def answers(ws: ClientConnection, count: int) -> list[dict[str, Any]]:
     """The next ``count`` acks and errors, in the order received."""
     out: list[dict[str, Any]] = []
@@ -74,8 +67,8 @@ async def answers(ws: ClientConnection, count: int) -> list[dict[str, Any]]:
 
 async def join(ws: ClientConnection, username: str, room: str = "lobby") -> None:
     await ws.send(json.dumps({"type": "join", "room": room, "username": username}))
-    await next_event(ws, "history")
-    await next_event(ws, "presence")
+    await recv_type(ws, "history")
+    await recv_type(ws, "presence")
 
 
 async def say(ws: ClientConnection, text: str, room: str = "lobby") -> None:
@@ -173,9 +166,9 @@ async def test_a_leave_waits_until_the_publishes_before_it_are_answered() -> Non
         assert len(await server.call(server.hub.members, "lobby")) == 1
         await server.call(backend.release)
         # As with an awaited publish: the sender gets its own message, then leaves.
-        message = await next_event(ws, "message")
+        message = await recv_type(ws, "message")
         assert message["message"] == "last-words"
-        assert (await next_event(ws, "ack"))["id"] == "last-words"
+        assert (await recv_type(ws, "ack"))["id"] == "last-words"
         with anyio.fail_after(10):
             while await server.call(server.hub.members, "lobby"):
                 await anyio.sleep(0.02)
@@ -212,7 +205,7 @@ async def test_on_redis_two_senders_windows_in_order_exactly_once() -> None:
             seen = []
             with anyio.fail_after(10):
                 while len(seen) < 2 * count:
-                    seen.append(await next_event(watcher, "message"))
+                    seen.append(await recv_type(watcher, "message"))
             assert [m["seq"] for m in seen] == list(range(1, 2 * count + 1))
             by_seq = {a["seq"]: a["id"] for got in acks.values() for a in got}
             assert [m["id"] for m in seen] == [by_seq[m["seq"]] for m in seen]

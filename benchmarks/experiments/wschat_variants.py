@@ -87,8 +87,6 @@ def _install_tracing(path: str) -> None:
 
 
 def _install_batch_counts() -> None:
-    import threading
-    import time
 
     from wschat.server import flusher as flusher_module
 
@@ -115,25 +113,20 @@ def _install_batch_counts() -> None:
     writer_module.TransportWriter.write_now = counted_write_now  # type: ignore[method-assign]
     flusher_module.Flusher.flush = flush  # type: ignore[method-assign]
 
-    def report() -> None:
-        while True:
-            time.sleep(1)
-            c = dict(counts)
-            frames = c["direct"] + c["queued"]
-            print(
-                f"batches: {c['batches']} batches, {frames} frames, {c['writes']} writes "
-                f"({frames / max(c['writes'], 1):.2f} frames/write, "
-                f"{c['direct'] / max(frames, 1):.0%} written at once)",
-                file=sys.stderr,
-                flush=True,
-            )
+    def line() -> str:
+        c = dict(counts)
+        frames = c["direct"] + c["queued"]
+        return (
+            f"batches: {c['batches']} batches, {frames} frames, {c['writes']} writes "
+            f"({frames / max(c['writes'], 1):.2f} frames/write, "
+            f"{c['direct'] / max(frames, 1):.0%} written at once)"
+        )
 
-    threading.Thread(target=report, daemon=True).start()
+    _print_every_second(line)
 
 
 def _install_gc_stats() -> None:
     import gc
-    import threading
     import time
 
     started: list[float] = [0.0]
@@ -159,15 +152,23 @@ def _install_gc_stats() -> None:
 
     gc.callbacks.append(timed)
 
+    _print_every_second(
+        lambda: (
+            f"gc: runs {runs} longest ms {[round(x * 1e3, 1) for x in longest]} "
+            f"total ms {total[0] * 1e3:.0f}"
+        )
+    )
+
+
+def _print_every_second(line: Any) -> None:
+    """Print ``line()`` to stderr (the server's log) every second, from a thread."""
+    import threading
+    import time
+
     def report() -> None:
         while True:
             time.sleep(1)
-            print(
-                f"gc: runs {runs} longest ms {[round(x * 1e3, 1) for x in longest]} "
-                f"total ms {total[0] * 1e3:.0f}",
-                file=sys.stderr,
-                flush=True,
-            )
+            print(line(), file=sys.stderr, flush=True)
 
     threading.Thread(target=report, daemon=True).start()
 
