@@ -230,11 +230,20 @@ class LoadGen:
         joined = 0
         while time.monotonic() < deadline:
             round_ += 1
+            # every worker counts the round's markers before any worker sends one: a marker
+            # that arrived before its worker reset the round would be lost to the count
+            self.call("arm", 10.0, round_=round_)
             results = self.call("join", timeout + 10, round_=round_, timeout=2.0)
             joined = sum(r["joined"] for r in results)
             if joined == self.clients:
                 return round_
-        raise TimeoutError(f"only {joined} of {self.clients} clients joined their rooms")
+        closed = sum(r["missing_closed"] for r in results)
+        marks = sorted({m for r in results for m in r["missing_marks"]})
+        rooms = sum(r["missing_rooms"] for r in results)
+        raise TimeoutError(
+            f"only {joined} of {self.clients} clients joined their rooms after {round_} rounds"
+            f" (of the rest: {closed} closed, in {rooms} rooms, markers seen {', '.join(marks)})"
+        )
 
     def stop(self) -> None:
         with contextlib.suppress(Exception):

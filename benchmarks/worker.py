@@ -219,12 +219,18 @@ class Worker:
             "negotiated": negotiated,
         }
 
-    async def join(self, round_: int, timeout: float) -> dict[str, Any]:
-        """Send this round's markers; wait until every client saw its room's markers."""
+    async def arm(self, round_: int) -> dict[str, Any]:
+        """Count this round's markers from now on (before any worker sends one)."""
         self.mark = b'"message":"MARK %d ' % round_
         self.mode = JOIN
         for client in self.clients:
             client.reset()
+        return {}
+
+    async def join(self, round_: int, timeout: float) -> dict[str, Any]:
+        """Send this round's markers; wait until every client saw its room's markers."""
+        assert self.mode == JOIN and self.mark == b'"message":"MARK %d ' % round_
+        for client in self.clients:
             if client.marker_sender:
                 client.send_text(f"MARK {round_} " + "m" * 20)
         deadline = time.monotonic() + timeout
@@ -233,7 +239,13 @@ class Worker:
                 break
             await asyncio.sleep(0.01)
         self.mode = IDLE
-        return {"joined": sum(1 for c in self.clients if c.marks >= c.markers_expected)}
+        missing = [c for c in self.clients if c.marks < c.markers_expected]
+        return {
+            "joined": len(self.clients) - len(missing),
+            "missing_closed": sum(1 for c in missing if c.closed),
+            "missing_marks": sorted({f"{c.marks}/{c.markers_expected}" for c in missing})[:5],
+            "missing_rooms": len({self.room_of(c.index) for c in missing}),
+        }
 
     async def throughput(
         self, messages: int, window: int, start_at: int, timeout: float, size: int = MESSAGE_SIZE
