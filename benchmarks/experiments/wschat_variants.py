@@ -17,8 +17,8 @@ run.py, memory.py and pyspy_profile.py start these as the server ``wschat+VARIAN
 
 ``batches``
     Counts what each flusher batch carried (frames written at once, frames queued,
-    writes) and prints the totals to the server's log every second:
-    how well fan-outs batch under a load.
+    writes; on the Redis hub, commands per pipeline too) and prints the totals to
+    the server's log every second: how well fan-outs batch under a load.
 
 ``gcstats``
     Times every garbage collection (gc.callbacks) and prints, every second, how many
@@ -113,6 +113,17 @@ def _install_batch_counts() -> None:
     writer_module.TransportWriter.write_now = counted_write_now  # type: ignore[method-assign]
     flusher_module.Flusher.flush = flush  # type: ignore[method-assign]
 
+    from wschat.hub.redis import pipeline as pipeline_module
+
+    send = pipeline_module.Pipelines._send
+
+    async def counted_send(self: Any, shard: Any, batch: list[Any]) -> None:
+        counts["pipelines"] = counts.get("pipelines", 0) + 1
+        counts["commands"] = counts.get("commands", 0) + len(batch)
+        await send(self, shard, batch)
+
+    pipeline_module.Pipelines._send = counted_send  # type: ignore[method-assign]
+
     def line() -> str:
         c = dict(counts)
         frames = c["direct"] + c["queued"]
@@ -120,6 +131,12 @@ def _install_batch_counts() -> None:
             f"batches: {c['batches']} batches, {frames} frames, {c['writes']} writes "
             f"({frames / max(c['writes'], 1):.2f} frames/write, "
             f"{c['direct'] / max(frames, 1):.0%} written at once)"
+            + (
+                f"; redis: {c['pipelines']} pipelines, {c['commands']} commands"
+                f" ({c['commands'] / c['pipelines']:.1f} per pipeline)"
+                if c.get("pipelines")
+                else ""
+            )
         )
 
     _print_every_second(line)

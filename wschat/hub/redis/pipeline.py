@@ -8,7 +8,8 @@ queued. Each shard has one task that sends what its queue holds (up to
 :data:`MAX_BATCH` commands) as one pipeline (``transaction=False``: the
 commands are not wrapped in MULTI; each script is atomic on its own), reads the
 replies, hands each to its command, and sends what queued meanwhile. One
-pipeline at a time per shard, on one connection, so Redis runs a shard's
+pipeline at a time per shard, on the shard task's own connection (packed by
+hiredis, written at once), so Redis runs a shard's
 commands in the order they were queued: a sender's messages get consecutive
 seqs in the order it sent them, and commands of different rooms share a round
 trip. Hundreds of joins or publishes cost a few round trips instead of one
@@ -43,11 +44,18 @@ from typing import Any
 
 import anyio
 from anyio.abc import TaskGroup
+from redis.asyncio.connection import AbstractConnection as Connection
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import MovedError, NoScriptError
+from redis.exceptions import MovedError, NoScriptError, ResponseError
 
 from . import scripts
 from .topology import FAILURES, Topology
+
+_pack_command: Callable[[tuple[Any, ...]], bytes] | None
+try:
+    from hiredis import pack_command as _pack_command
+except ImportError:  # pragma: no cover - the redis extra installs hiredis
+    _pack_command = None
 
 logger = logging.getLogger("wschat.hub.redis")
 
@@ -74,14 +82,15 @@ class Command:
 
 
 class Shard:
-    """One shard's queue and the task that sends it."""
+    """One shard's queue, the task that sends it and the connection it sends on."""
 
-    __slots__ = ("name", "queue", "wakeup")
+    __slots__ = ("connection", "name", "queue", "wakeup")
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.queue: deque[Command] = deque()
         self.wakeup: anyio.Event | None = None
+        self.connection: Connection | None = None
 
 
 class Pipelines:
@@ -207,16 +216,15 @@ class Pipelines:
             if self._shards.get(shard.name) is shard:
                 del self._shards[shard.name]
             _fail(queue, closed)
+            if shard.connection is not None:
+                with anyio.CancelScope(shield=True):
+                    await shard.connection.disconnect()
 
     async def _send(self, shard: Shard, batch: list[Command]) -> None:
-        client = self.topology.client(shard.name)
-        pipe = client.pipeline(transaction=False)
-        for command in batch:
-            pipe.execute_command(*command.args)
         self.pipelines += 1
         self.commands += len(batch)
         try:
-            replies = await pipe.execute(raise_on_error=False)
+            replies = await self._round_trip(shard, batch)
         except FAILURES as exc:
             logger.debug("pipeline to %s failed: %s", self.topology.where(shard.name), exc)
             _fail(batch, exc)
@@ -251,6 +259,42 @@ class Pipelines:
                 _answer(command, exc)
                 continue
             self._queue(name, command, front=True)
+
+    async def _round_trip(self, shard: Shard, batch: list[Command]) -> list[Any]:
+        """Send ``batch`` as one write on the shard's connection; its replies, in order.
+
+        The shard's task is the connection's only user (one pipeline at a time),
+        so it keeps the connection instead of taking one from the pool per round
+        trip, and packs the commands itself: redis-py's pipeline packs each
+        argument in Python (about 20 µs for a publish, hiredis 2 µs) and has
+        per-call work a pipeline of plain commands does not need. An error reply
+        answers its command alone; a failure (or a cancellation) mid-way drops
+        the connection, whose replies would be out of step, and raises.
+        """
+        connection = shard.connection
+        if connection is None:
+            pool = self.topology.client(shard.name).connection_pool
+            connection = shard.connection = pool.make_connection()  # type: ignore[no-untyped-call]
+        try:
+            await connection.send_packed_command(_pack(connection, batch), check_health=False)
+            replies: list[Any] = []
+            for _ in batch:
+                try:
+                    replies.append(await connection.read_response())
+                except ResponseError as exc:
+                    replies.append(exc)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await connection.disconnect()
+            raise
+        return replies
+
+
+def _pack(connection: Connection, batch: list[Command]) -> bytes | list[bytes]:
+    pack = _pack_command
+    if pack is None:  # hiredis not installed: redis-py's own packing
+        return connection.pack_commands([command.args for command in batch])
+    return b"".join([pack(command.args) for command in batch])
 
 
 def _answer(command: Command, reply: Any) -> None:
