@@ -260,9 +260,13 @@ class ChatDispatch:
                 logger.exception("! conn %s: answering a publish failed", peer.conn_id)
                 peer.close(1011, "internal error")
 
-        self.hub.say_soon(
-            room, outcome.username, outcome.message, message_id, done, name=outcome.name
-        )
+        try:
+            self.hub.say_soon(
+                room, outcome.username, outcome.message, message_id, done, name=outcome.name
+            )
+        except Exception as exc:  # never queued: answered now, or the entry waits forever
+            logger.exception("! conn %s: publishing failed", peer.conn_id)
+            done(BackendUnavailable(f"publishing failed: {exc!r}"))
 
     def _send_ready(self, peer: Peer, answers: Answers) -> None:
         entries = answers.entries

@@ -118,7 +118,8 @@ class TransportReader(asyncio.Protocol):
         self._address = address
         self._closed = closed
         self._state = self.READING
-        self._paused = True  # anyio pauses reading between receives
+        # anyio pauses reading only after a receive that had to wait: ask the transport.
+        self._paused = not transport.is_reading()
         self._task: asyncio.Task[None] | None = None
         # Bytes (or b"" for end of stream) that arrived while the task ran.
         self._backlog: list[bytes] | None = None

@@ -207,7 +207,11 @@ class Pipelines:
                     continue
                 count = min(len(queue), MAX_BATCH)
                 batch = [queue.popleft() for _ in range(count)]
-                await self._send(shard, batch)
+                try:
+                    await self._send(shard, batch)
+                except Exception as exc:  # a bug must not stop the shard's pipelines
+                    logger.exception("a Redis pipeline failed")
+                    _fail(batch, RedisConnectionError(f"the pipeline failed: {exc!r}"))
                 batch = []
         finally:
             # Cancelled (the backend stops): nothing waits forever for a reply.
@@ -252,6 +256,9 @@ class Pipelines:
                 await self.topology.refresh()
             except FAILURES as exc:
                 logger.debug("cluster topology refresh failed: %s", exc)
+            except BaseException:  # cancelled: the commands to move are answered, not lost
+                _fail(again, RedisConnectionError("the Redis backend stopped"))
+                raise
         for command in reversed(again):
             try:
                 name = self.topology.shard_of_key(command.key)
