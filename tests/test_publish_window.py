@@ -145,6 +145,51 @@ async def test_answers_go_in_the_order_of_the_frames_whatever_order_results_come
         }
 
 
+class RaisingBackend(HeldBackend):
+    """Held publishes, except that queueing ``poison`` raises (a bug in a backend)."""
+
+    def publish_soon(self, room: str, message: ChatMessage, done: PublishDone) -> None:
+        if message.message == "poison":
+            raise RuntimeError("injected failure in publish_soon")
+        super().publish_soon(room, message, done)
+
+
+async def test_a_publish_that_raises_before_it_is_queued_is_answered_and_costs_nothing_else(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    backend = RaisingBackend()
+    async with (
+        running_server(held_server(backend)) as server,
+        connect(ws_url(server), max_queue=None) as alice,
+        connect(ws_url(server), max_queue=None) as bob,
+    ):
+        await join(alice, "alice")
+        await join(bob, "bob")
+        await say(alice, "before")
+        await say(alice, "poison")
+        await say(alice, "after")
+        await held_count(server, backend, 2)
+        await server.call(backend.release)
+        got = await answers(alice, 3)
+        # Answered in frame order: the failed one says so, the others are acked.
+        assert [(a["type"], a.get("id")) for a in got] == [
+            ("ack", "before"),
+            ("error", "poison"),
+            ("ack", "after"),
+        ]
+        assert got[1]["code"] == "unavailable" and "injected failure" in got[1]["reason"]
+        # Alice's connection and the room work on; bob saw exactly the published ones.
+        await say(alice, "later")
+        await held_count(server, backend, 1)
+        await server.call(backend.release)
+        assert [(a["type"], a["id"]) for a in await answers(alice, 1)] == [("ack", "later")]
+        texts = [(await recv_type(bob, "message"))["message"] for _ in range(3)]
+        assert texts == ["before", "after", "later"]
+    logged = [r for r in caplog.records if "publishing failed" in r.getMessage()]
+    assert len(logged) == 1
+    caplog.clear()  # the one ERROR is the injected bug's, logged as it should be
+
+
 async def answers_epoch(server: Any, backend: HeldBackend, room: str) -> str:
     history = await server.call(backend.history, room, None)
     epoch: str = history.position.epoch

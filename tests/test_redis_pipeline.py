@@ -12,20 +12,26 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import anyio
 import pytest
 import redis
 from anyio.abc import SocketStream
+from redis.crc import key_slot
 
 from wschat.chat import Position
 from wschat.hub import BackendUnavailable, ChatMessage, Delivery
-from wschat.hub.redis import RedisBackend, scripts
+from wschat.hub.redis import RedisBackend, channel, room_key, scripts
 
 from .helpers import RedisProcess
-from .redis_cluster import redis_cluster_fixture  # noqa: F401 (fixture)
+from .redis_cluster import (  # noqa: F401 (fixture)
+    ClusterNode,
+    RedisClusterProcess,
+    redis_cluster_fixture,
+)
 from .test_backends import (  # noqa: F401 (redis_url: a fixture)
     REDIS_KINDS,
     TIME,
@@ -329,3 +335,142 @@ async def test_a_burst_of_subscriptions_is_filled_in_a_few_round_trips(redis_nod
         queue(backend, room, said(room, 0), results)
     await results_of(len(rooms), results)
     await recorder.wait(lambda: all(recorder.seqs(room) == [1] for room in rooms))
+
+
+async def test_a_bug_in_one_round_trip_fails_its_batch_and_the_shard_serves_on() -> None:
+    with RedisProcess() as redis_server:
+        async with anyio.create_task_group() as group:
+            backend = RedisBackend(redis_server.url)
+            recorder = Recorder()
+            await backend.start(recorder, group)
+            await backend.subscribe("lobby")
+            assert (await backend.publish("lobby", said("alice", 0))).seq == 1
+            pipelines = backend.commands
+            round_trip = pipelines._round_trip
+            calls = 0
+
+            async def buggy_once(shard: Any, batch: list[Any]) -> list[Any]:
+                nonlocal calls
+                calls += 1
+                if calls == 1:
+                    raise RuntimeError("injected bug")
+                return await round_trip(shard, batch)
+
+            pipelines._round_trip = buggy_once  # type: ignore[method-assign]
+            results: dict[str, Result] = {}
+            for i in range(1, 101):
+                queue(backend, "lobby", said("alice", i), results)
+            await results_of(100, results)
+            failed = [
+                i for i in range(1, 101) if isinstance(results[f"alice-{i}"], BackendUnavailable)
+            ]
+            assert failed and failed == list(range(1, len(failed) + 1))  # the first batch
+            assert "the pipeline failed" in str(results["alice-1"])
+            # Nothing of the failed batch was sent; the rest went on the same task.
+            published = [r.seq for r in results.values() if isinstance(r, Position)]
+            assert published == list(range(2, 2 + 100 - len(failed)))
+            later = await backend.publish("lobby", said("alice", 101))
+            assert later.seq == (published[-1] if published else 1) + 1
+            await recorder.wait(lambda: recorder.seqs("lobby")[-1:] == [later.seq])
+            assert recorder.seqs("lobby") == list(range(1, later.seq + 1))
+            await backend.aclose()
+            group.cancel_scope.cancel()
+
+
+def move_slot(cluster: RedisClusterProcess, slot: int, target: ClusterNode) -> None:
+    """Migrate ``slot`` and its keys to ``target`` as a reshard does (IMPORTING,
+    MIGRATING, MIGRATE, then SETSLOT NODE on every master)."""
+    source = next(node for node in cluster.nodes if (slot, slot) in _owned(node, slot))
+    with target.client() as to, source.client() as frm:
+        target_id, source_id = to.execute_command("CLUSTER", "MYID"), frm.execute_command(
+            "CLUSTER", "MYID"
+        )
+        to.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
+        frm.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
+        while keys := frm.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100):
+            frm.execute_command("MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", *keys)
+    for node in sorted(cluster.nodes, key=lambda n: n is not target):  # the target first
+        with node.client() as client:
+            client.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
+    cluster._read_slots()
+
+
+def _owned(node: ClusterNode, slot: int) -> list[tuple[int, int]]:
+    return [(slot, slot) for start, end in node.slots if start <= slot <= end]
+
+
+@contextmanager
+def slot_moved(cluster: RedisClusterProcess, room: str) -> Iterator[ClusterNode]:
+    """Move ``room``'s slot (and its keys) to another master for the block; the
+    new owner is yielded."""
+    slot = key_slot(channel(room).encode())
+    source = cluster.owner(room)
+    target = next(node for node in cluster.nodes if node is not source)
+    move_slot(cluster, slot, target)
+    try:
+        yield target
+    finally:
+        move_slot(cluster, slot, source)
+
+
+async def test_a_moved_slot_sends_its_publishes_to_the_new_owner(
+    redis_cluster: RedisClusterProcess,
+) -> None:
+    room = "resharded"
+    async with anyio.create_task_group() as group:
+        sender = RedisBackend(redis_cluster.url)
+        await sender.start(lambda room, delivery: None, group)
+        watcher = RedisBackend(redis_cluster.url)
+        watched = Recorder()
+        await watcher.start(watched, group)
+        await watcher.subscribe(room)  # on the old owner
+        with slot_moved(redis_cluster, room) as target:
+            reader = RedisBackend(redis_cluster.url)  # reads the map after the move
+            recorder = Recorder()
+            await reader.start(recorder, group)
+            await reader.subscribe(room)
+            results: dict[str, Result] = {}
+            for i in range(1, 51):  # queued on the old owner: MOVED, then the new one
+                queue(sender, room, said("alice", i), results)
+            await results_of(50, results)
+            assert [r.seq for r in results.values() if isinstance(r, Position)] == list(
+                range(1, 51)
+            )
+            await recorder.wait(lambda: len(recorder.seqs(room)) == 50)
+            assert texts(recorder, room) == [f"alice {i}" for i in range(1, 51)]
+            with target.client() as client:
+                assert client.exists(room_key(room, "history"))
+            # Redis dropped the watcher's subscription: it moved to the new owner, lost nothing.
+            await watched.wait(lambda: len(watched.seqs(room)) >= 50)
+            assert watched.seqs(room) == list(range(1, 51))
+            await reader.aclose()
+            await watcher.aclose()
+        await sender.aclose()
+        group.cancel_scope.cancel()
+
+
+async def test_a_backend_stopped_while_a_moved_slot_is_looked_up_answers_its_publishes(
+    redis_cluster: RedisClusterProcess,
+) -> None:
+    room = "resharded"
+    async with anyio.create_task_group() as group:
+        sender = RedisBackend(redis_cluster.url)
+        await sender.start(lambda room, delivery: None, group)
+        await sender.publish(room, said("alice", 0))
+        looking = anyio.Event()
+
+        async def refresh_forever() -> None:
+            looking.set()
+            await anyio.sleep_forever()
+
+        sender.commands.topology.refresh = refresh_forever  # type: ignore[method-assign]
+        with slot_moved(redis_cluster, room):
+            results: dict[str, Result] = {}
+            for i in range(1, 11):
+                queue(sender, room, said("alice", i), results)
+            with anyio.fail_after(WAIT):
+                await looking.wait()
+            await sender.aclose()
+            await results_of(10, results)
+            assert all(isinstance(r, BackendUnavailable) for r in results.values())
+        group.cancel_scope.cancel()

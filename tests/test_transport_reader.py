@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
+from anyio.abc import SocketStream
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
@@ -28,7 +30,7 @@ from wschat.server import Server, ServerConfig
 from . import helpers
 from .helpers import ServerHandle, running_server, ws_url
 from .test_limits import RawClient, assert_room_works, client_frame
-from .test_server import recv_json, wait_members
+from .test_server import recv_json, upgrade_request, wait_members
 from .test_write_policy import TRANSPORTS, local_port, tls_options
 
 pytestmark = [pytest.mark.anyio, pytest.mark.every_loop]
@@ -197,6 +199,41 @@ class TestSlowDispatch:
             if helpers.server_loop != "trio":
                 assert await is_reading(server, sender)
             await sender.stream.aclose()
+
+    async def test_frames_sent_with_the_handshake_wait_like_the_others(self) -> None:
+        # The upgrade request and a burst of frames in one write: anyio's first
+        # receive had it all without waiting, so it left the transport reading.
+        # The reader must still pause while the first frame's dispatch waits.
+        gate: dict[str, Any] = {}
+        async with (
+            running_server(gated(gate), **QUIET) as server,
+            connect(ws_url(server)) as watcher,
+        ):
+            burst = b"".join(say(f"slow {n}" if n == 0 else f"m{n}") for n in range(10))
+            # Sent before the server's loop runs again (a blocking socket), so it is
+            # all there when the server first reads.
+            sock = socket.create_connection(("127.0.0.1", server.port))
+            sock.sendall(upgrade_request() + burst)
+            stream = await SocketStream.from_socket(sock)
+            sender = RawClient(stream)
+            while b"\r\n\r\n" not in sender.buffer:
+                sender.buffer += await stream.receive()
+            assert sender.buffer.startswith(b"HTTP/1.1 101")
+            sender.buffer = sender.buffer.partition(b"\r\n\r\n")[2]
+            with anyio.fail_after(5):
+                while gate.get("entered", 0) < 1:
+                    await anyio.sleep(0.01)
+            await sender.send(say("more"))
+            await anyio.sleep(0.2)
+            assert gate["entered"] == 1
+            if helpers.server_loop != "trio":
+                assert not await is_reading(server, sender)  # back-pressure
+            await server.call(gate["event"].set)
+            got = [(await recv_json(watcher))["message"] for _ in range(11)]
+            assert got == ["slow 0", *(f"m{n}" for n in range(1, 10)), "more"]
+            if helpers.server_loop != "trio":
+                assert await is_reading(server, sender)
+            await stream.aclose()
 
     async def test_the_drain_ends_a_connection_whose_dispatch_never_returns(self) -> None:
         gate: dict[str, Any] = {}

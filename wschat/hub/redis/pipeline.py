@@ -72,13 +72,17 @@ Done = Callable[[Any], None]
 class Command:
     """One command waiting for (or in) a pipeline."""
 
-    __slots__ = ("args", "done", "key", "retried")
+    __slots__ = ("args", "done", "key", "moved", "reloaded")
 
     def __init__(self, key: str, args: tuple[Any, ...], done: Done) -> None:
         self.key = key
         self.args = args
         self.done = done
-        self.retried = False
+        # Each retry happens once per command: sent again as EVAL after NOSCRIPT
+        # (reloaded), sent to the slot's new owner after MOVED (moved). A moved
+        # EVALSHA may then meet NOSCRIPT on its new shard, and be reloaded there.
+        self.reloaded = False
+        self.moved = False
 
 
 class Shard:
@@ -239,15 +243,15 @@ class Pipelines:
         again: list[Command] = []
         moved = False
         for command, reply in zip(commands, replies, strict=True):
-            if isinstance(reply, NoScriptError) and not command.retried:
+            if isinstance(reply, NoScriptError) and not command.reloaded:
                 script = scripts.BY_SHA.get(command.args[1])
                 if script is not None and command.args[0] == "EVALSHA":
                     command.args = ("EVAL", script.text, *command.args[2:])
-                    command.retried = True
+                    command.reloaded = True
                     again.append(command)
                     continue
-            elif isinstance(reply, MovedError) and not command.retried:
-                command.retried = moved = True
+            elif isinstance(reply, MovedError) and not command.moved:
+                command.moved = moved = True
                 again.append(command)
                 continue
             _answer(command, reply)
