@@ -472,6 +472,41 @@ def test_a_hub_password_is_never_shown(capsys: pytest.CaptureFixture[str]) -> No
     assert "s3cret" not in result.stderr and "user:***@127.0.0.1:1" in result.stderr
 
 
+def test_long_lived_objects_are_frozen_and_a_sweep_frees_the_cycles_they_kept() -> None:
+    # In a process of its own: the collector's settings are process-wide.
+    script = """
+import gc, weakref
+from wschat.server import collector
+
+class Node:
+    pass
+
+collector.tune_collector()
+plain, parent = Node(), Node()
+parent.child = Node()
+parent.child.parent = parent  # a cycle
+gc.collect(1)  # both survive a middle collection: long-lived
+tracked = {id(o) for g in range(3) for o in gc.get_objects(g)}
+print("frozen", id(plain) not in tracked and id(parent) not in tracked)
+gone, kept = weakref.ref(plain), weakref.ref(parent)
+del plain, parent
+gc.collect()
+print("refcount frees frozen", gone() is None, "cycle kept", kept() is not None)
+print("sweep found", collector.sweep() >= 2, "cycle freed", kept() is None)
+print("frozen again", gc.get_freeze_count() > 1000)
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[:4] == [
+        "frozen True",
+        "refcount frees frozen True cycle kept True",
+        "sweep found True cycle freed True",
+        "frozen again True",
+    ]
+
+
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop", "trio"])
 def test_serve_sets_the_collector_for_many_connections(loop: str) -> None:
     # A full collection walks every tracked object: with the defaults a server of

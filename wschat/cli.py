@@ -30,7 +30,7 @@ from .serve_options import (
     settings_from_args,
 )
 from .server import Server, ServerConfig
-from .server.collector import tune_collector
+from .server.collector import sweep_forever, tune_collector
 from .server.descriptors import connection_cap, raise_open_file_limit
 from .startup import StartupError, check_before_serving, describe_startup_failure
 
@@ -64,7 +64,8 @@ async def run_server(app: App, on_ready: Callable[[], None] | None = None) -> No
     """Serve ``app`` until SIGINT or SIGTERM, then drain gracefully.
 
     Once the server listens, the garbage collector is set for many connections
-    (:func:`~wschat.server.collector.tune_collector`), before ``on_ready``.
+    (:func:`~wschat.server.collector.tune_collector`, with its periodic
+    :func:`~wschat.server.collector.sweep_forever`), before ``on_ready``.
 
     Args:
         app: The application (its ``config`` holds the server settings).
@@ -90,6 +91,7 @@ async def run_server(app: App, on_ready: Callable[[], None] | None = None) -> No
                     raise
                 raise StartupError(line) from None
             tune_collector()
+            group.start_soon(sweep_forever)
             if on_ready is not None:
                 on_ready()
             if server.metrics.shared:

@@ -22,7 +22,8 @@ run.py, memory.py and pyspy_profile.py start these as the server ``wschat+VARIAN
 
 ``gcstats``
     Times every garbage collection (gc.callbacks) and prints, every second, how many
-    of each generation ran and the longest pause: does the collector stall the loop?
+    of each generation ran and the longest pause, and each pause over 5 ms with its
+    time and generation: does the collector stall the loop?
 
 ``trace``
     tracemalloc from start-up; SIGUSR1 takes a baseline snapshot, SIGUSR2 writes
@@ -160,14 +161,46 @@ def _install_gc_stats() -> None:
         runs[generation] += 1
         longest[generation] = max(longest[generation], pause)
         total[0] += pause
-        if generation == 2:
+        if generation == 2 or pause > 0.005:
             print(
-                f"gc: full collection {pause * 1e3:.1f} ms, {info['collected']} collected",
+                f"gc: {time.strftime('%H:%M:%S')} generation {generation} "
+                f"{pause * 1e3:.1f} ms, {info['collected']} collected",
                 file=sys.stderr,
                 flush=True,
             )
 
     gc.callbacks.append(timed)
+
+    def census(_signum: int, _frame: object) -> None:
+        # SIGUSR1: the objects each generation holds, and the commonest types.
+        from collections import Counter
+
+        sizes = [len(gc.get_objects(generation)) for generation in range(3)]
+        kinds = Counter(type(o).__name__ for g in (1, 2) for o in gc.get_objects(g))
+        print(f"gc: census {time.strftime('%H:%M:%S')} generations {sizes}; "
+              f"frozen {gc.get_freeze_count()}; top {kinds.most_common(25)}",
+              file=sys.stderr, flush=True)
+
+    def leaked(_signum: int, _frame: object) -> None:
+        # SIGUSR2: unfreeze and collect everything: cyclic garbage a freeze kept.
+        frozen = gc.get_freeze_count()
+        from collections import Counter
+
+        gc.unfreeze()
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        began = time.perf_counter()
+        found = gc.collect()
+        took = (time.perf_counter() - began) * 1e3
+        kinds = Counter(type(o).__name__ for o in gc.garbage)
+        samples = [repr(o)[:150] for o in gc.garbage if not isinstance(o, (dict, tuple, list))]
+        gc.garbage.clear()
+        gc.set_debug(0)
+        print(f"gc: leak check {time.strftime('%H:%M:%S')}: {frozen} were frozen, "
+              f"{found} unreachable found in {took:.0f} ms: {kinds.most_common(20)} {samples[:12]}",
+              file=sys.stderr, flush=True)
+
+    signal.signal(signal.SIGUSR1, census)
+    signal.signal(signal.SIGUSR2, leaked)
 
     _print_every_second(
         lambda: (

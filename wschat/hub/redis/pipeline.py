@@ -293,7 +293,10 @@ class Pipelines:
                 try:
                     replies.append(await connection.read_response())
                 except ResponseError as exc:
-                    replies.append(exc)
+                    # Without its traceback: that holds this frame, whose
+                    # ``replies`` holds the error, a cycle only a full
+                    # collection would free.
+                    replies.append(exc.with_traceback(None))
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await connection.disconnect()
