@@ -177,9 +177,12 @@ def _install_gc_stats() -> None:
 
         sizes = [len(gc.get_objects(generation)) for generation in range(3)]
         kinds = Counter(type(o).__name__ for g in (1, 2) for o in gc.get_objects(g))
-        print(f"gc: census {time.strftime('%H:%M:%S')} generations {sizes}; "
-              f"frozen {gc.get_freeze_count()}; top {kinds.most_common(25)}",
-              file=sys.stderr, flush=True)
+        print(
+            f"gc: census {time.strftime('%H:%M:%S')} generations {sizes}; "
+            f"frozen {gc.get_freeze_count()}; top {kinds.most_common(25)}",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def leaked(_signum: int, _frame: object) -> None:
         # SIGUSR2: unfreeze and collect everything: cyclic garbage a freeze kept.
@@ -195,9 +198,12 @@ def _install_gc_stats() -> None:
         samples = [repr(o)[:150] for o in gc.garbage if not isinstance(o, (dict, tuple, list))]
         gc.garbage.clear()
         gc.set_debug(0)
-        print(f"gc: leak check {time.strftime('%H:%M:%S')}: {frozen} were frozen, "
-              f"{found} unreachable found in {took:.0f} ms: {kinds.most_common(20)} {samples[:12]}",
-              file=sys.stderr, flush=True)
+        print(
+            f"gc: leak check {time.strftime('%H:%M:%S')}: {frozen} were frozen, "
+            f"{found} unreachable found in {took:.0f} ms: {kinds.most_common(20)} {samples[:12]}",
+            file=sys.stderr,
+            flush=True,
+        )
 
     signal.signal(signal.SIGUSR1, census)
     signal.signal(signal.SIGUSR2, leaked)

@@ -15,7 +15,8 @@ from .backend import (
     Delivery,
     History,
 )
-from .hub import Hub, Member, PreparedMessage
+from .hub import Hub
+from .members import Member, PreparedMessage
 from .memory import DEFAULT_MAX_IDLE_ROOMS, MemoryBackend
 from .urls import shown_url
 

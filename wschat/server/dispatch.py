@@ -53,8 +53,8 @@ logger = logging.getLogger("wschat.server")
 # sender's window is one pipeline to Redis and one pub/sub read, so the bound is
 # the batch a fan-out gets: measured at C = 1,000 with one sender keeping 128 in
 # flight, 32 gave 0.46x the memory hub's deliveries/s, 64 0.58x, 128 0.82x. At
-# most 128 x 4,096 characters (MAX_MESSAGE_LENGTH) wait per connection, the size
-# of its outbox limit (1 MiB); the default rate limit (burst 20) binds first.
+# most 128 messages of 4,096 characters (MAX_MESSAGE_LENGTH: 0.5-2 MiB of UTF-8)
+# wait per connection; the default rate limit (burst 20) binds first.
 MAX_IN_FLIGHT = 128
 
 

@@ -24,7 +24,8 @@ The end is the read loop's too: the closing handshake done, or end of stream
 (the client's FIN or reset, an abort, the close timeout's
 :meth:`TransportReader.stop_reading`), the reader's task drains the writer
 within the close timeout, leaves the hub, half-closes and waits for the
-client's FIN, then closes the transport and tells the listener. Writes never
+client's FIN, then aborts the transport (all written by then, or given up)
+and tells the listener. Writes never
 go through here: the connection's :class:`~.writer.TransportWriter` writes to
 the same transport.
 """
