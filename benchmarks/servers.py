@@ -27,7 +27,8 @@ PYTHON = sys.executable
 
 SERVERS = ("wschat", "picows", "websockets")
 PEERS = ("picows", "websockets")  # benchmarks/peers/<name>_server.py
-VARIANTS = ("duck", "batches", "gcstats", "trace")  # benchmarks/experiments/wschat_variants.py
+# benchmarks/experiments/wschat_variants.py
+VARIANTS = ("duck", "batches", "gcstats", "queued", "trace")
 __all__ = ["cpu_seconds", "machine", "rss_kib", "system_cpu", "wait_quiet"]  # from host.py
 
 _SOURCES: dict[str, Path] = {}

@@ -25,6 +25,11 @@ run.py, memory.py and pyspy_profile.py start these as the server ``wschat+VARIAN
     of each generation ran and the longest pause, and each pause over 5 ms with its
     time and generation: does the collector stall the loop?
 
+``queued``
+    The flusher never writes a frame at once (direct mode off for good): every
+    fan-out queues, then one pass writes each connection. Is direct mode worth it
+    for big rooms at low rates?
+
 ``trace``
     tracemalloc from start-up; SIGUSR1 takes a baseline snapshot, SIGUSR2 writes
     the allocations that grew since, by file and by line, to $WSCHAT_TRACE_FILE
@@ -143,6 +148,22 @@ def _install_batch_counts() -> None:
     _print_every_second(line)
 
 
+def _install_queued() -> None:
+    from wschat.server import flusher as flusher_module
+
+    class QueuedFlusher(flusher_module.Flusher):
+        @property  # type: ignore[override]
+        def direct(self) -> bool:
+            return False
+
+        @direct.setter
+        def direct(self, value: bool) -> None:
+            pass
+
+    flusher_module.Flusher = QueuedFlusher  # type: ignore[misc]
+    server_module.Flusher = QueuedFlusher  # type: ignore[attr-defined]
+
+
 def _install_gc_stats() -> None:
     import gc
     import time
@@ -237,10 +258,12 @@ def main() -> int:
         _install_batch_counts()
     elif variant == "gcstats":
         _install_gc_stats()
+    elif variant == "queued":
+        _install_queued()
     elif variant == "trace":
         _install_tracing(os.environ.get("WSCHAT_TRACE_FILE", "tracemalloc.txt"))
     else:
-        raise SystemExit(f"unknown variant {variant!r}: duck, batches, gcstats or trace")
+        raise SystemExit(f"unknown variant {variant!r}: duck, batches, gcstats, queued or trace")
     return cli.main(argv)
 
 

@@ -183,11 +183,16 @@ class TransportWriter(Writer):
         # Handed to the transport: everything ever queued but what is queued here.
         # (Bytes dropped for a closing transport or a slow consumer count as handed
         # on: such a connection is on its way out anyway.)
-        sent = self._total - self._size - self._transport.get_write_buffer_size()
-        if sent != self._sent:
+        # (Writer.stalled_for inlined: the watchdog asks every connection once
+        # a second, and nearly all have nothing waiting.)
+        size = self._size
+        buffered = self._transport.get_write_buffer_size()
+        sent = self._total - size - buffered
+        if sent != self._sent or self.held or not (size or buffered):
             self._sent = sent
             self._progress_at = now
-        return super().stalled_for(now)
+            return 0.0
+        return now - self._progress_at
 
     def _abort(self) -> None:
         reset_on_close(self._transport.get_extra_info("socket"))
