@@ -210,8 +210,8 @@ class TestSlowDispatch:
             connect(ws_url(server)) as watcher,
         ):
             burst = b"".join(say(f"slow {n}" if n == 0 else f"m{n}") for n in range(10))
-            # Sent before the server's loop runs again (a blocking socket), so it is
-            # all there when the server first reads.
+            # Sent with a blocking socket, so on asyncio and uvloop (the server runs
+            # in this loop) it is all there when the server first reads.
             sock = socket.create_connection(("127.0.0.1", server.port))
             sock.sendall(upgrade_request() + burst)
             stream = await SocketStream.from_socket(sock)

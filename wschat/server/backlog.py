@@ -196,6 +196,7 @@ class Writer:
         A held writer is not stalled: it waits for the server (the client's room
         to be entered), not for the client.
         """
+        # (TransportWriter.stalled_for has this inlined: keep the two alike.)
         if self.held or not self.backlog():
             self._progress_at = now
             return 0.0

@@ -17,12 +17,15 @@ second with the server's core 45 % busy.
   allocations (CPython: 700), so short-lived objects die before a collection
   sees them, and the middle one after :data:`MIDDLE_THRESHOLD` young
   collections (CPython: 10), so a burst of joins is walked in small steps;
-- what survives a middle collection (connections, rooms, history: long-lived)
-  is frozen too, instead of waiting in the oldest generation for a full
-  collection. Freezing is O(1), and a frozen object is still freed by
-  reference counting the moment nothing refers to it: wschat's connections
-  hold no reference cycles once closed (a test checks it, on every loop), so
-  they go when they close.
+- what survives a middle collection (connections, rooms, history; under load
+  also whatever was in flight at that moment) is frozen too, instead of
+  waiting in the oldest generation for a full collection. Freezing is O(1),
+  and a frozen object is still freed by reference counting the moment
+  nothing refers to it: wschat's own connection objects hold no reference
+  cycles once closed (a test checks it, on every loop), so they go when they
+  close. (On the stock asyncio loop the standard library's transport is a
+  cycle of its own, a few objects per closed connection: those wait for the
+  sweep. uvloop's are not.)
 
 What a freeze cannot free is a reference cycle that became garbage after it
 was frozen (an exception caught with its traceback, a parent and child that
@@ -38,6 +41,8 @@ from __future__ import annotations
 
 import gc
 import logging
+import random
+import sys
 import time
 from typing import Any
 
@@ -56,14 +61,21 @@ FULL_AFTER = 100
 with the survivors frozen, a full collection walks little anyway."""
 
 SWEEP_INTERVAL = 900.0
-"""Seconds between the full sweeps that free cycles a freeze kept."""
+"""Seconds between the full sweeps that free cycles a freeze kept (on average)."""
 
 
 def tune_collector() -> None:
     """Freeze what exists now, collect in small steps, freeze what lives long
-    (see the module's docstring)."""
+    (see the module's docstring). Pair it with :func:`sweep_forever`: without
+    the sweeps, a cycle that becomes garbage after a freeze is never freed.
+
+    On Python 3.14 and later (an incremental collector, without the middle
+    generation these settings are for) only the start-up heap is frozen.
+    """
     gc.collect()  # what start-up left as garbage goes first, not into the frozen set
     gc.freeze()
+    if sys.version_info >= (3, 14):
+        return
     gc.set_threshold(YOUNG_THRESHOLD, MIDDLE_THRESHOLD, FULL_AFTER)
     if _freeze_survivors not in gc.callbacks:
         gc.callbacks.append(_freeze_survivors)
@@ -77,6 +89,8 @@ def sweep() -> int:
     try:
         found = gc.collect()
     finally:
+        # (The hook freezes after the collection too; this covers a sweep
+        # without tune_collector, and a collect that returned early.)
         gc.freeze()
     logger.info(
         "gc sweep: %d unreachable objects freed in %.0f ms (%d objects frozen)",
@@ -88,10 +102,17 @@ def sweep() -> int:
 
 
 async def sweep_forever(interval: float = SWEEP_INTERVAL) -> None:
-    """:func:`sweep` every ``interval`` seconds; runs until cancelled."""
+    """:func:`sweep` about every ``interval`` seconds; runs until cancelled.
+
+    Each wait is drawn from 0.75-1.25 times ``interval``, so that workers
+    started together (``--workers``) do not all pause at the same moment.
+    """
     while True:
-        await anyio.sleep(interval)
-        sweep()
+        await anyio.sleep(interval * random.uniform(0.75, 1.25))
+        try:
+            sweep()
+        except Exception:  # never the end of the server
+            logger.exception("gc sweep failed")
 
 
 def _freeze_survivors(phase: str, info: dict[str, Any]) -> None:

@@ -162,9 +162,12 @@ class Pipelines:
 
         self.submit(key, args, done)
         await finished.wait()
-        reply = answer[0]
+        reply = answer.pop()
         if isinstance(reply, Exception):
-            raise reply
+            try:
+                raise reply
+            finally:
+                del reply  # else its traceback holds this frame, which holds it: a cycle
         return reply
 
     async def evalsha(self, sha: str, numkeys: int, *keys_and_args: Any) -> Any:
@@ -238,38 +241,48 @@ class Pipelines:
             _fail(batch, exc)
             await self.topology.failed()
             return
-        commands = batch[:]
-        batch.clear()  # answered from here on (the caller fails what is left if cancelled)
+        pending = list(zip(batch, replies, strict=True))
+        batch.clear()  # answered from here on, whatever happens (see the except)
         again: list[Command] = []
-        moved = False
-        for command, reply in zip(commands, replies, strict=True):
-            if isinstance(reply, NoScriptError) and not command.reloaded:
-                script = scripts.BY_SHA.get(command.args[1])
-                if script is not None and command.args[0] == "EVALSHA":
-                    command.args = ("EVAL", script.text, *command.args[2:])
-                    command.reloaded = True
+        sorted_out = 0  # commands of ``pending`` answered or in ``again``
+        try:
+            moved = False
+            for command, reply in pending:
+                if isinstance(reply, NoScriptError) and not command.reloaded:
+                    script = scripts.BY_SHA.get(command.args[1])
+                    if script is not None and command.args[0] == "EVALSHA":
+                        command.args = ("EVAL", script.text, *command.args[2:])
+                        command.reloaded = True
+                        again.append(command)
+                        sorted_out += 1
+                        continue
+                elif isinstance(reply, MovedError) and not command.moved:
+                    command.moved = moved = True
                     again.append(command)
+                    sorted_out += 1
                     continue
-            elif isinstance(reply, MovedError) and not command.moved:
-                command.moved = moved = True
-                again.append(command)
-                continue
-            _answer(command, reply)
-        if moved:
-            try:
-                await self.topology.refresh()
-            except FAILURES as exc:
-                logger.debug("cluster topology refresh failed: %s", exc)
-            except BaseException:  # cancelled: the commands to move are answered, not lost
-                _fail(again, RedisConnectionError("the Redis backend stopped"))
-                raise
-        for command in reversed(again):
-            try:
-                name = self.topology.shard_of_key(command.key)
-            except FAILURES as exc:
-                _answer(command, exc)
-                continue
-            self._queue(name, command, front=True)
+                _answer(command, reply)
+                sorted_out += 1
+            if moved:
+                try:
+                    await self.topology.refresh()
+                except FAILURES as exc:
+                    logger.debug("cluster topology refresh failed: %s", exc)
+            while again:  # last first, each to the front: they go in their order
+                command = again[-1]
+                try:
+                    name = self.topology.shard_of_key(command.key)
+                except FAILURES as exc:
+                    _answer(command, exc)
+                else:
+                    self._queue(name, command, front=True)
+                again.pop()
+        except BaseException as exc:  # cancelled, or a bug: nothing is left unanswered
+            left = [command for command, _ in pending[sorted_out:]] + again
+            stopped = isinstance(exc, anyio.get_cancelled_exc_class())
+            reason = "the Redis backend stopped" if stopped else f"the pipeline failed: {exc!r}"
+            _fail(left, RedisConnectionError(reason))
+            raise
 
     async def _round_trip(self, shard: Shard, batch: list[Command]) -> list[Any]:
         """Send ``batch`` as one write on the shard's connection; its replies, in order.
