@@ -11,6 +11,7 @@ backend works on.
 from __future__ import annotations
 
 import json
+import signal
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
@@ -522,3 +523,31 @@ async def test_a_bug_while_a_moved_slot_is_looked_up_answers_its_publishes(
             assert isinstance(position, Position) and position.seq == first.seq + 1
         await sender.aclose()
         group.cancel_scope.cancel()
+
+
+async def test_a_redis_that_stops_answering_fails_its_pipeline_by_the_deadline() -> None:
+    # SIGSTOP: the connection stays up and the kernel takes the bytes, nothing answers.
+    with RedisProcess() as redis_server:
+        assert redis_server.proc is not None
+        async with anyio.create_task_group() as group:
+            backend = RedisBackend(redis_server.url)
+            await backend.start(lambda room, delivery: None, group)
+            assert (await backend.publish("lobby", said("alice", 0))).seq == 1
+            backend.commands.timeout = 0.5
+            redis_server.proc.send_signal(signal.SIGSTOP)
+            try:
+                results: dict[str, Result] = {}
+                started = time.monotonic()
+                for i in range(1, 11):
+                    queue(backend, "lobby", said("alice", i), results)
+                await results_of(10, results)
+                assert time.monotonic() - started < 3
+                assert all(isinstance(r, BackendUnavailable) for r in results.values())
+                assert "did not answer a pipeline within 0.5 s" in str(results["alice-1"])
+            finally:
+                redis_server.proc.send_signal(signal.SIGCONT)
+            # Redis may still run what it had received; the next publish comes after it.
+            later = await backend.publish("lobby", said("alice", 11))
+            assert 2 <= later.seq <= 12
+            await backend.aclose()
+            group.cancel_scope.cancel()

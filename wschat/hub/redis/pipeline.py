@@ -47,9 +47,10 @@ from anyio.abc import TaskGroup
 from redis.asyncio.connection import AbstractConnection as Connection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import MovedError, NoScriptError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import scripts
-from .topology import FAILURES, Topology
+from .topology import COMMAND_TIMEOUT, FAILURES, Topology
 
 _pack_command: Callable[[tuple[Any, ...]], bytes] | None
 try:
@@ -107,8 +108,10 @@ class Pipelines:
         topology: One Redis or a Cluster.
     """
 
-    def __init__(self, topology: Topology) -> None:
+    def __init__(self, topology: Topology, timeout: float = COMMAND_TIMEOUT) -> None:
         self.topology = topology
+        self.timeout = timeout
+        """Seconds a round trip may take before its connection is given up."""
         self._shards: dict[str, Shard] = {}
         self._group: TaskGroup | None = None
         self.pipelines = 0
@@ -299,20 +302,28 @@ class Pipelines:
         if connection is None:
             pool = self.topology.client(shard.name).connection_pool
             connection = shard.connection = pool.make_connection()  # type: ignore[no-untyped-call]
+            # The round trip has a deadline of its own (below): with a socket
+            # timeout redis-py runs every send in a task of its own (wait_for).
+            connection.socket_timeout = None
+        replies: list[Any] = []
         try:
-            await connection.send_packed_command(_pack(connection, batch), check_health=False)
-            replies: list[Any] = []
-            for _ in batch:
-                try:
-                    replies.append(await connection.read_response())
-                except ResponseError as exc:
-                    # Without its traceback: that holds this frame, whose
-                    # ``replies`` holds the error, a cycle only a full
-                    # collection would free.
-                    replies.append(exc.with_traceback(None))
-        except BaseException:
+            with anyio.fail_after(self.timeout):
+                await connection.send_packed_command(_pack(connection, batch), check_health=False)
+                for _ in batch:
+                    try:
+                        replies.append(await connection.read_response())
+                    except ResponseError as exc:
+                        # Without its traceback: that holds this frame, whose
+                        # ``replies`` holds the error, a cycle only a full
+                        # collection would free.
+                        replies.append(exc.with_traceback(None))
+        except BaseException as exc:
             with anyio.CancelScope(shield=True):
                 await connection.disconnect()
+            if isinstance(exc, TimeoutError):
+                raise RedisTimeoutError(
+                    f"Redis did not answer a pipeline within {self.timeout:g} s"
+                ) from None
             raise
         return replies
 
