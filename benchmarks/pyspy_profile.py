@@ -79,7 +79,10 @@ COMPONENTS: list[tuple[str, tuple[str, ...]]] = [
     ("fan-out: Hub._deliver loop", ("_deliver (wschat/hub/hub.py",)),
     # once per message (inbound: issue 14 item 3), innermost first
     ("publish: format_time", ("format_time",)),
-    ("publish: JSON encode (message_event)", ("message_event", "message_payload")),
+    (
+        "publish: JSON encode (message_event)",
+        ("message_event", "message_payload", "wschat/chat/events.py"),
+    ),
     ("publish: MemoryBackend.publish (seq, history, dedup)", ("publish (wschat/hub/memory.py",)),
     ("publish: Hub.say", ("say (wschat/hub/hub.py",)),
     ("chat: username (RFC 8266, memo)", ("wschat/chat/names.py", "precis_i18n", "UsernameMemo")),

@@ -1,4 +1,4 @@
-"""The chat layer, pure: the wire schema (schema.py), usernames (names.py), sessions (session.py).
+"""The chat layer, pure: the wire schema (schema.py, events.py), usernames, sessions.
 
 Inputs are the exact text frames a client sends; outputs are commands or a
 ChatError whose ``code`` is the stable, machine-readable part clients rely on.

@@ -2,6 +2,17 @@
 
 from .confusables import check_distinct, find_confusable, skeleton
 from .errors import ChatError
+from .events import (
+    ack_event,
+    decode_event,
+    encode,
+    error_event,
+    format_time,
+    history_event,
+    membership_event,
+    message_event,
+    presence_event,
+)
 from .frames import (
     MAX_TOKEN_LENGTH,
     Auth,
@@ -22,17 +33,8 @@ from .schema import (
     Position,
     Say,
     UsernameMemo,
-    ack_event,
-    decode_event,
-    encode,
-    error_event,
-    format_time,
-    history_event,
-    membership_event,
-    message_event,
     parse_command,
     peek_message_id,
-    presence_event,
     validate_message,
     validate_message_id,
     validate_room,

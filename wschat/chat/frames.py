@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import ChatError
-from .schema import Command, _command, _decode_object, _kind, _optional_room, encode
+from .events import encode
+from .schema import Command, _command, _decode_object, _kind, _optional_room
 
 # A JWT of a few claims is ~300 characters; 8 KiB is nginx's header buffer
 # (large_client_header_buffers) and bounds the work a bogus token can cause.
