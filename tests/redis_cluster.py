@@ -175,11 +175,31 @@ class RedisClusterProcess:
 
     def owner(self, room: str) -> ClusterNode:
         """The master whose slots hold ``room``."""
-        slot = key_slot(channel(room).encode())
+        return self.owner_of_slot(key_slot(channel(room).encode()))
+
+    def owner_of_slot(self, slot: int) -> ClusterNode:
+        """The master that holds ``slot``."""
         for node in self.nodes:
             if any(start <= slot <= end for start, end in node.slots):
                 return node
         raise LookupError(f"no master owns slot {slot}")
+
+    def move_slot(self, slot: int, target: ClusterNode) -> None:
+        """Migrate ``slot`` and its keys to ``target`` as a reshard does (IMPORTING,
+        MIGRATING, MIGRATE, then SETSLOT NODE on every master, the target first)."""
+        source = self.owner_of_slot(slot)
+        with target.client() as to, source.client() as frm:
+            target_id = to.execute_command("CLUSTER", "MYID")
+            to.execute_command(
+                "CLUSTER", "SETSLOT", slot, "IMPORTING", frm.execute_command("CLUSTER", "MYID")
+            )
+            frm.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
+            while keys := frm.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100):
+                frm.execute_command("MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", *keys)
+        for node in sorted(self.nodes, key=lambda n: n is not target):
+            with node.client() as client:
+                client.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
+        self._read_slots()
 
     def rooms_on_every_shard(self, per_shard: int = 1, prefix: str = "room") -> list[str]:
         """Room names, ``per_shard`` of them owned by each master, in master order."""

@@ -175,6 +175,32 @@ def gated(gate: dict[str, Any]) -> Any:
     return make
 
 
+def burst(count: int) -> bytes:
+    """``count`` chat frames in one write; the first ("slow 0") waits at the gate."""
+    return b"".join(say(f"slow {n}" if n == 0 else f"m{n}") for n in range(count))
+
+
+async def waits_its_turn(
+    server: ServerHandle, gate: dict[str, Any], sender: RawClient, watcher: Any, count: int
+) -> None:
+    """While the first frame of ``burst(count)`` waits at the gate, the rest and one
+    more wait their turn (reading paused: back-pressure); once it opens, the room
+    gets all of them in order and reading resumes."""
+    with anyio.fail_after(5):
+        while gate.get("entered", 0) < 1:
+            await anyio.sleep(0.01)
+    await sender.send(say("more"))
+    await anyio.sleep(0.2)  # "more" reaches the server
+    assert gate["entered"] == 1  # one at a time: the others wait their turn
+    if helpers.server_loop != "trio":
+        assert not await is_reading(server, sender)  # back-pressure
+    await server.call(gate["event"].set)
+    got = [(await recv_json(watcher))["message"] for _ in range(count + 1)]
+    assert got == ["slow 0", *(f"m{n}" for n in range(1, count)), "more"]
+    if helpers.server_loop != "trio":
+        assert await is_reading(server, sender)
+
+
 class TestSlowDispatch:
     async def test_a_waiting_dispatch_pauses_reading_and_loses_nothing(self) -> None:
         gate: dict[str, Any] = {}
@@ -184,20 +210,8 @@ class TestSlowDispatch:
         ):
             sender = await RawClient.open(server.port)
             await wait_members(server, 2)
-            await sender.send(b"".join(say(f"slow {n}" if n == 0 else f"m{n}") for n in range(30)))
-            with anyio.fail_after(5):
-                while gate.get("entered", 0) < 1:
-                    await anyio.sleep(0.01)
-            await sender.send(say("more"))
-            await anyio.sleep(0.2)  # "more" reaches the server
-            assert gate["entered"] == 1  # one at a time: the others wait their turn
-            if helpers.server_loop != "trio":
-                assert not await is_reading(server, sender)  # back-pressure
-            await server.call(gate["event"].set)
-            got = [(await recv_json(watcher))["message"] for _ in range(31)]
-            assert got == ["slow 0", *(f"m{n}" for n in range(1, 30)), "more"]
-            if helpers.server_loop != "trio":
-                assert await is_reading(server, sender)
+            await sender.send(burst(30))
+            await waits_its_turn(server, gate, sender, watcher, 30)
             await sender.stream.aclose()
 
     async def test_frames_sent_with_the_handshake_wait_like_the_others(self) -> None:
@@ -209,30 +223,17 @@ class TestSlowDispatch:
             running_server(gated(gate), **QUIET) as server,
             connect(ws_url(server)) as watcher,
         ):
-            burst = b"".join(say(f"slow {n}" if n == 0 else f"m{n}") for n in range(10))
             # Sent with a blocking socket, so on asyncio and uvloop (the server runs
             # in this loop) it is all there when the server first reads.
             sock = socket.create_connection(("127.0.0.1", server.port))
-            sock.sendall(upgrade_request() + burst)
+            sock.sendall(upgrade_request() + burst(10))
             stream = await SocketStream.from_socket(sock)
             sender = RawClient(stream)
             while b"\r\n\r\n" not in sender.buffer:
                 sender.buffer += await stream.receive()
             assert sender.buffer.startswith(b"HTTP/1.1 101")
             sender.buffer = sender.buffer.partition(b"\r\n\r\n")[2]
-            with anyio.fail_after(5):
-                while gate.get("entered", 0) < 1:
-                    await anyio.sleep(0.01)
-            await sender.send(say("more"))
-            await anyio.sleep(0.2)
-            assert gate["entered"] == 1
-            if helpers.server_loop != "trio":
-                assert not await is_reading(server, sender)  # back-pressure
-            await server.call(gate["event"].set)
-            got = [(await recv_json(watcher))["message"] for _ in range(11)]
-            assert got == ["slow 0", *(f"m{n}" for n in range(1, 10)), "more"]
-            if helpers.server_loop != "trio":
-                assert await is_reading(server, sender)
+            await waits_its_turn(server, gate, sender, watcher, 10)
             await stream.aclose()
 
     async def test_the_drain_ends_a_connection_whose_dispatch_never_returns(self) -> None:

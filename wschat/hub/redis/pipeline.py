@@ -251,20 +251,11 @@ class Pipelines:
         try:
             moved = False
             for command, reply in pending:
-                if isinstance(reply, NoScriptError) and not command.reloaded:
-                    script = scripts.BY_SHA.get(command.args[1])
-                    if script is not None and command.args[0] == "EVALSHA":
-                        command.args = ("EVAL", script.text, *command.args[2:])
-                        command.reloaded = True
-                        again.append(command)
-                        sorted_out += 1
-                        continue
-                elif isinstance(reply, MovedError) and not command.moved:
-                    command.moved = moved = True
+                if _retry(command, reply):
                     again.append(command)
-                    sorted_out += 1
-                    continue
-                _answer(command, reply)
+                    moved = moved or isinstance(reply, MovedError)
+                else:
+                    _answer(command, reply)
                 sorted_out += 1
             if moved:
                 try:
@@ -333,6 +324,21 @@ def _pack(connection: Connection, batch: list[Command]) -> bytes | list[bytes]:
     if pack is None:  # hiredis not installed: redis-py's own packing
         return connection.pack_commands([command.args for command in batch])
     return b"".join([pack(command.args) for command in batch])
+
+
+def _retry(command: Command, reply: Any) -> bool:
+    """Whether ``command`` goes again (made ready for it): as EVAL after NOSCRIPT,
+    to the slot's new owner after MOVED; each once."""
+    if isinstance(reply, NoScriptError) and not command.reloaded:
+        script = scripts.BY_SHA.get(command.args[1])
+        if script is not None and command.args[0] == "EVALSHA":
+            command.args = ("EVAL", script.text, *command.args[2:])
+            command.reloaded = True
+            return True
+    elif isinstance(reply, MovedError) and not command.moved:
+        command.moved = True
+        return True
+    return False
 
 
 def _answer(command: Command, reply: Any) -> None:
