@@ -11,6 +11,7 @@ import os
 import random
 import sys
 import time
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,19 @@ from wsproto import connection as ws
 
 from wschat.chat import ChatSession, Position, format_time, message_event, parse_command
 from wschat.hub import Hub, MemoryBackend
+
+
+class _CTransport:
+    """A transport whose methods are C callables: only wschat's own Python is counted."""
+
+    __slots__ = ("write",)
+
+    def __init__(self, write: Callable[[bytes], None]) -> None:
+        self.write = write
+
+    get_write_buffer_size = staticmethod(int)  # int() is 0
+    is_closing = staticmethod(bool)  # bool() is False
+
 
 MICRO = str(Path(__file__).resolve().parent / "micro.py")
 
@@ -180,6 +194,35 @@ def loops(rng: random.Random) -> dict[str, Callable[[int], None]]:
 
         return loop
 
+    def fanout(recipients: int, direct: bool) -> Callable[[int], None]:
+        # One fan-out to ``recipients`` real Peers per operation, then the flush
+        # that ends its batch: written at once (direct mode: a big room at a low
+        # message rate) or queued and flushed joined (batched). Instructions per
+        # recipient: the difference of two room sizes over the difference in size.
+        def loop(n: int) -> None:
+            anyio.run(run, n)
+
+        async def run(n: int) -> None:
+            members = await _real_members(recipients)
+            sink: deque[bytes] = deque(maxlen=0)
+            for member in members:
+                member.writer._transport = _CTransport(sink.append)
+            flusher = members[0].writer._flusher
+            flusher._busy_batch = float("inf")  # valgrind's slowness is no busy loop
+            hub = Hub(MemoryBackend())
+            async with anyio.create_task_group() as group:
+                await hub.start(group)
+                for member in members:
+                    await hub.enter(member, ROOM)
+                for _ in range(n):
+                    flusher.direct = direct
+                    await hub.say(ROOM, "s1", text)
+                    flusher.flush()
+                await hub.aclose()
+                group.cancel_scope.cancel()
+
+        return loop
+
     return {
         "decode": decode,
         "decode_wsproto": decode_wsproto,
@@ -194,6 +237,11 @@ def loops(rng: random.Random) -> dict[str, Callable[[int], None]]:
         "on_text_limited": inbound(1e9, "on_text"),
         "whole": inbound(0.0, "whole"),
         "whole_limited": inbound(1e9, "whole"),
+        **{
+            f"fanout_{mode}_{size}": fanout(size, mode == "direct")
+            for mode in ("direct", "batched")
+            for size in (50, 500)
+        },
     }
 
 

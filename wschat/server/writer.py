@@ -129,11 +129,16 @@ class TransportWriter(Writer):
             return True
         transport = self._transport
         buffered = transport.get_write_buffer_size()
-        if (
-            limit
-            and (buffered + size > limit or self._oversized_end + buffered > self._total)
-            and not self._admits(buffered, size)
-        ):
+        if buffered:
+            if (
+                limit
+                and (buffered + size > limit or self._oversized_end + buffered > self._total)
+                and not self._admits(buffered, size)
+            ):
+                return self._final
+        elif size > limit and limit and not self._admits(0, size):
+            # Nothing waits anywhere (so no oversized item either): only an item
+            # bigger than the limit needs the rules. The common case costs one compare.
             return self._final
         flusher = self._flusher
         if self.held or not flusher.direct or self._batch == flusher.batch:
