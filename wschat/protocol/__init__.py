@@ -5,7 +5,7 @@ Nothing here does I/O or reads a clock; see :class:`ServerConnection` and
 """
 
 from .client import DEFAULT_MAX_REJECTION_BODY, ClientConnection
-from .connection import DEFAULT_MAX_PENDING_OUTPUT, DEFAULT_MAX_REQUEST_HEAD, ServerConnection
+from .connection import ServerConnection
 from .deflate import DEFAULT_COMPRESSION_MIN_SIZE, DeflatePolicy, MessageDeflater
 from .errors import LocalProtocolError, ProtocolError
 from .events import (
@@ -23,6 +23,7 @@ from .events import (
 )
 from .frames import encode_text_frame
 from .handshake import HostPolicy, OriginPolicy, Rejection
+from .http import DEFAULT_MAX_PENDING_OUTPUT, DEFAULT_MAX_REQUEST_HEAD
 from .state import State
 from .websocket import DEFAULT_MAX_MESSAGE_SIZE, WebSocketConnection
 

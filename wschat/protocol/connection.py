@@ -28,8 +28,6 @@ compressor this connection shares with every other of the same setting.
 
 from __future__ import annotations
 
-from typing import Final
-
 import h11
 from wsproto import ConnectionType
 
@@ -49,47 +47,17 @@ from .handshake import (
     decode_headers,
     header_value,
     offered_extensions,
+    tries_to_upgrade,
+)
+from .http import (
+    DEFAULT_MAX_PENDING_OUTPUT,
+    DEFAULT_MAX_REQUEST_BODY,
+    DEFAULT_MAX_REQUEST_HEAD,
+    SERVER_HEADER,
+    STATUS_TEXT,
 )
 from .state import State
 from .websocket import DEFAULT_MAX_MESSAGE_SIZE, WebSocketConnection
-
-# Some precedents for the request-head limit (request line + headers):
-# - h11: 16 KiB; node.js: 16 KiB (was 80 KiB); nginx: 8 KiB per line, 32 KiB total
-# - Answered with 431 Request Header Fields Too Large (RFC 6585 5).
-DEFAULT_MAX_REQUEST_HEAD = 16 * 1024
-
-# Pipelined requests are parsed only while at most this many response bytes wait
-# in data_to_send(). Precedents: node.js pauses its parser on pipelined requests
-# once the socket's buffered output reaches writableHighWaterMark (16 KiB);
-# asyncio's transports call pause_writing() at a 64 KiB high-water mark.
-DEFAULT_MAX_PENDING_OUTPUT = 64 * 1024
-
-# Request bodies (the HTTP API's JSON) are read whole, up to this; over it: 413.
-# Precedents: nginx's client_max_body_size is 1 MiB; a chat message is 4096
-# characters, so 64 KiB holds any API call with room to spare.
-DEFAULT_MAX_REQUEST_BODY = 64 * 1024
-
-SERVER_HEADER: Final = ("server", "wschat")
-
-STATUS_TEXT: Final = {
-    100: "Continue",
-    200: "OK",
-    201: "Created",
-    400: "Bad Request",
-    401: "Unauthorized",
-    403: "Forbidden",
-    404: "Not Found",
-    405: "Method Not Allowed",
-    413: "Content Too Large",
-    415: "Unsupported Media Type",
-    421: "Misdirected Request",
-    426: "Upgrade Required",
-    429: "Too Many Requests",
-    431: "Request Header Fields Too Large",
-    500: "Internal Server Error",
-    501: "Not Implemented",
-    503: "Service Unavailable",
-}
 
 
 class ServerConnection(WebSocketConnection):
@@ -298,7 +266,7 @@ class ServerConnection(WebSocketConnection):
             # RFC 9110 15.5.20: 421, the server does not answer for this authority.
             self._reject(421, f"host not allowed: {host or '(empty)'} (see --allow-host)")
             return
-        if path in self.websocket_paths and _tries_to_upgrade(headers):
+        if path in self.websocket_paths and tries_to_upgrade(headers):
             version = request.http_version.decode("latin-1")
             self._pending_request = (path, query, headers)
             rejection = check_websocket_request(
@@ -408,11 +376,3 @@ class ServerConnection(WebSocketConnection):
         self._open_websocket(
             ConnectionType.SERVER, deflate, max_message_size, accept_binary, trailing
         )
-
-
-def _tries_to_upgrade(headers: Headers) -> bool:
-    """Whether a request to a WebSocket path is a (perhaps broken) upgrade attempt,
-    rather than a plain request such as a page's ``fetch`` of the same URL."""
-    return any(
-        name in ("upgrade", "sec-websocket-key", "sec-websocket-version") for name, _ in headers
-    )

@@ -295,3 +295,11 @@ def check_websocket_response(headers: Headers, key: str) -> str | None:
         # We offer no subprotocol; the server "MUST" not pick one we did not offer.
         return "101 response selects a subprotocol that was not offered"
     return None
+
+
+def tries_to_upgrade(headers: Headers) -> bool:
+    """Whether a request to a WebSocket path is a (perhaps broken) upgrade attempt,
+    rather than a plain request such as a page's ``fetch`` of the same URL."""
+    return any(
+        name in ("upgrade", "sec-websocket-key", "sec-websocket-version") for name, _ in headers
+    )
