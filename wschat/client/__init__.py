@@ -21,7 +21,8 @@ across connections is :class:`~wschat.client.session.ClientSession`.
 """
 
 from .backoff import Backoff
-from .client import ChatClient, connect
+from .client import ChatClient
+from .connecting import connect
 from .errors import (
     ClientError,
     ConnectError,

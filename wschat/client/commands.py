@@ -23,7 +23,8 @@ from typing import Any, TextIO
 
 import anyio
 
-from .client import ChatClient, connect
+from .client import ChatClient
+from .connecting import connect
 from .errors import ClientError
 from .render import render
 
