@@ -23,9 +23,10 @@ from ..backend import (
     PublishDone,
 )
 from .keys import room_key
-from .messages import Limits, Messages
+from .messages import Messages
 from .pipeline import Pipelines
 from .presence import Presence
+from .scripts import Limits
 from .topology import CLUSTER_SCHEME, FAILURES, ClusterRedis, SingleRedis, Topology
 
 logger = logging.getLogger("wschat.hub.redis")

@@ -61,16 +61,15 @@ from ..backend import (
     Delivery,
     History,
     PublishDone,
-    message_payload,
 )
 from . import keys, scripts
 from .pipeline import Pipelines
 from .reader import ShardReader
+from .scripts import Limits, split_message
 from .topology import COMMAND_TIMEOUT, FAILURES, Topology
 
 logger = logging.getLogger("wschat.hub.redis")
 
-_EPOCH_MARK = "E"
 _RELAY_MARK = b"R"
 
 
@@ -90,14 +89,10 @@ class Room:
     """Set once Redis confirmed the subscription (and the gap was filled)."""
 
 
-def split_message(room: str, message: ChatMessage) -> tuple[bytes, bytes]:
-    """The message event JSON up to ``"seq":`` and after the epoch, for Lua to splice."""
-    sample = message_payload(room, Position(_EPOCH_MARK, 0), message)
-    marker = b'"seq":0,"epoch":"' + _EPOCH_MARK.encode() + b'"'
-    head, found, tail = sample.partition(marker)
-    if not found:  # pragma: no cover - message_event's key order changed
-        raise AssertionError("message_event no longer puts seq before epoch")
-    return head + b'"seq":', tail
+def _positioned(data: bytes, bar: int) -> tuple[int, str, bytes]:
+    """A message's ``{seq}|{epoch}|{json}`` as (seq, epoch, json); ``bar`` is the first ``|``."""
+    bar2 = data.index(b"|", bar + 1)
+    return int(data[:bar]), data[bar + 1 : bar2].decode(), data[bar2 + 1 :]
 
 
 def _position(reply: Any) -> Position | BackendUnavailable:
@@ -106,17 +101,6 @@ def _position(reply: Any) -> Position | BackendUnavailable:
         return BackendUnavailable(f"Redis did not take the message: {reply}")
     seq, epoch, _ = reply
     return Position(epoch.decode(), int(seq))
-
-
-@dataclass(frozen=True, slots=True)
-class Limits:
-    """What a room keeps in Redis, in the units the scripts take (ms)."""
-
-    history_size: int
-    history_ttl_ms: int
-    idle_ms: int
-    dedup_ms: int
-    dedup_size: int
 
 
 class Messages:
@@ -342,34 +326,44 @@ class Messages:
 
     # -- delivery ------------------------------------------------------------------
 
-    async def on_event(self, room: str, state: Room, data: bytes) -> None:
-        """One pub/sub message of ``room``: deliver it in order, filling any gap first."""
+    def on_event_nowait(self, room: str, state: Room, data: bytes) -> bool:
+        """One pub/sub message of ``room``, delivered now if it needs no gap fill.
+
+        Returns False when it does (a seq skipped, or a new epoch): nothing was
+        delivered or changed, and :meth:`on_event` must handle it. The reader
+        calls this for every message, without creating a coroutine.
+        """
         bar = data.index(b"|")
         if bar == 0:  # presence: no position
             self._emit(room, Delivery(data[1:], None))
-            return
+            return True
         if data[:1] == _RELAY_MARK:  # an ephemeral event: R{origin}|{json}
             self._emit(room, Delivery(data[bar + 1 :], None, origin=data[1:bar].decode()))
-            return
-        bar2 = data.index(b"|", bar + 1)
-        seq = int(data[:bar])
-        epoch = data[bar + 1 : bar2].decode()
+            return True
+        seq, epoch, payload = _positioned(data, bar)
         if epoch == state.epoch:
             if seq <= state.seq:
-                return  # already delivered (from the stream)
+                return True  # already delivered (from the stream)
             if seq == state.seq + 1:
                 state.seq = seq
-                self._emit(room, Delivery(data[bar2 + 1 :], seq))
-                return
+                self._emit(room, Delivery(payload, seq))
+                return True
         elif seq == 1 and state.epoch == "":  # a new room's first message
             state.epoch, state.seq = epoch, 1
-            self._emit(room, Delivery(data[bar2 + 1 :], seq))
+            self._emit(room, Delivery(payload, seq))
+            return True
+        return False
+
+    async def on_event(self, room: str, state: Room, data: bytes) -> None:
+        """One pub/sub message of ``room``: deliver it in order, filling any gap first."""
+        if self.on_event_nowait(room, state, data):
             return
         # A gap, or a new epoch: deliver what the stream has first.
+        seq, epoch, payload = _positioned(data, data.index(b"|"))
         await self.fill(room, state)
         if self.rooms.get(room) is state and epoch == state.epoch and seq > state.seq:
             state.seq = seq
-            self._emit(room, Delivery(data[bar2 + 1 :], seq))
+            self._emit(room, Delivery(payload, seq))
 
     async def on_subscribed(self, room: str, state: Room) -> None:
         """Redis confirmed ``room``'s subscription: deliver what it missed meanwhile."""

@@ -41,8 +41,8 @@ import anyio
 from ...chat import membership_event, presence_event
 from ..backend import BackendUnavailable, Delivery
 from . import keys, scripts
-from .messages import Limits
 from .pipeline import Pipelines
+from .scripts import Limits
 from .topology import FAILURES, Topology
 
 # Room heartbeats sent at once (each one round trip): enough to hide latency,

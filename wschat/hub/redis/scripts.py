@@ -6,18 +6,27 @@ or restarted, or a Cluster shard that never ran it) answers NOSCRIPT, and the
 script is sent in full once with EVAL, which also caches it there. EVAL and
 EVALSHA are routed by their first key, so on a Cluster each runs on the shard
 that owns the room.
+
+What the scripts take is here too: a room's bounds in their units
+(:class:`Limits`) and the message JSON the publish script splices a position
+into (:func:`split_message`).
 """
 
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from importlib.resources import files
 from typing import Any
 
 from redis.exceptions import NoScriptError
 
+from ...chat import Position
+from ..backend import ChatMessage, message_payload
+
 _HERE = files(__package__)
 _COMMON = (_HERE / "common.lua").read_text(encoding="utf-8")
+_EPOCH_MARK = "E"
 
 
 class Script:
@@ -68,3 +77,24 @@ BY_SHA = {
     )
 }
 """Every script by its SHA1 (a pipeline sends one that got NOSCRIPT again with EVAL)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What a room keeps in Redis, in the units the scripts take (ms)."""
+
+    history_size: int
+    history_ttl_ms: int
+    idle_ms: int
+    dedup_ms: int
+    dedup_size: int
+
+
+def split_message(room: str, message: ChatMessage) -> tuple[bytes, bytes]:
+    """The message event JSON up to ``"seq":`` and after the epoch, for Lua to splice."""
+    sample = message_payload(room, Position(_EPOCH_MARK, 0), message)
+    marker = b'"seq":0,"epoch":"' + _EPOCH_MARK.encode() + b'"'
+    head, found, tail = sample.partition(marker)
+    if not found:  # pragma: no cover - message_event's key order changed
+        raise AssertionError("message_event no longer puts seq before epoch")
+    return head + b'"seq":', tail
