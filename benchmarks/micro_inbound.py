@@ -1,5 +1,7 @@
 """micro.py's inbound benchmarks: one client message through the server, without its deliveries.
 
+(And, for ``--callgrind`` only, the fan-out per recipient: ``fanout_*``.)
+
 ``bench_inbound`` times the whole per-message path and its stages;
 ``loops``/``callgrind`` count instructions per operation under valgrind
 (``micro.py --callgrind [OP ...]``), a figure the shared machine's load does not move.

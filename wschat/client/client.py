@@ -44,7 +44,7 @@ UNAVAILABLE_RETRY_DELAY = 0.5
 
 
 class ChatClient:
-    """A connection to a wschat server that outlives restarts; made by :func:`connect`.
+    """A connection to a wschat server that outlives restarts; made by :func:`~.connecting.connect`.
 
     Iterate over it for :mod:`~wschat.client.events`. Enter and leave it in
     the same task; its methods may be called from any task of that event loop.

@@ -9,11 +9,14 @@ Cluster, moves rooms whose slot another master owns now. A connection that
 stops answering PING, or a subscription Redis drops itself (the slot moved),
 is a failure like any other: reconnect, resubscribe, fill.
 
-Each wait for the socket reads all Redis has sent; the messages that read
-brought are then taken straight from redis-py's hiredis reader and delivered
-without a coroutine, a timeout or a dict each (:func:`_buffered`, ~4.6x fewer
-instructions per message in a burst). Everything else, and every reply when
-redis-py's internals are not the ones expected, takes redis-py's own path.
+Each wait for the socket reads what Redis has sent (up to redis-py's read
+size); the messages that read brought are then taken straight from redis-py's
+hiredis reader and delivered without a coroutine, a timeout or a dict each
+(:func:`_buffered`, ~4.6x fewer instructions per message in a burst). Other
+replies take redis-py's own path, and so does every reply without hiredis or
+with health checks on. This reads redis-py 8's parser (pyproject caps redis
+below 9); redis-py's per-message observability hooks do not run for messages
+taken this way.
 """
 
 from __future__ import annotations
@@ -220,8 +223,9 @@ class ShardReader:
         Each wait for the socket is one :meth:`_read` (one timeout); the other
         replies that read brought are then taken straight from the hiredis
         reader (:func:`_buffered`) and their messages delivered synchronously
-        (:meth:`~.messages.Messages.on_event_nowait`), until one needs a gap
-        fill or is not a message. So a read of many messages reaches the Hub
+        (:meth:`~.messages.Messages.on_event_nowait`; one that needs a gap fill
+        is awaited, then the buffer is taken on), up to the first reply that is
+        not a message. So a read of many messages reaches the Hub
         before this task yields (one batch for the server's flusher), and
         costs a fraction of redis-py's path per message.
         """
@@ -278,9 +282,7 @@ class ShardReader:
         """
         if _buffered(pubsub) is None:
             return await pubsub.parse_response(block=False, timeout=_PING_INTERVAL)
-        conn: Any = pubsub.connection
-        if not conn.is_connected:
-            await conn.connect()
+        conn: Any = pubsub.connection  # connected: _buffered found its parser connected
         return await conn.read_response(
             timeout=_PING_INTERVAL, disconnect_on_error=False, push_request=True
         )
