@@ -356,9 +356,11 @@ class Messages:
 
     async def on_event(self, room: str, state: Room, data: bytes) -> None:
         """One pub/sub message of ``room``: deliver it in order, filling any gap first."""
-        if self.on_event_nowait(room, state, data):
-            return
-        # A gap, or a new epoch: deliver what the stream has first.
+        if not self.on_event_nowait(room, state, data):
+            await self.on_event_after_fill(room, state, data)
+
+    async def on_event_after_fill(self, room: str, state: Room, data: bytes) -> None:
+        """A message :meth:`on_event_nowait` declined: the stream's messages first, then it."""
         seq, epoch, payload = _positioned(data, data.index(b"|"))
         await self.fill(room, state)
         if self.rooms.get(room) is state and epoch == state.epoch and seq > state.seq:

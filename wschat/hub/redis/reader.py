@@ -135,7 +135,6 @@ class ShardReader:
         topology = messages.topology
         self._sharded = topology.sharded
         self._message_kind = "smessage" if topology.sharded else "message"
-        self._message_type = self._message_kind.encode()
         self._subscribed_kind = "ssubscribe" if topology.sharded else "subscribe"
 
     async def add(self, room: str, state: Room) -> None:
@@ -233,7 +232,7 @@ class ShardReader:
         on_event_nowait = messages.on_event_nowait
         rooms = self.rooms
         room_of_channel = keys.room_of_channel
-        kind = self._message_type
+        kind = self._message_kind.encode()
         silent = 0
         following: dict[str, Any] | None = None
         msg: dict[str, Any] | None
@@ -250,7 +249,7 @@ class ShardReader:
                     room = room_of_channel(reply[1])
                     state = rooms.get(room)
                     if state is not None and not on_event_nowait(room, state, reply[2]):
-                        await messages.on_event(room, state, reply[2])
+                        await messages.on_event_after_fill(room, state, reply[2])
                         buffered = _buffered(pubsub)
                     if buffered is None:
                         reply = _NOT_ENOUGH_DATA
