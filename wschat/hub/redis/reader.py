@@ -210,7 +210,7 @@ class ShardReader:
                 self.pubsub = None
                 with anyio.move_on_after(_CLOSE_TIMEOUT, shield=True):
                     with contextlib.suppress(*FAILURES):
-                        await pubsub.aclose()  # type: ignore[no-untyped-call]
+                        await pubsub.aclose()
             await anyio.sleep(delay)
             delay = min(delay * 2, _RECONNECT_MAX)
             if topology.sharded:
