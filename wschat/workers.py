@@ -127,4 +127,4 @@ def _join(workers: list[BaseProcess], metrics_dir: str) -> None:
         worker.join()
         if worker.pid is not None:
             # Its live gauges (open connections) stop counting.
-            multiprocess.mark_process_dead(worker.pid, metrics_dir)  # type: ignore[no-untyped-call]
+            multiprocess.mark_process_dead(worker.pid, metrics_dir)  # type: ignore[no-untyped-call, unused-ignore]

@@ -186,5 +186,5 @@ class Metrics:
             return generate_latest(self.registry)
         self.sync()
         combined = CollectorRegistry()
-        MultiProcessCollector(combined)  # type: ignore[no-untyped-call]
+        MultiProcessCollector(combined)  # type: ignore[no-untyped-call, unused-ignore]
         return generate_latest(combined)

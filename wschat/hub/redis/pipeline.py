@@ -292,7 +292,7 @@ class Pipelines:
         connection = shard.connection
         if connection is None:
             pool = self.topology.client(shard.name).connection_pool
-            connection = shard.connection = pool.make_connection()  # type: ignore[no-untyped-call]
+            connection = shard.connection = pool.make_connection()  # type: ignore[no-untyped-call, unused-ignore]
             # The round trip has a deadline of its own (below): with a socket
             # timeout redis-py runs every send in a task of its own (wait_for).
             connection.socket_timeout = None

@@ -182,7 +182,7 @@ class ShardReader:
         while True:
             pubsub = topology.pubsub(self.shard)
             try:
-                await pubsub.connect()  # type: ignore[no-untyped-call]
+                await pubsub.connect()  # type: ignore[no-untyped-call, unused-ignore]
                 for room, state in list(self.rooms.items()):
                     if state.epoch is None:
                         await messages.baseline(room, state)
@@ -260,7 +260,7 @@ class ShardReader:
                     continue
                 if raw:
                     reply = await _finish(pubsub, reply)
-                msg = await pubsub.handle_message(reply) if reply else None  # type: ignore[no-untyped-call]
+                msg = await pubsub.handle_message(reply) if reply else None  # type: ignore[no-untyped-call, unused-ignore]
                 if msg is None:
                     silent += 1
                     if silent > 2:

@@ -103,7 +103,7 @@ class SingleRedis:
 
     async def execute(self, key: str, *args: Any) -> Any:
         """Run one command on its own (no pipeline)."""
-        return await self.commands.execute_command(*args)  # type: ignore[no-untyped-call]
+        return await self.commands.execute_command(*args)  # type: ignore[no-untyped-call, unused-ignore]
 
     async def failed(self) -> None:
         """Nothing to learn after a failure: there is one server."""
