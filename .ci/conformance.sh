@@ -7,7 +7,17 @@
 # itself passes NON-STRICT cases, so its summary line is checked here as well.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")/.." && pwd)
-TOOLS=${AUTOBAHN_TOOLS:-$HERE/../shared/tools/autobahn}
+# The suite's tools sit beside the checkout (../shared) or in the workspace's shared/.
+TOOLS=${AUTOBAHN_TOOLS:-}
+if [ -z "$TOOLS" ]; then
+    for candidate in "$HERE/../shared/tools/autobahn" /work/shared/tools/autobahn; do
+        [ -f "$candidate/run.sh" ] && TOOLS=$candidate && break
+    done
+fi
+if [ -z "$TOOLS" ]; then
+    echo "conformance: the Autobahn tools (shared/tools/autobahn) are not beside this checkout; set AUTOBAHN_TOOLS" >&2
+    exit 1
+fi
 PROFILE=${1:-full}
 PY=${PYTHON:-$HERE/.venv/bin/python}
 [ -x "${WSTEST_HOME:-/opt/wstest}/bin/wstest" ] || bash "$TOOLS/setup.sh"

@@ -242,6 +242,7 @@ async def test_silence_is_pinged_and_a_redis_that_stops_answering_is_left(
     await a.subscribe("lobby")
     admin = deployment.admin()
     try:
+
         async def pinged_thrice() -> bool:  # silent intervals, each PINGed and answered
             stats = await admin.info("commandstats")
             return int(stats.get("cmdstat_ping", {}).get("calls", 0)) >= 3

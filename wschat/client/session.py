@@ -10,15 +10,10 @@ is made or lost and feeds it every text frame; it answers with texts to send
 ``now``) and draws no random numbers (message ids come from a prefix the
 caller chooses).
 
-Recovery. Each room keeps the position (epoch, seq) of the last message the
-user was given. On every new connection each room is re-joined with
-``since`` that position; until the room's ``history`` answer arrives, its live
-events are buffered. The answer's messages are then given out, minus those
-already seen (same epoch, seq not newer), a :class:`~.events.Gap` first when
-the server says ``complete: false``, then the buffered live events, minus
-duplicates again. So each message reaches the user once and in order. A live
-message that skips a seq, or comes from a new epoch, starts the same recovery
-without reconnecting.
+Recovery (:mod:`.rooms`). On every new connection each room is re-joined
+with ``since`` the position of the last message the user was given; each
+message reaches the user once and in order, a :class:`~.events.Gap` marking
+what the server no longer has.
 
 Pending messages (:mod:`.outgoing`). ``say`` gives each message an id. A
 message is settled by its ``ack`` or by an ``error`` carrying its id. One that
@@ -31,7 +26,6 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 
 from ..chat import ChatError, Position, validate_room, validate_username
 from ..chat.schema import validate_message
@@ -47,6 +41,7 @@ from .events import (
 )
 from .joins import JoinResult, PendingJoins
 from .outgoing import Outgoing, SayResult
+from .rooms import Placement, RoomState
 from .wire import (
     Authenticated,
     Unknown,
@@ -64,16 +59,6 @@ from .wire import (
 TYPING_INTERVAL = 3.0
 
 Result = JoinResult | SayResult
-
-
-@dataclass(slots=True)
-class _Room:
-    position: Position | None = None
-    """The last message given to the user (or the history position on joining)."""
-    live: bool = False
-    """The room's join was answered on the current connection."""
-    buffer: list[Event] = field(default_factory=list)
-    """Live events that came while the join was unanswered."""
 
 
 class ClientSession:
@@ -108,7 +93,7 @@ class ClientSession:
         if not wanted:
             raise ValueError("give at least one room")
         self._first_room = wanted[0]
-        self._rooms: dict[str, _Room] = {room: _Room() for room in wanted}
+        self._rooms: dict[str, RoomState] = {room: RoomState() for room in wanted}
         self._id_prefix = id_prefix
         self._ids = itertools.count(1)
         self._outgoing = Outgoing()
@@ -181,8 +166,7 @@ class ClientSession:
         self._awaiting_joins.clear()
         self._out.clear()
         for state in self._rooms.values():
-            state.live = False
-            state.buffer.clear()  # recovered from history on the next connection
+            state.connection_lost()
         self._outgoing.connection_lost()
 
     # -- commands ------------------------------------------------------------------
@@ -201,7 +185,7 @@ class ClientSession:
             raise ValueError(exc.reason) from None
         if room in self._rooms:
             return False
-        state = self._rooms[room] = _Room()
+        state = self._rooms[room] = RoomState()
         if self._connected:
             self._send_join(room, state)
         return True
@@ -315,16 +299,14 @@ class ClientSession:
             else:
                 self._events.append(event)
 
-    def _on_message(self, room: str, state: _Room, message: Message, detect_holes: bool) -> None:
-        last = state.position
-        if last is None or message.position.epoch != last.epoch:
-            if last is not None and detect_holes:
-                self._recover(room, state, message)  # a new epoch: the old one's end is lost
-                return
-        elif message.position.seq > last.seq + 1 and detect_holes:
-            self._recover(room, state, message)  # a message went missing
+    def _on_message(
+        self, room: str, state: RoomState, message: Message, detect_holes: bool
+    ) -> None:
+        placement = state.place(message, detect_holes)
+        if placement is Placement.HOLE:
+            self._recover(room, state, message)
             return
-        if last is None or message.position.epoch != last.epoch or message.position.seq > last.seq:
+        if placement is Placement.NEW:
             state.position = message.position
             self._events.append(message)
         if (
@@ -334,7 +316,7 @@ class ClientSession:
         ):
             self._settle(message.id, message.position)
 
-    def _recover(self, room: str, state: _Room, message: Message) -> None:
+    def _recover(self, room: str, state: RoomState, message: Message) -> None:
         state.live = False
         state.buffer.append(message)
         self._send_join(room, state)
@@ -354,8 +336,7 @@ class ClientSession:
                 self._on_message(room, state, message, detect_holes=False)
         state.position = reply.position
         state.live = True
-        buffered, state.buffer = state.buffer, []
-        for event in buffered:
+        for event in state.take_buffer():
             if isinstance(event, Message):
                 self._on_message(room, state, event, detect_holes=True)
             elif state.live:
@@ -404,7 +385,7 @@ class ClientSession:
             self._fail(message_id, Error("not_joined", f"not in {room!r}", message_id, room))
         self._typing_sent.pop(room, None)
 
-    def _send_join(self, room: str, state: _Room) -> None:
+    def _send_join(self, room: str, state: RoomState) -> None:
         state.live = False
         self._awaiting_joins.sent(room)
         self._out.append(join_command(room, self._join_as, state.position))
