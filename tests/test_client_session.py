@@ -45,7 +45,7 @@ from wschat.client.events import (
 )
 from wschat.client.joins import JoinResult
 from wschat.client.outgoing import SayResult
-from wschat.client.rooms import RoomState
+from wschat.client.rooms import Placement, RoomState
 from wschat.client.session import ClientSession
 from wschat.client.url import parse_server_url
 from wschat.client.wire import Unknown, decode_server_event
@@ -596,20 +596,23 @@ def test_delay_before_retrying_a_connection() -> None:
 @pytest.mark.parametrize(
     ("last", "seq_epoch", "detect_holes", "placement"),
     [
-        (None, (5, "e1"), True, "new"),  # the first message of a room
-        ((4, "e1"), (5, "e1"), True, "new"),  # the next one
-        ((4, "e1"), (4, "e1"), True, "seen"),  # a duplicate (live after history)
-        ((4, "e1"), (2, "e1"), True, "seen"),  # an older one
-        ((4, "e1"), (6, "e1"), True, "hole"),  # 5 went missing
-        ((4, "e1"), (6, "e1"), False, "new"),  # history may start past it
-        ((4, "e1"), (1, "e2"), True, "hole"),  # a new epoch: the old one's end is lost
-        ((4, "e1"), (1, "e2"), False, "new"),
+        (None, (5, "e1"), True, Placement.NEW),  # the first message of a room
+        ((4, "e1"), (5, "e1"), True, Placement.NEW),  # the next one
+        ((4, "e1"), (4, "e1"), True, Placement.SEEN),  # a duplicate (live after history)
+        ((4, "e1"), (2, "e1"), True, Placement.SEEN),  # an older one
+        ((4, "e1"), (6, "e1"), True, Placement.HOLE),  # 5 went missing
+        ((4, "e1"), (6, "e1"), False, Placement.NEW),  # history may start past it
+        ((4, "e1"), (1, "e2"), True, Placement.HOLE),  # a new epoch: the old one's end is lost
+        ((4, "e1"), (1, "e2"), False, Placement.NEW),
     ],
 )
 def test_a_rooms_placement_of_a_message(
-    last: tuple[int, str] | None, seq_epoch: tuple[int, str], detect_holes: bool, placement: str
+    last: tuple[int, str] | None,
+    seq_epoch: tuple[int, str],
+    detect_holes: bool,
+    placement: Placement,
 ) -> None:
     state = RoomState(Position(last[1], last[0]) if last else None)
     seq, epoch = seq_epoch
     message = Message("lobby", "bob", "hi", datetime.now(UTC), Position(epoch, seq))
-    assert state.place(message, detect_holes).value == placement
+    assert state.place(message, detect_holes) is placement

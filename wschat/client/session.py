@@ -317,9 +317,8 @@ class ClientSession:
             self._settle(message.id, message.position)
 
     def _recover(self, room: str, state: RoomState, message: Message) -> None:
-        state.live = False
         state.buffer.append(message)
-        self._send_join(room, state)
+        self._send_join(room, state)  # not live until the join is answered
 
     def _on_history(self, reply: History) -> None:
         room = reply.room
