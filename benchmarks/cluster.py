@@ -41,7 +41,6 @@ import itertools
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -55,10 +54,10 @@ sys.path[:0] = [str(HERE), str(HERE.parent)]
 import redis  # noqa: E402
 import servers  # noqa: E402
 from cluster_clients import Client, Clients, connect_all, settle, warm_up  # noqa: E402
-from loadgen import MESSAGE_SIZE  # noqa: E402
-from run import percentiles  # noqa: E402
+from scenarios import percentiles  # noqa: E402
+from wire import MESSAGE_SIZE  # noqa: E402
 
-from tests.helpers import RedisProcess, wait_for_port  # noqa: E402
+from tests.helpers import RedisProcess  # noqa: E402
 from tests.redis_cluster import RedisClusterProcess  # noqa: E402
 
 RESULTS = HERE / "results"
@@ -87,31 +86,19 @@ def deployment(kind: str, nodes: int, log_dir: Path) -> Iterator[dict[str, Any]]
             url, redis_ports = cluster.url, [node.port for node in cluster.nodes]
         else:
             url, nodes = "memory://", 1
-        procs = [stack.enter_context(wschat_node(url, log_dir)) for _ in range(nodes)]
+        options = servers.Options(hub_url=url)
+        procs = []
+        for _ in range(nodes):
+            # servers.start: the run's snapshot of wschat/, --rate 0, compression off,
+            # per-address limits off (one load generator, one address), unpinned
+            procs.append(servers.start("wschat", None, log_dir, options=options))
+            stack.callback(procs[-1].stop)
         yield {
             "url": url,
-            "ports": [port for port, _ in procs],
-            "pids": [proc.pid for _, proc in procs],
+            "ports": [proc.port for proc in procs],
+            "pids": [proc.pid for proc in procs],
             "redis": redis_ports,
         }
-
-
-@contextmanager
-def wschat_node(url: str, log_dir: Path) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
-    port = servers.free_port()
-    argv, src = servers.command("wschat", "127.0.0.1", port)
-    env = dict(os.environ, PYTHONPATH=str(src))
-    log_dir.mkdir(parents=True, exist_ok=True)
-    with open(log_dir / f"node-{port}.log", "wb") as out:
-        # one load generator, one address: the per-address limits are off
-        extra = ["--hub", url, "--address-rate", "0", "--connect-rate", "0"]
-        proc = subprocess.Popen([*argv, *extra], cwd=src, env=env, stdout=out, stderr=out)
-    server = servers.ServerProcess("wschat", "127.0.0.1", port, proc, log_dir)
-    try:
-        wait_for_port(port, timeout=30)
-        yield port, proc
-    finally:
-        server.stop()
 
 
 def redis_cpu(ports: list[int]) -> float:

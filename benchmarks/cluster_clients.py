@@ -4,7 +4,7 @@ Each client sits in one room (``/ws?room=...``) on one wschat node and speaks
 the seed format (``{"username", "message"}``), so it receives ``message`` events
 only. A message's text starts with its send time (ns) and the sender's node
 number, so every delivery's latency is known, and whether it crossed nodes.
-Frames come from ``loadgen`` (the broadcast benchmark's load generator).
+Frames come from ``wire`` (the broadcast benchmark's client frames).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import os
 import time
 from typing import Any
 
-from loadgen import MESSAGE_SIZE, chat_frame, mask_frame
+from wire import MESSAGE_SIZE, chat_payload, mask_frame
 
 
 class Clients:
@@ -122,7 +122,8 @@ class Client(asyncio.Protocol):
     def say(self, k: int) -> None:
         head = f"{time.time_ns():019d}|{self.node}|{k:09d}|"
         if self.transport is not None:
-            self.transport.write(chat_frame(self.username, head + "x" * (MESSAGE_SIZE - len(head))))
+            text = head + "x" * (MESSAGE_SIZE - len(head))
+            self.transport.write(mask_frame(chat_payload(self.username, text)))
         self.sent += 1
 
     def pump(self) -> None:
