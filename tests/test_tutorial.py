@@ -139,32 +139,52 @@ def restart_chat(
         expect(page.locator("#status")).to_have_text("")
 
 
+class Terminal:
+    """One of the reader's terminals: the venv activated, and what was exported in it."""
+
+    def __init__(self, cwd: Path, **values: str) -> None:
+        self.cwd = cwd
+        self.env = shell_env(**values)
+
+    def run(self, line: str) -> str:
+        """Run a command to its end; an ``export`` line sets the variable in this terminal."""
+        if line.startswith("export "):
+            name = line.removeprefix("export ").split("=", 1)[0]
+            self.env[name] = exported(line, self.cwd, self.env)
+            return ""
+        return shell(line, self.cwd, self.env)
+
+
 def test_the_tutorial_works_as_written(
     reader_dir: Path, processes: Processes, new_page: OpenPage, shot: Shot
 ) -> None:
     chat, login = free_port(), free_port()
     tutorial = Tutorial({8080: chat, 8081: login})
-    env = shell_env(
-        WSCHAT_PORT=str(chat),
-        EXAMPLE_LOGIN_PORT=str(login),
-        EXAMPLE_CHAT_URL=f"ws://127.0.0.1:{chat}",
+    # Each terminal has only what the tutorial has the reader set in it (and the test's ports).
+    chat_terminal = Terminal(reader_dir, WSCHAT_PORT=str(chat))
+    probe_terminal = Terminal(reader_dir)
+    login_terminal = Terminal(
+        reader_dir, EXAMPLE_LOGIN_PORT=str(login), EXAMPLE_CHAT_URL=f"ws://127.0.0.1:{chat}"
     )
+    bot_terminal = Terminal(reader_dir)
     setup = tutorial.lines("make test")
     assert setup[1] == ". .venv/bin/activate"  # (this test runs in that venv)
 
     # 1. The app object
     (mkdir,) = tutorial.lines("mkdir mychat")
-    shell(mkdir, reader_dir, env)
+    chat_terminal.run(mkdir)
     (reader_dir / "mychat" / "chat.py").write_text(tutorial.next("python", "import os"))
-    export, serve = tutorial.lines("export EXAMPLE_JWT_SECRET=$(")
-    env["EXAMPLE_JWT_SECRET"] = exported(export, reader_dir, env)
-    processes.start("chat", serve, reader_dir, env, chat)
+    *make_secret, serve = tutorial.lines("python -c ")
+    for line in make_secret:
+        assert chat_terminal.run(line) == "", line
+    assert chat_terminal.env["EXAMPLE_JWT_SECRET"]
+    processes.start("chat", serve, reader_dir, chat_terminal.env, chat)
     (probe,) = tutorial.lines("python -m websockets")
-    assert "server rejected WebSocket connection: HTTP 401" in shell(probe, reader_dir, env)
+    assert "server rejected WebSocket connection: HTTP 401" in probe_terminal.run(probe)
     assert "refused: 401 a token is required: " in processes.output("chat")
     command, typed = tutorial.lines("python -m websockets")
     with subprocess.Popen(
-        ["bash", "-c", command], cwd=reader_dir, env=env, text=True,
+        ["bash", "-c", command], cwd=reader_dir, env=probe_terminal.env, text=True,
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     ) as client:  # fmt: skip
         assert client.stdin is not None and client.stdout is not None
@@ -176,9 +196,10 @@ def test_the_tutorial_works_as_written(
     assert "authenticate first" in said
 
     # 2. Sign in
-    same_secret, login_server = tutorial.lines("export EXAMPLE_JWT_SECRET=…")
-    assert same_secret == "export EXAMPLE_JWT_SECRET=…"  # the value of step 1: env has it
-    processes.start("login", login_server, reader_dir, env, login)
+    same_secret, login_server = tutorial.lines("export EXAMPLE_JWT_SECRET=$(cat ")
+    login_terminal.run(same_secret)
+    assert login_terminal.env["EXAMPLE_JWT_SECRET"] == chat_terminal.env["EXAMPLE_JWT_SECRET"]
+    processes.start("login", login_server, reader_dir, login_terminal.env, login)
     login_url = f"http://127.0.0.1:{login}"
     alice, bob = new_page("alice"), new_page("bob")
     alice_frames, bob_frames = Frames(alice), Frames(bob)
@@ -224,7 +245,7 @@ def test_the_tutorial_works_as_written(
     # 4. Keep it clean
     (reader_dir / "mychat" / "chat.py").write_text(tutorial.next("python", "import os"))
     (serve,) = tutorial.lines("wschat serve")
-    restart_chat(processes, serve, reader_dir, env, chat, [alice, bob])
+    restart_chat(processes, serve, reader_dir, chat_terminal.env, chat, [alice, bob])
     say(alice, "oh heck")
     expect(bob.locator("#log div").last).to_have_text("Alice: oh ****")
     say(alice, "WHY IS NOBODY ANSWERING")
@@ -236,18 +257,22 @@ def test_the_tutorial_works_as_written(
     shot(alice, "4-moderated")
 
     # 5. A bot
-    export, serve = tutorial.lines("export WSCHAT_API_KEY=$(")
-    env["WSCHAT_API_KEY"] = exported(export, reader_dir, env)
-    restart_chat(processes, serve, reader_dir, env, chat, [alice, bob])
-    (curl,) = tutorial.lines("curl ")
-    posted = json.loads(shell(curl, reader_dir, env))
+    *make_key, serve = tutorial.lines("python -c ")
+    for line in make_key:
+        assert chat_terminal.run(line) == "", line
+    restart_chat(processes, serve, reader_dir, chat_terminal.env, chat, [alice, bob])
+    same_key, curl = tutorial.lines("export WSCHAT_API_KEY=$(cat ")
+    bot_terminal.run(same_key)
+    assert bot_terminal.env["WSCHAT_API_KEY"] == chat_terminal.env["WSCHAT_API_KEY"]
+    posted = json.loads(bot_terminal.run(curl))
     assert posted["room"] == "lobby" and set(posted) == {"room", "epoch", "seq"}, posted
     notice = alice.locator("#log div.server").filter(has_text="maintenance at 16:00")
     expect(notice).to_have_text("Ops: maintenance at 16:00")
     assert notice.evaluate("(e) => getComputedStyle(e).fontStyle") == "italic"
     assert [e.get("server") for e in alice_frames.of("message")][-1] is True
-    (bot,) = tutorial.lines("python -m examples.bot.bot")
-    processes.start("bot", bot, reader_dir, env)
+    same_secret, bot = tutorial.lines("export EXAMPLE_JWT_SECRET=$(cat ")
+    bot_terminal.run(same_secret)
+    processes.start("bot", bot, reader_dir, bot_terminal.env)
     expect(alice.locator("#log")).to_contain_text("helpbot joined", timeout=10_000)
     say(alice, "!roll 2d6")
     answer = alice.locator("#log div.server").filter(has_text="rolled")
@@ -263,7 +288,7 @@ def test_the_tutorial_works_as_written(
     # 7. Sessions end
     (short_tokens,) = tutorial.lines("EXAMPLE_TOKEN_LIFETIME=65 ")
     processes.stop("login")
-    processes.start("login", short_tokens, reader_dir, env, login)
+    processes.start("login", short_tokens, reader_dir, login_terminal.env, login)
     alice.reload()
     sign_in(alice, login_url, "alice", "wonderland")
     expect(alice.locator("#log")).to_contain_text("here: ")
