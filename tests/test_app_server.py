@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
@@ -37,12 +38,18 @@ def token(sub: str, lifetime: float = 300, key: str = SECRET, **claims: Any) -> 
     return jwt.encode(payload, key, algorithm="HS256")
 
 
-def app_server(**hooks: Any) -> Callable[[ServerConfig], Server]:
+def app_server(
+    jwt_leeway: float = 30.0, jwt_cookie: str | None = None, **hooks: Any
+) -> Callable[[ServerConfig], Server]:
     """A server factory for ``running_server``: an App with a JWT key and ``hooks``."""
 
     def make(config: ServerConfig) -> Server:
-        leeway = hooks.pop("jwt_leeway", 30.0)
-        settings = AppConfig(jwt_secret=SECRET, jwt_audience=AUDIENCE, jwt_leeway=leeway)
+        settings = AppConfig(
+            jwt_secret=SECRET,
+            jwt_audience=AUDIENCE,
+            jwt_leeway=jwt_leeway,
+            jwt_cookie=jwt_cookie,
+        )
         return Server(app=App(config, settings, **hooks))
 
     return make
@@ -128,6 +135,49 @@ class TestIdentity:
                 with pytest.raises(ConnectionClosed) as info:
                     await recv_json(silent, timeout=5)
                 assert info.value.rcvd is not None and info.value.rcvd.code == 4401
+
+    async def test_a_token_in_the_named_cookie_names_the_connection(self) -> None:
+        async with running_server(app_server(jwt_cookie="chat_session")) as server:
+            cookie = {"Cookie": f"theme=dark; chat_session={token('frank')}"}
+            async with connect(url(server), additional_headers=cookie) as ws:
+                assert (await recv_type(ws, "authenticated"))["username"] == "frank"
+            expired = token("frank", lifetime=-120)
+            for header in (f"other={token('frank')}", f"chat_session={expired}"):
+                with pytest.raises(InvalidStatus) as info:
+                    await connect(url(server), additional_headers={"Cookie": header})
+                assert info.value.response.status_code == 401
+
+    async def test_the_token_is_never_written_to_the_log(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        good = token("alice")
+        bad = token("alice", key="another-key-another-key-another!!")
+        with caplog.at_level(logging.DEBUG):
+            async with running_server(app_server(), handshake_timeout=1) as server:
+                ws = await connect(url(server, f"room=lobby&token={good}"))
+                await recv_type(ws, "authenticated")
+                await ws.send(json.dumps({"type": "auth", "token": good}))
+                await recv_type(ws, "authenticated")
+                await ws.send(json.dumps({"type": "auth", "token": bad}))
+                assert (await recv_type(ws, "error"))["code"] == "unauthorized"
+                await ws.close()
+                assert (await refused(server, f"room=lobby&token={bad}"))[0] == 401
+                async with connect(url(server, "auth=message")) as late:
+                    await late.send(json.dumps({"type": "auth", "token": bad}))
+                    with pytest.raises(ConnectionClosed):
+                        await recv_json(late, timeout=5)
+                async with httpx.AsyncClient() as http:
+                    base = f"http://127.0.0.1:{server.port}"
+                    for path in ("/ws", "/nowhere", "/"):
+                        await http.get(f"{base}{path}?token={good}")
+        # (the clients, websockets and httpx, log the URLs they open: only the server's lines count)
+        logged = "\n".join(
+            record.getMessage() for record in caplog.records if record.name.startswith("wschat")
+        )
+        assert "refused: 401" in logged  # the refusals were logged, with their reasons
+        for secret in (good, bad):
+            signature = secret.rsplit(".", 1)[1]
+            assert secret not in logged and signature not in logged
 
     async def test_an_expired_token_closes_4408_unless_refreshed(self) -> None:
         async with running_server(app_server(jwt_leeway=0)) as server:
