@@ -293,6 +293,41 @@ async def test_one_heal_per_loss_however_many_joins_notice_it(
         assert await _script_calls(admin) - before < joiners + 100
 
 
+async def test_joins_never_wait_for_a_heal(deployment: Deployment, started: Started) -> None:
+    # Fix 4: the heal runs in the background; a join that notices the loss, and
+    # the joins after it, are answered while the heal is still running.
+    a, _ = await started.new(presence_ttl=3.0)
+    await a.subscribe("lobby")
+    present, joiners = 20, 5
+    for n in range(present):
+        await a.presence_join("lobby", f"c{n}", f"user{n}")
+    presence = a._presence  # the seam: this backend's own heal, held on an event
+    heal = presence._heal
+    healing, release = anyio.Event(), anyio.Event()
+
+    async def held_heal(room: str, connections: dict[str, str]) -> None:
+        healing.set()
+        await release.wait()
+        await heal(room, connections)
+
+    presence._heal = held_heal  # type: ignore[method-assign]
+    try:
+        async with deployment.admin() as admin:
+            await admin.flushall()
+        heals = a.presence_heals
+        with anyio.fail_after(WAIT):
+            await a.presence_join("lobby", "j0", "joiner0")  # notices the loss
+            await healing.wait()
+            for n in range(1, joiners):
+                await a.presence_join("lobby", f"j{n}", f"joiner{n}")
+        assert a.presence_heals == heals and not release.is_set()  # all while it was held
+        assert len(await a.presence("lobby")) == joiners  # only the joins are in Redis yet
+    finally:
+        release.set()
+    await eventually(lambda: _count_present(a, "lobby", present + joiners))
+    assert a.presence_heals > heals
+
+
 async def _count_present(backend: RedisBackend, room: str, count: int) -> bool:
     return len(await backend.presence(room)) == count
 
