@@ -7,6 +7,7 @@ encoders (wschat.chat), so the client and the server agree on one schema.
 from __future__ import annotations
 
 import ast
+import importlib.resources
 import json
 import random
 from datetime import UTC, datetime
@@ -125,6 +126,11 @@ def test_sans_io_client_modules_import_no_io(name: str) -> None:
         if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module
     }
     assert not imported & {"anyio", "asyncio", "trio", "socket", "ssl", "time", "random"}
+
+
+def test_the_package_is_marked_typed() -> None:
+    # PEP 561: without py.typed, a user's type checker ignores wschat.client's annotations.
+    assert importlib.resources.files("wschat").joinpath("py.typed").is_file()
 
 
 # -- wire ------------------------------------------------------------------------
