@@ -263,6 +263,49 @@ class TestFaultInjection:
             failures = [r for r in caplog.records if "injected failure" in r.getMessage()]
             assert len(failures) <= 1, (fault, [r.getMessage() for r in failures])
 
+    @pytest.mark.every_loop(loops=("asyncio", "uvloop"))
+    async def test_a_batched_flush_past_a_raising_transport_writes_everyone_else(self) -> None:
+        # Only the flusher's batches (several frames per connection, joined)
+        # write outside Peer.send's guard: the victim must fail there, between
+        # good connections in the same batch.
+        victim = Victim("write")
+        async with running_server(victim.factory, close_timeout=1) as server:
+            before = [await connect(ws_url(server)) for _ in range(2)]
+            victim.wanted = True
+            bad = await RawClient.open(server.port)
+            after = [await connect(ws_url(server)) for _ in range(2)]
+            sender = await RawClient.open(server.port)
+            await wait_members(server, 6)
+
+            def burst(first: int) -> bytes:
+                """Ten messages in one TCP write: one batch, ten frames per recipient."""
+                return b"".join(
+                    client_frame(0x1, json.dumps({"username": "s", "message": f"m{n}"}).encode())
+                    for n in range(first, first + 10)
+                )
+
+            good = (*before, *after)
+            await sender.send(burst(0))  # unarmed: it turns the flusher to batches
+            for ws in good:
+                assert [(await recv_json(ws))["message"] for _ in range(10)] == [
+                    f"m{n}" for n in range(10)
+                ]
+            assert not await server.call(lambda: server._flusher.direct)
+            victim.armed = True
+            await sender.send(burst(10))
+            for ws in good:
+                assert [(await recv_json(ws))["message"] for _ in range(10)] == [
+                    f"m{n}" for n in range(10, 20)
+                ]
+            await wait_members(server, 5, timeout=10)  # the victim was dropped
+            assert victim.fired == 1
+            assert server.statistics()["write_failures"] == 1  # in a flush, not a direct write
+            await assert_room_works(server)
+            for ws in good:
+                await ws.close()
+            await sender.stream.aclose()
+            await bad.stream.aclose()
+
 
 class TestFaultsDuringRoomWideCloses:
     async def test_the_drain_reaches_everyone_past_a_failing_transport(self) -> None:
