@@ -73,7 +73,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--token",
         default=os.environ.get("WSCHAT_TOKEN"),
-        help="auth token, sent as ?token= [env WSCHAT_TOKEN]",
+        help="auth token, sent as Authorization: Bearer [env WSCHAT_TOKEN]",
     )
 
 

@@ -70,10 +70,11 @@ def connect(
         username: The name to chat under (checked against the server's rules
             before connecting). With a token it may be left out: the server
             binds the user the token names (given, it must be that user).
-        token: An auth token (a JWT), sent as ``?token=`` on each connection; or
-            an async function returning a fresh one, called for each connection
-            and again shortly before the current token expires (the fresh one
-            is sent on the open connection: no reconnect).
+        token: An auth token (a JWT), sent in an ``Authorization: Bearer``
+            header with each connection's handshake (never in the URL, which
+            proxies log); or an async function returning a fresh one, called for
+            each connection and again shortly before the current token expires
+            (the fresh one is sent on the open connection: no reconnect).
         ssl: The TLS context for ``wss://`` (default: the system's trusted CAs).
         reconnect: The backoff between reconnection attempts, or None to
             never reconnect (a lost connection then ends the iteration with
