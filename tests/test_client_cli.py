@@ -35,6 +35,7 @@ from wschat.client import (
 from wschat.client.render import render
 
 from .helpers import ROOT, free_port, server_process
+from .test_app_server import AUDIENCE, SECRET, token
 from .test_client import FAST, next_event
 
 TZ_PLUS_2 = timezone(timedelta(hours=2))
@@ -107,13 +108,14 @@ def run_main(*argv: str) -> int:
     return main(list(argv))
 
 
-def last_history(url: str, room: str) -> list[str]:
-    async def read() -> list[str]:
-        async with wschat.client.connect(url, room=room, username="reader") as chat:
+def last_history(url: str, room: str, token: str | None = None) -> list[Message]:
+    async def read() -> list[Message]:
+        username = None if token else "reader"
+        async with wschat.client.connect(url, room=room, username=username, token=token) as chat:
             with anyio.fail_after(5):
                 async for event in chat:
                     if isinstance(event, History):
-                        return [m.text for m in event.messages]
+                        return list(event.messages)
         raise AssertionError("no history")
 
     return anyio.run(read)
@@ -124,7 +126,7 @@ def test_say_exits_0_once_the_message_is_published(
 ) -> None:
     assert run_main("say", server, "--room", "cron", "--name", "backup", "nightly", "done") == 0
     assert capsys.readouterr() == ("", "")
-    assert last_history(server, "cron") == ["nightly done"]
+    assert [m.text for m in last_history(server, "cron")] == ["nightly done"]
 
 
 @pytest.mark.parametrize(
@@ -164,6 +166,33 @@ def test_say_to_a_refusing_silent_or_absent_server(
     )
     assert done.returncode == 1 and done.stdout == ""
     assert re.fullmatch(r"wschat: cannot connect to ws://\S+: connection refused\n", done.stderr)
+
+
+@pytest.fixture(scope="module")
+def jwt_server() -> Iterator[str]:
+    """One ``wschat serve`` that requires tokens (HS256, signed by the tests with PyJWT)."""
+    with server_process("--jwt-secret", SECRET, "--jwt-audience", AUDIENCE) as (_, port):
+        yield f"ws://127.0.0.1:{port}/ws"
+
+
+def test_say_takes_a_token_from_the_flag_or_the_environment(
+    jwt_server: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    argv = ("say", jwt_server, "--room", "ops")
+    assert run_main(*argv, "--token", token("cron"), "by flag") == 0
+    monkeypatch.setenv("WSCHAT_TOKEN", token("cron", name="Cron job"))
+    assert run_main(*argv, "by env") == 0
+    assert capsys.readouterr() == ("", "")
+    monkeypatch.delenv("WSCHAT_TOKEN")
+    assert run_main(*argv, "--name", "cron", "no token") == 1
+    err = capsys.readouterr().err
+    assert err.startswith("wschat: ") and len(err.splitlines()) == 1
+    assert "HTTP 401" in err and "a token is required" in err
+    sent = last_history(jwt_server, "ops", token=token("reader"))
+    assert [(m.username, m.name, m.text) for m in sent] == [
+        ("cron", "cron", "by flag"),
+        ("cron", "Cron job", "by env"),
+    ]
 
 
 # -- wschat chat -----------------------------------------------------------------
@@ -251,3 +280,21 @@ async def _talk(
     await next_event(alice, Reconnected)
     await alice.say("after the restart")
     await out.until(r"\d\d:\d\d:\d\d #lobby <alice> after the restart")
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_chat_with_a_token_chats_as_the_tokens_user(
+    anyio_backend: str, jwt_server: str
+) -> None:
+    dave = token("dave", name="Dave D.")
+    command = [sys.executable, "-m", "wschat", "chat", jwt_server, "--token", dave]
+    async with await anyio.open_process(command, cwd=ROOT) as chat:
+        assert chat.stdout is not None and chat.stdin is not None
+        out = Lines(chat.stdout)
+        await out.until(r"\* #lobby: here now: dave")
+        await chat.stdin.send(b"signed in\n")
+        await out.until(r"\d\d:\d\d:\d\d #lobby <Dave D\.> signed in")
+        await chat.stdin.aclose()
+        with anyio.fail_after(10):
+            assert await chat.wait() == 0
