@@ -97,8 +97,6 @@ async def _present(backend: RedisBackend, room: str, names: list[str]) -> bool:
     return await backend.presence(room) == names
 
 
-# On the Cluster, a master restart is test_a_cluster_master_down_fails_only_its_rooms.
-@pytest.mark.parametrize("deployment", ["redis"], indirect=True)
 async def test_restart_mid_chat(deployment: Deployment, started: Started) -> None:
     a, rec_a = await started.new(presence_ttl=1.0)
     b, rec_b = await started.new(presence_ttl=1.0)
@@ -120,7 +118,7 @@ async def test_restart_mid_chat(deployment: Deployment, started: Started) -> Non
             await a.history("lobby", None)
     await anyio.sleep(0.2)  # the readers notice and start backing off
 
-    server.start()  # same port, empty
+    await anyio.to_thread.run_sync(server.start)  # same port, empty; serving on return
     after = await a.publish("lobby", say("after 1"))  # works at once
     assert after.seq == 1
     assert after.epoch != before.epoch
@@ -249,7 +247,6 @@ async def test_node_dropped_from_presence_rejoins(deployment: Deployment, starte
     assert await b.presence("lobby") == ["alice"]
 
 
-@pytest.mark.parametrize("deployment", ["redis"], indirect=True)
 async def test_presence_changes_during_outage_replayed(
     deployment: Deployment, started: Started
 ) -> None:
@@ -262,7 +259,7 @@ async def test_presence_changes_during_outage_replayed(
     with anyio.fail_after(WAIT):
         await a.presence_leave("lobby", "a1")  # deferred, not raised
         await a.presence_join("lobby", "a2", "carol")
-    server.start()
+    await anyio.to_thread.run_sync(server.start)
     await eventually(lambda: _present(b, "lobby", ["carol"]))
 
 
