@@ -5,6 +5,8 @@
 - The write timeout means no progress: a slow but steady reader is never
   dropped by it; one that falls too far behind is closed with 1013, and that
   close frame reaches it.
+- A deflate member's pending pong and close are never lost to a refused
+  broadcast: they leave with the close frame, past the limit.
 - Plain TCP on asyncio and uvloop takes the direct path; TLS and trio a task.
 - Shutdown keeps /healthz answering 503 through the drain; the WebSocket cap
   holds under concurrent upgrades.
@@ -12,6 +14,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import socket
@@ -32,7 +35,7 @@ from wschat.server import Server, ServerConfig
 from . import helpers
 from .helpers import ServerHandle, running_server, tls_files, ws_url
 from .test_limits import RawClient, assert_room_works, client_frame
-from .test_server import raw_http, wait_members
+from .test_server import raw_http, recv_json, upgrade_request, wait_members
 
 pytestmark = [pytest.mark.anyio, pytest.mark.every_loop]
 
@@ -152,6 +155,72 @@ async def broadcast(server: ServerHandle, messages: int, size: int, context: Any
         text = "s" * size
         for n in range(messages):
             await sender.send(json.dumps({"username": "s", "message": f"{n}:{text}"}))
+
+
+async def open_deflate_client(port: int) -> RawClient:
+    """A :class:`RawClient` that negotiated permessage-deflate (it never inflates:
+    it reads opcodes, and control frames are never compressed)."""
+    stream: Any = await anyio.connect_tcp("127.0.0.1", port)
+    client = RawClient(stream)
+    await stream.send(upgrade_request(Sec_WebSocket_Extensions="permessage-deflate"))
+    while b"\r\n\r\n" not in client.buffer:
+        client.buffer += await stream.receive()
+    head, _, client.buffer = client.buffer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101") and b"permessage-deflate" in head, head
+    return client
+
+
+def incompressible(size: int) -> str:
+    return base64.b64encode(os.urandom(size))[:size].decode()
+
+
+class TestProtocolOutputPastTheLimit:
+    async def test_a_deflate_members_pong_and_close_survive_its_refused_broadcast(self) -> None:
+        # The member pings and chats in one write: the pong is pending in its
+        # protocol state while its own message fans out to it, and that send is
+        # refused (the backlog is near the limit). The pong must go out with the
+        # 1013, not be taken along by the refused send and dropped with it.
+        limit = 64 * 1024
+        headroom = 2000  # less than the member's message compressed, more than a filler's
+        async with running_server(
+            small_send_buffers,
+            outbox_limit=limit,
+            compression=True,
+            write_timeout=30,
+            close_timeout=2,
+        ) as server:
+            member = await open_deflate_client(server.port)
+            await wait_members(server, 1)
+            port = local_port(member)
+            async with connect(ws_url(server), max_queue=None) as filler:
+                await wait_members(server, 2)
+                n = 0
+                while True:
+                    sample = await backlog_of(server, port)
+                    assert sample is not None, "the member was dropped while filling"
+                    if sample[0] > limit - headroom:
+                        await anyio.sleep(0.1)  # the kernel has taken all it will
+                        sample = await backlog_of(server, port)
+                        assert sample is not None
+                        if sample[0] > limit - headroom:
+                            break
+                    text = f"{n}:{incompressible(1400)}"
+                    await filler.send(json.dumps({"username": "f", "message": text}))
+                    assert (await recv_json(filler))["message"] == text
+                    n += 1
+                ping = b"pending pong"
+                message = json.dumps({"username": "m", "message": incompressible(3500)})
+                await member.send(client_frame(0x9, ping) + client_frame(0x1, message.encode()))
+                frames: list[tuple[int, bytes]] = []
+                with anyio.fail_after(10):
+                    while not frames or frames[-1][0] not in (0x8, -1):
+                        frames.append(await member.next_frame())
+                assert frames[-1][0] == 0x8, "no close frame"
+                assert struct.unpack("!H", frames[-1][1][:2])[0] == 1013
+                assert ping in [payload for opcode, payload in frames if opcode == 0xA]
+                await member.send(client_frame(0x8, struct.pack("!H", 1000)))
+                await wait_members(server, 1, timeout=10)
+            await member.stream.aclose()
 
 
 class TestWriteTimeoutMeansNoProgress:
