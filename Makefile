@@ -38,9 +38,11 @@ $(BENCH_STAMP): $(STAMP)
 	$(BIN)/python -m pip install -q -e '.[dev,bench]'
 	touch $(BENCH_STAMP)
 
-# selfcheck first: the load generator must count a misdelivering server's faults exactly
+# selfcheck first: the load generator must count a misdelivering server's faults exactly;
+# history_size (~10 s): a history reply's bytes on the wire with and without --compression
 bench: $(BENCH_STAMP)
 	$(BIN)/python benchmarks/selfcheck.py
+	$(BIN)/python benchmarks/history_size.py
 	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
 
 conformance: $(STAMP)
