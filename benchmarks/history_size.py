@@ -64,6 +64,7 @@ HERE = servers.HERE
 RESULTS = HERE / "results"
 MESSAGES = 100  # wschat's --history-size default: a join's reply holds this many at most
 TARGET = 3.0  # issue 9: "at least 3x smaller on the wire with compression"
+WINDOWS = (9, 10, 12, 15)  # server windows compared offline (the server uses 12)
 # The page's usernames are whatever people type; a few, some chattier than others.
 USERS = (("maya", 5), ("tom", 4), ("priya", 3), ("jonas", 2), ("li.wei", 1))
 _BASE36 = "0123456789abcdefghijklmnopqrstuvwxyz"
@@ -260,16 +261,23 @@ class Result:
     plain_wire: int  # the reply frame from the server without --compression
     compressed_wire: int  # from the server with --compression, to Chromium's offer
     json_bytes: int  # the reply's JSON, inflated
-    spread_plain: int  # with the times spread (frame bytes, plain and deflated)
-    spread_compressed: int
+    spread_plain: int  # the reply with its times spread, as a plain frame
+    spread_by_window: dict[int, int]  # ... and compressed at each of WINDOWS
 
     @property
     def ratio(self) -> float:
         return self.plain_wire / self.compressed_wire
 
     @property
+    def spread_compressed(self) -> int:
+        return self.spread_by_window[DEFAULT_SERVER_MAX_WINDOW_BITS]
+
+    @property
     def spread_ratio(self) -> float:
-        return self.spread_plain / self.spread_compressed
+        return self.spread_ratio_at(DEFAULT_SERVER_MAX_WINDOW_BITS)
+
+    def spread_ratio_at(self, bits: int) -> float:
+        return self.spread_plain / self.spread_by_window[bits]
 
 
 def measure(plain_port: int, deflate_port: int, seed: int, problems: list[str]) -> Result:
@@ -294,7 +302,7 @@ def measure(plain_port: int, deflate_port: int, seed: int, problems: list[str]) 
     if deflater.compress(packed_text) != packed.payload:
         problems.append(f"{room}: MessageDeflater does not reproduce the server's bytes")
     spread = spread_times(packed_text, seed)
-    spread_packed = len(deflater.compress(spread))
+    by_window = {bits: len(MessageDeflater(bits, 0).compress(spread)) for bits in WINDOWS}
     return Result(
         seed=seed,
         answer=accepted,
@@ -302,7 +310,7 @@ def measure(plain_port: int, deflate_port: int, seed: int, problems: list[str]) 
         compressed_wire=packed.wire_bytes,
         json_bytes=len(packed_text),
         spread_plain=header_bytes(len(spread)) + len(spread),
-        spread_compressed=header_bytes(spread_packed) + spread_packed,
+        spread_by_window={bits: header_bytes(n) + n for bits, n in by_window.items()},
     )
 
 
@@ -310,12 +318,16 @@ def report(results: list[Result], source: dict[str, str], seconds: float) -> str
     ratios = [r.ratio for r in results]
     spread = [r.spread_ratio for r in results]
     median = statistics.median(ratios)
+    changes = (
+        f" (local changes in wschat/: {source['local_changes']})"
+        if "local_changes" in source
+        else ""
+    )
     lines = [
         "# History replies on the wire (benchmarks/history_size.py)",
         "",
-        f"{time.strftime('%Y-%m-%d %H:%M')}, wschat {source.get('revision', '?')} (local "
-        f"changes in wschat/: {source.get('local_changes', '?')}), {len(results)} histories "
-        f"of {MESSAGES} messages, {seconds:.1f} s. Chromium's offer "
+        f"{time.strftime('%Y-%m-%d %H:%M')}, wschat {source.get('revision', '?')}{changes}, "
+        f"{len(results)} histories of {MESSAGES} messages, {seconds:.1f} s. Chromium's offer "
         f"`{CHROMIUM_OFFER.decode()}`; `--compression` answered `{results[0].answer}`, "
         "the default server no extension.",
         "",
@@ -335,6 +347,13 @@ def report(results: list[Result], source: dict[str, str], seconds: float) -> str
         f"Median {median:.2f}x smaller with `--compression` (range {min(ratios):.2f} to "
         f"{max(ratios):.2f}x); with the times spread over a day {statistics.median(spread):.2f}x "
         f"({min(spread):.2f} to {max(spread):.2f}x). Target ≥ {TARGET:g}x: {verdict}.",
+        "",
+        "The spread replies at other server windows (offline, `MessageDeflater`; medians): "
+        + ", ".join(
+            f"{bits} bits {statistics.median(r.spread_ratio_at(bits) for r in results):.2f}x"
+            for bits in WINDOWS
+        )
+        + ".",
         "",
         "Frame bytes are the WebSocket header and payload of the `history` reply as read "
         "from the socket (TCP/IP headers not counted); JSON is the reply inflated.",
