@@ -7,6 +7,7 @@ the server's responses are parsed by h11's client side, never by wschat.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import pytest
 from wsproto import events as wse
@@ -346,6 +347,7 @@ class TestBoundedPipelining:
     """Issue 8 item 4: pipelined requests are parsed only while few response bytes wait."""
 
     BODY = b"x" * 16_000  # about app.js
+    HEAD = 1024  # room for one answer's head, its security headers included
 
     def test_default_cap(self) -> None:
         assert DEFAULT_MAX_PENDING_OUTPUT == 64 * 1024
@@ -363,7 +365,7 @@ class TestBoundedPipelining:
         # Five ~16 KB answers pass the 64 KiB cap: the other 495 requests wait, unparsed.
         assert answered == 5
         pending = conn.data_to_send()
-        assert sum(map(len, pending)) <= DEFAULT_MAX_PENDING_OUTPUT + len(self.BODY) + 200
+        assert sum(map(len, pending)) <= DEFAULT_MAX_PENDING_OUTPUT + len(self.BODY) + self.HEAD
         # Taking the bytes resumed parsing: the next request is out.
         (event,) = conn.events_received()
         assert isinstance(event, HttpRequest) and event.path == "/5"
@@ -372,7 +374,7 @@ class TestBoundedPipelining:
         conn = ServerConnection()
         data = b"".join(http_request(f"/{i}") for i in range(300))
         writes = serve_like_the_io_layer(conn, data, self.BODY)
-        assert max(map(len, writes)) <= DEFAULT_MAX_PENDING_OUTPUT + len(self.BODY) + 200
+        assert max(map(len, writes)) <= DEFAULT_MAX_PENDING_OUTPUT + len(self.BODY) + self.HEAD
         parsed = parse_http_responses(writes)
         assert [r.body for r in parsed.responses] == [
             self.BODY + f"/{i}".encode() for i in range(300)
@@ -918,3 +920,106 @@ class TestHostHeader:
         assert HostPolicy.for_bind("0.0.0.0", ("Chat.Example.com:8080",)) == HostPolicy(
             ("localhost", "127.0.0.1", "::1", "chat.example.com"), any_ip_literal=True
         )
+
+
+class TestSecurityHeadersOnEveryResponse:
+    """Issue 8 item 6: the connection's own rejections carry the same security headers
+    as the server's answers, once each, read from the bytes as sent."""
+
+    @staticmethod
+    def fields(data: bytes) -> list[tuple[str, str]]:
+        """The header fields of the one response in ``data``, in order, repeats kept."""
+        head, separator, _ = data.partition(b"\r\n\r\n")
+        assert separator and data.count(b"HTTP/1.1 ") == 1, data
+        lines = head.decode("latin-1").split("\r\n")[1:]
+        return [(name.lower(), value.strip()) for name, value in (ln.split(":", 1) for ln in lines)]
+
+    def assert_hardened(self, data: bytes) -> dict[str, str]:
+        fields = self.fields(data)
+        names = [name for name, _ in fields]
+        for name in ("content-security-policy", "x-content-type-options", "referrer-policy"):
+            assert names.count(name) == 1, (name, fields)
+        values = dict(fields)
+        assert values["x-content-type-options"] == "nosniff"
+        assert values["referrer-policy"] == "no-referrer"
+        policy = values["content-security-policy"]
+        assert "default-src 'none'" in policy and "frame-ancestors 'none'" in policy
+        return values
+
+    @pytest.mark.parametrize(
+        ("options", "data", "status"),
+        [
+            pytest.param({}, http_request("/", host="attacker.example"), 421, id="421-host"),
+            pytest.param({}, b"NOT A REQUEST\r\n\r\n", 400, id="400-malformed"),
+            pytest.param(
+                {}, handshake_request(headers=[("Sec-WebSocket-Key", SAMPLE_KEY)]), 400, id="400"
+            ),
+            pytest.param({}, handshake_request(origin="http://evil.example"), 403, id="403"),
+            pytest.param({}, handshake_request(method="POST"), 405, id="405"),
+            pytest.param(
+                {"max_request_body": 10},
+                b"POST /api/x HTTP/1.1\r\nHost: localhost\r\nContent-Length: 11\r\n\r\n",
+                413,
+                id="413",
+            ),
+            pytest.param({}, handshake_request(version="8"), 426, id="426"),
+            pytest.param(
+                {"max_request_head": 1024},
+                http_request("/", headers=[("X-Big", "a" * 2000)]),
+                431,
+                id="431",
+            ),
+        ],
+    )
+    def test_each_rejection_of_the_protocol_carries_them(
+        self, options: dict[str, Any], data: bytes, status: int
+    ) -> None:
+        conn = ServerConnection(**options)
+        (event,) = receive(conn, data)
+        assert isinstance(event, RequestRejected) and event.status == status
+        out = b"".join(conn.data_to_send())
+        assert out.startswith(f"HTTP/1.1 {status} ".encode())
+        values = self.assert_hardened(out)
+        assert values["content-type"] == "text/plain; charset=utf-8"
+
+    def test_the_callers_answers_carry_them(self) -> None:
+        conn = ServerConnection()
+        receive(conn, http_request("/"))
+        conn.send_response(200, b"page")
+        self.assert_hardened(b"".join(conn.data_to_send()))
+        conn = ServerConnection()
+        receive(conn, handshake_request())
+        conn.send_response(503, b"too many connections\n")  # a refused upgrade
+        self.assert_hardened(b"".join(conn.data_to_send()))
+
+    def test_a_header_the_caller_sets_is_sent_once_its_own_way(self) -> None:
+        conn = ServerConnection()
+        receive(conn, http_request("/"))
+        conn.send_response(200, b"x", headers=(("Content-Security-Policy", "default-src 'none'"),))
+        fields = self.fields(b"".join(conn.data_to_send()))
+        assert [value for name, value in fields if name == "content-security-policy"] == [
+            "default-src 'none'"
+        ]
+        assert ("x-content-type-options", "nosniff") in fields
+
+    @pytest.mark.parametrize(
+        ("data", "status", "echoed"),
+        [
+            (http_request("/", host="<script>alert(1)</script>"), 421, "<script>alert(1)</script>"),
+            (handshake_request(origin="http://<img src=x onerror=alert(1)>"), 403, "<img src=x"),
+        ],
+        ids=["host", "origin"],
+    )
+    def test_a_refused_header_echoed_in_the_body_is_inert_text(
+        self, data: bytes, status: int, echoed: str
+    ) -> None:
+        # The reason names what was refused, verbatim: text/plain, never sniffed
+        # (nosniff), and no header line of the response holds it.
+        conn = ServerConnection()
+        (event,) = receive(conn, data)
+        assert isinstance(event, RequestRejected) and event.status == status
+        out = b"".join(conn.data_to_send())
+        head, _, body = out.partition(b"\r\n\r\n")
+        assert echoed.encode() in body and echoed.encode() not in head
+        values = self.assert_hardened(out)
+        assert values["content-type"] == "text/plain; charset=utf-8"

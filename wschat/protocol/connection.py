@@ -53,6 +53,7 @@ from .http import (
     DEFAULT_MAX_PENDING_OUTPUT,
     DEFAULT_MAX_REQUEST_BODY,
     DEFAULT_MAX_REQUEST_HEAD,
+    SECURITY_HEADERS,
     SERVER_HEADER,
     STATUS_TEXT,
 )
@@ -173,7 +174,8 @@ class ServerConnection(WebSocketConnection):
             status: HTTP status code.
             body: Response body.
             content_type: Value of the Content-Type header.
-            headers: Extra headers as ``(name, value)`` pairs.
+            headers: Extra headers as ``(name, value)`` pairs. The
+                :data:`~.http.SECURITY_HEADERS` not named here are added.
             close: Close the connection after this response (no keep-alive).
 
         Raises:
@@ -187,10 +189,12 @@ class ServerConnection(WebSocketConnection):
             self._set_state(State.HTTP)
             close = True  # a refused upgrade leaves unknown bytes behind: do not reuse
         self._awaiting_response = False
+        named = {name.lower() for name, _ in headers}
         all_headers = [
             SERVER_HEADER,
             ("content-type", content_type),
             ("content-length", str(len(body))),
+            *(header for header in SECURITY_HEADERS if header[0] not in named),
             *headers,
         ]
         if close:

@@ -1,12 +1,16 @@
-"""The HTTP phase's bounds, and the status lines a server connection answers with.
+"""The HTTP phase's bounds, and the status lines and headers a server connection answers with.
 
 Each bound says what a client can make the server hold before its request is
-answered; the comments give the precedents each default follows.
+answered; the comments give the precedents each default follows. Every final
+response (the caller's and the connection's own rejections alike) carries
+:data:`SECURITY_HEADERS`.
 """
 
 from __future__ import annotations
 
 from typing import Final
+
+from .events import Headers
 
 # Some precedents for the request-head limit (request line + headers):
 # - h11: 16 KiB; node.js: 16 KiB (was 80 KiB); nginx: 8 KiB per line, 32 KiB total
@@ -25,6 +29,35 @@ DEFAULT_MAX_PENDING_OUTPUT = 64 * 1024
 DEFAULT_MAX_REQUEST_BODY = 64 * 1024
 
 SERVER_HEADER: Final = ("server", "wschat")
+
+# The page loads its own script and stylesheet only (no inline code, so an
+# injected <script> does not run), opens its WebSocket to the same host
+# (CSP Level 3: 'self' covers ws:/wss: of the page's host), and may not be
+# framed (clickjacking). The icon is a data: URL.
+CONTENT_SECURITY_POLICY: Final = "; ".join(
+    [
+        "default-src 'none'",
+        "script-src 'self'",
+        "style-src 'self'",
+        "img-src 'self' data:",
+        "connect-src 'self'",
+        "base-uri 'none'",
+        "form-action 'self'",
+        "frame-ancestors 'none'",
+    ]
+)
+
+# On every final response, errors included: a 400 or 421 whose text/plain body
+# echoes the request (the Host it refused) must not be sniffed into HTML or a
+# script, nor framed. (1xx responses carry none: they describe no resource.)
+SECURITY_HEADERS: Final[Headers] = (
+    ("content-security-policy", CONTENT_SECURITY_POLICY),
+    # Take the Content-Type as sent: no sniffing a text/plain error into a script.
+    ("x-content-type-options", "nosniff"),
+    # A link in a chat message does not tell the site it leads to which server and
+    # page the user came from.
+    ("referrer-policy", "no-referrer"),
+)
 
 STATUS_TEXT: Final = {
     100: "Continue",

@@ -1,7 +1,8 @@
 """Plain HTTP routes: the browser page and its assets, /healthz and /metrics.
 
 Every :class:`Response` (page, asset, API, error) carries
-:data:`SECURITY_HEADERS`, unless a route sets one of them itself.
+:data:`~wschat.protocol.http.SECURITY_HEADERS`, unless a route sets one of
+them itself (the protocol adds them to the responses it makes on its own too).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from functools import cache
 from importlib import resources
 
 from ..protocol import Headers, HttpRequest
+from ..protocol.http import SECURITY_HEADERS
 
 STATIC_FILES = {
     "/": ("index.html", "text/html; charset=utf-8"),
@@ -26,33 +28,6 @@ STATIC_FILES = {
     "/style.css": ("style.css", "text/css; charset=utf-8"),
     "/favicon.svg": ("favicon.svg", "image/svg+xml"),
 }
-
-
-# The page loads its own script and stylesheet only (no inline code, so an
-# injected <script> does not run), opens its WebSocket to the same host
-# (CSP Level 3: 'self' covers ws:/wss: of the page's host), and may not be
-# framed (clickjacking). The icon is a data: URL.
-CONTENT_SECURITY_POLICY = "; ".join(
-    [
-        "default-src 'none'",
-        "script-src 'self'",
-        "style-src 'self'",
-        "img-src 'self' data:",
-        "connect-src 'self'",
-        "base-uri 'none'",
-        "form-action 'self'",
-        "frame-ancestors 'none'",
-    ]
-)
-
-SECURITY_HEADERS: Headers = (
-    ("content-security-policy", CONTENT_SECURITY_POLICY),
-    # Take the Content-Type as sent: no sniffing a text/plain error into a script.
-    ("x-content-type-options", "nosniff"),
-    # A link in a chat message does not tell the site it leads to which server and
-    # page the user came from.
-    ("referrer-policy", "no-referrer"),
-)
 
 
 @dataclass(frozen=True, slots=True)
