@@ -197,6 +197,27 @@ async def test_every_member_receives_every_message_compressed() -> None:
                 assert [m["message"] for m in history["messages"]] == TEXTS
 
 
+@pytest.mark.parametrize(
+    ("min_size", "compressed"), [(1 << 20, False), (0, True)], ids=["above-all", "zero"]
+)
+async def test_compression_min_size_decides_which_events_go_compressed(
+    min_size: int, compressed: bool
+) -> None:
+    # The default (128 B) would send the small events plain and the message compressed:
+    # each case differs from it in one direction, so the setting must reach the server.
+    async with running_server(compression=True, compression_min_size=min_size) as server:
+        raw = await RawClient.open(server.port)
+        async with raw.stream, connect(ws_url(server), compression=None) as alice:
+            assert raw.extensions is not None, "negotiated either way"
+            await raw.join("lobby", "raw")
+            assert (await raw.next_event("presence"))[0] is compressed  # ~50 B
+            await join(alice, "alice")
+            assert (await raw.next_event("joined"))[0] is compressed  # ~50 B
+            await say_all(alice, TEXTS[:1])
+            was_compressed, event = await raw.next_event("message")  # ~200 B
+            assert was_compressed is compressed and event["message"] == TEXTS[0]
+
+
 async def test_a_broadcast_is_compressed_once_per_negotiated_setting() -> None:
     async with running_server(compression=True) as server:
         url = ws_url(server)

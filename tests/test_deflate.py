@@ -380,3 +380,8 @@ class TestServeFlags:
         assert self.config("--no-compression").compression is False  # flags win
         monkeypatch.setenv("WSCHAT_NO_COMPRESSION", "1")  # the old switch still turns it off
         assert self.config().compression is False
+
+    def test_min_size_from_the_environment(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("WSCHAT_COMPRESSION_MIN_SIZE", "0")  # 0: compress every message
+        assert self.config("--compression").compression_min_size == 0
+        assert self.config("--compression-min-size", "512").compression_min_size == 512
