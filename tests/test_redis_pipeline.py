@@ -3,9 +3,9 @@
 On one Redis and on the Cluster (``redis_nodes``): publishes queued without
 waiting (``publish_soon``) share round trips and keep each sender's order;
 the pub/sub reader hands a read of many messages to the Hub before it yields.
-On one Redis behind a TCP proxy that cuts the pipeline's connection: every
-sender gets an error, retries with the same ids publish nothing twice, and the
-backend works on.
+Behind a TCP proxy that cuts the pipeline's connection (to one Redis, or to
+the Cluster master that holds the room): every sender gets an error, retries
+with the same ids publish nothing twice, and the backend works on.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import json
 import signal
 import time
 from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 import anyio
@@ -26,6 +26,7 @@ from redis.crc import key_slot
 from wschat.chat import Position
 from wschat.hub import BackendUnavailable, ChatMessage, Delivery
 from wschat.hub.redis import RedisBackend, channel, room_key, scripts
+from wschat.hub.redis.topology import ClusterRedis
 
 from .helpers import RedisProcess
 from .redis_cluster import (  # noqa: F401 (fixture)
@@ -245,23 +246,49 @@ class CuttingProxy:
             group.cancel_scope.cancel()
 
 
-@pytest.fixture
-async def behind_proxy() -> AsyncIterator[tuple[RedisProcess, CuttingProxy]]:
-    with RedisProcess() as redis:
-        proxy = CuttingProxy(redis.port)
-        async with anyio.create_task_group() as group:
-            await group.start(proxy.serve)
-            yield redis, proxy
-            group.cancel_scope.cancel()
+@asynccontextmanager
+async def proxy_to(port: int) -> AsyncIterator[CuttingProxy]:
+    proxy = CuttingProxy(port)
+    async with anyio.create_task_group() as group:
+        await group.start(proxy.serve)
+        yield proxy
+        group.cancel_scope.cancel()
+
+
+@pytest.fixture(params=REDIS_KINDS)
+async def behind_proxy(
+    request: pytest.FixtureRequest,
+) -> AsyncIterator[tuple[str, CuttingProxy, RedisBackend]]:
+    """One Redis, then the Cluster master that holds the lobby, behind a proxy.
+
+    Yields the direct URL, the proxy, and a backend (not started) whose
+    commands to that server go through the proxy.
+    """
+    if request.param == "redis":
+        with RedisProcess() as server:
+            async with proxy_to(server.port) as proxy:
+                yield server.url, proxy, RedisBackend(f"redis://127.0.0.1:{proxy.port}/0")
+        return
+    cluster: RedisClusterProcess = request.getfixturevalue("redis_cluster")
+    cluster.healthy()
+    owner = ("127.0.0.1", cluster.owner("lobby").port)
+    async with proxy_to(owner[1]) as proxy:
+        sender = RedisBackend(cluster.url)
+        assert isinstance(sender.topology, ClusterRedis)
+        # The master's address as the cluster announces it, mapped to the proxy
+        # (redis-py's address_remap, for clients that reach a cluster through one).
+        sender.topology.cluster.nodes_manager.address_remap = lambda address: (
+            ("127.0.0.1", proxy.port) if address == owner else address
+        )
+        yield cluster.url, proxy, sender
 
 
 async def test_a_connection_lost_mid_pipeline_fails_its_senders_and_retries_dedup(
-    behind_proxy: tuple[RedisProcess, CuttingProxy],
+    behind_proxy: tuple[str, CuttingProxy, RedisBackend],
 ) -> None:
-    redis, proxy = behind_proxy
+    url, proxy, sender = behind_proxy
     async with anyio.create_task_group() as group:
-        sender = RedisBackend(f"redis://127.0.0.1:{proxy.port}/0")
-        reader = RedisBackend(redis.url)  # direct: sees what Redis really published
+        reader = RedisBackend(url)  # direct: sees what Redis really published
         recorder = Recorder()
         await sender.start(lambda room, delivery: None, group)
         await reader.start(recorder, group)
