@@ -43,8 +43,9 @@ class RedisBackend:
 
     Args:
         url: ``redis://[user:password@]host:port/db`` (or ``rediss://``) for one
-            Redis; ``redis-cluster://[user:password@]host:port[,host:port...]``
-            for a Cluster (Redis >= 7.0: sharded pub/sub).
+            Redis (>= 6.2: ``XTRIM MINID``);
+            ``redis-cluster://[user:password@]host:port[,host:port...]`` for a
+            Cluster (Redis >= 7.0: sharded pub/sub).
         history_size: Messages kept per room (exactly).
         history_ttl: Seconds a message stays in history (None: no expiry).
         presence_ttl: Seconds after its last heartbeat that a node's members
