@@ -146,9 +146,14 @@ def test_only_the_message_list_scrolls_and_the_input_stays_visible(
 # -- rooms ------------------------------------------------------------------------------
 
 
-def test_two_rooms_on_one_socket_with_unread_counts(new_page: OpenPage, shot: Shot) -> None:
-    with server_process() as (_, port):
+@with_and_without_compression
+def test_two_rooms_on_one_socket_with_unread_counts(
+    new_page: OpenPage, shot: Shot, compression: bool
+) -> None:
+    # Several rooms' events interleaved on one socket, compressed ones among plain ones.
+    with server_process(*compression_flags(compression)) as (_, port):
         alice = new_page("alice", PHONE)
+        handshakes = Handshakes(alice)
         sockets: list[WebSocket] = []
         alice.on("websocket", lambda socket: sockets.append(socket))
         join(alice, port, "alice", "lobby")
@@ -190,11 +195,17 @@ def test_two_rooms_on_one_socket_with_unread_counts(new_page: OpenPage, shot: Sh
         assert len(sockets) == 1, "every room went over one WebSocket"
         expect(alice.locator("#messages .error")).to_have_count(0)
         bob.close()
+        handshakes.assert_negotiated(compression)
 
 
-def test_join_and_leave_lines_collapse_when_many(new_page: OpenPage, shot: Shot) -> None:
-    with server_process() as (_, port):
+@with_and_without_compression
+def test_join_and_leave_lines_collapse_when_many(
+    new_page: OpenPage, shot: Shot, compression: bool
+) -> None:
+    # joined/left stay under --compression-min-size (plain); presence grows past it.
+    with server_process(*compression_flags(compression)) as (_, port):
         alice = new_page("alice")
+        handshakes = Handshakes(alice)
         join(alice, port, "alice")
         bob = ChatClient(port, "bob")
         lines = alice.locator("#messages .membership")
@@ -224,6 +235,7 @@ def test_join_and_leave_lines_collapse_when_many(new_page: OpenPage, shot: Shot)
         expect_members(alice, ["alice", "dave", "erin", "frank"])
         for client in crowd[1:]:
             client.close()
+        handshakes.assert_negotiated(compression)
 
 
 # -- typing -----------------------------------------------------------------------------
@@ -544,12 +556,19 @@ def test_name_and_length_rules_agree_with_the_server_and_are_explained(
             expect_status(page, "disconnected")
             shot(page, "server-refused-name")
 
-        # Messages: counted alike (code points), warned about near the limit, never cut.
-        page.fill("#username", "alice")
-        page.click("#connect")
-        expect_status(page, "connected")
-        # Connected comes before the room's join is answered; a send before it is kept, not sent.
-        expect_member(page, "alice")
+
+@with_and_without_compression
+def test_message_lengths_counted_like_the_server_warned_near_the_limit_never_cut(
+    new_page: OpenPage, compression: bool
+) -> None:
+    # The largest message there is (16 KiB of UTF-8); under --compression Chromium deflates
+    # it with the 10-bit window it was asked for, the server inflates it under its cap and
+    # sends it back compressed.
+    with server_process(*compression_flags(compression)) as (_, port):
+        page = new_page("alice")
+        handshakes = Handshakes(page)
+        join(page, port, "alice")
+        # Counted alike (code points), warned about near the limit, never cut.
         longest = "\U0001f600" * 4096  # 4,096 code points, 8,192 UTF-16 units
         page.fill("#message", longest)
         expect(page.locator("#counter")).to_have_text("4,096 of 4,096 characters.")
@@ -562,6 +581,7 @@ def test_name_and_length_rules_agree_with_the_server_and_are_explained(
         expect(page.locator("#send-hint")).to_contain_text("904 characters over the limit")
         assert page.input_value("#message") == too_long  # nothing cut
         expect(page.locator("#messages .message")).to_have_count(1)
+        handshakes.assert_negotiated(compression)
 
 
 # -- identity -----------------------------------------------------------------------------
