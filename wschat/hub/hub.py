@@ -18,7 +18,7 @@ the buffered events newer than history are flushed before the member joins the
 room proper. History is read on another connection than live delivery, so it
 can be ahead of it: live messages the member already got in history (seq at
 or below the history position) are dropped for that member until a newer one
-arrives (a per-member *floor*).
+arrives (a per-member *floor*, :mod:`.floors`).
 
 A gap marker from the backend (live messages lost on the way to this node)
 reaches joining members too: their history may predate the loss.
@@ -40,6 +40,7 @@ from ..chat import (
     presence_event,
 )
 from .backend import Backend, BackendError, ChatMessage, Delivery, PublishDone
+from .floors import Floors
 from .members import Member, PreparedMessage
 
 logger = logging.getLogger("wschat.hub")
@@ -58,8 +59,7 @@ class Hub:
         self._clock = clock
         self._rooms: dict[str, set[Member]] = {}
         self._joining: dict[str, dict[Member, list[tuple[int | None, PreparedMessage]]]] = {}
-        self._floors: dict[str, dict[Member, int]] = {}
-        self._last_seq: dict[str, int] = {}
+        self._floors = Floors()
         self._member_rooms: dict[Member, set[str]] = {}
         self._present: dict[Member, set[str]] = {}
         self._subscribed: set[str] = set()
@@ -140,9 +140,7 @@ class Hub:
         for seq, message in buffer:
             if seq is None or seq > retained.position.seq:
                 member.send(message)
-        if retained.position.seq > self._last_seq.get(room, 0):
-            # Live delivery is behind history: what history covered is still to come.
-            self._floors.setdefault(room, {})[member] = retained.position.seq
+        self._floors.joined(room, member, retained.position.seq)
         self._rooms.setdefault(room, set()).add(member)
         await self._update_presence(member, room)
         try:
@@ -185,7 +183,7 @@ class Hub:
         members = self._rooms.get(room)
         if members is not None:
             members.discard(member)
-        self._drop_floor(room, member)
+        self._floors.drop(room, member)
         present = self._present.get(member)
         if present is not None and room in present:
             present.discard(room)
@@ -283,8 +281,7 @@ class Hub:
         if not members and not joining:
             return
         if delivery.gap:
-            self._floors.pop(room, None)
-            self._last_seq.pop(room, None)
+            self._floors.forget(room)
             for member in [*(members or ()), *(joining or ())]:
                 member.missed(room)
             return
@@ -292,7 +289,7 @@ class Hub:
         message = PreparedMessage(delivery.payload)
         seq = delivery.seq
         if seq is not None:
-            self._last_seq[room] = seq
+            self._floors.delivered(room, seq)
         if members:
             if delivery.origin is not None:
                 for member in members:
@@ -304,49 +301,18 @@ class Hub:
                     if not member.legacy:
                         member.send(message)
                 self.deliveries += len(members)
+            elif not self._floors.any_in(room):
+                for member in members:
+                    member.send(message)
+                self.deliveries += len(members)
             else:
-                floors = self._floors.get(room)
-                if floors is None:
-                    for member in members:
-                        member.send(message)
-                    self.deliveries += len(members)
-                else:
-                    self._send_above_floors(room, members, floors, seq, message)
+                self.deliveries += self._floors.send_above(room, members, seq, message)
         if joining:
             for buffer in joining.values():
                 buffer.append((delivery.seq, message))
         self.broadcasts += 1
         if self.fanout_observer is not None:
             self.fanout_observer(time.perf_counter() - started)
-
-    def _send_above_floors(
-        self,
-        room: str,
-        members: set[Member],
-        floors: dict[Member, int],
-        seq: int,
-        message: PreparedMessage,
-    ) -> None:
-        """Send to every member but those that already got ``seq`` in their history."""
-        sent = 0
-        for member in members:
-            floor = floors.get(member)
-            if floor is None or seq > floor:
-                member.send(message)
-                sent += 1
-        self.deliveries += sent
-        for member, floor in list(floors.items()):
-            if seq >= floor:
-                del floors[member]  # live delivery has caught up with its history
-        if not floors:
-            del self._floors[room]
-
-    def _drop_floor(self, room: str, member: Member) -> None:
-        floors = self._floors.get(room)
-        if floors is not None:
-            floors.pop(member, None)
-            if not floors:
-                del self._floors[room]
 
     # -- subscriptions ---------------------------------------------------------
 
@@ -375,8 +341,7 @@ class Hub:
             ):
                 self._subscribed.discard(room)
                 self._rooms.pop(room, None)
-                self._last_seq.pop(room, None)
-                self._floors.pop(room, None)
+                self._floors.forget(room)
                 try:
                     await self.backend.unsubscribe(room)
                 except BackendError as exc:
