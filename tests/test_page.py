@@ -6,6 +6,14 @@ refused handshakes explained, names and message lengths counted as the server co
 them, keyboard use and colour contrast. Other people in a room are real ``websockets``
 clients where a second browser would add nothing. Screenshots of each state go to
 ``test-artifacts/browser/test_page/<test>/`` (the path is printed, shown on failure).
+
+The tests whose frames change under permessage-deflate (several rooms on one socket,
+join/leave lines beside presence, reloads and their history, the longest message) run
+against the server with and without ``--compression`` (``[plain]``/``[deflate]``) and
+check what Chromium negotiated. The others (layout, names, refusals, keyboard, contrast,
+typing) would add no other kind of frame: a ``typing`` event is small, sent plain under
+``--compression-min-size`` as ``joined``/``left`` are, and the page's own frames are
+deflated alike whatever they carry.
 """
 
 from __future__ import annotations
