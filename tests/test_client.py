@@ -38,6 +38,7 @@ from wschat.client import (
     Reconnected,
     SayError,
 )
+from wschat.hub import Hub, MemoryBackend
 from wschat.server import Server, ServerConfig
 
 from .helpers import free_port, running_server, tls_files
@@ -96,11 +97,19 @@ def texts(events: list[Any]) -> list[str]:
 
 
 async def serve(
-    port: int, stop: anyio.Event, stopped: anyio.Event, *, task_status: TaskStatus[Server]
+    port: int,
+    stop: anyio.Event,
+    stopped: anyio.Event,
+    hub: Hub | None = None,
+    *,
+    task_status: TaskStatus[Server],
 ) -> None:
-    """An in-process server on a fixed ``port`` until ``stop`` is set (then it drains)."""
+    """An in-process server on a fixed ``port`` until ``stop`` is set (then it drains).
+
+    Given a ``hub``, the server uses it, so its history outlives the server.
+    """
     limits = {"rate": 0, "address_rate": 0, "connect_rate": 0, "user_rate": 0}
-    server = Server(ServerConfig(host="127.0.0.1", port=port, **limits))
+    server = Server(ServerConfig(host="127.0.0.1", port=port, **limits), hub=hub)
     async with anyio.create_task_group() as group:
         await group.start(server.serve)
         task_status.started(server)
@@ -285,6 +294,44 @@ async def test_restarted_memory_hub_reconnects_and_reports_a_gap() -> None:
             after = await next_event(bot, Message)
             assert after.text == "after" and after.position.epoch == gap.position.epoch
             second_stop.set()
+
+
+async def test_a_restart_that_keeps_history_recovers_every_room_each_message_once() -> None:
+    port, rooms = free_port(), ["a", "b"]
+    hub = Hub(MemoryBackend())  # outlives the server, as a Redis hub's history outlives a node
+    async with anyio.create_task_group() as group:
+        first_stop, first_stopped = anyio.Event(), anyio.Event()
+        await group.start(serve, port, first_stop, first_stopped, hub)
+        async with (
+            wschat.client.connect(url(port), room=rooms, username="bot", reconnect=FAST) as bot,
+            wschat.client.connect(url(port), room=rooms, username="alice", reconnect=FAST) as alice,
+        ):
+            await alice.say("a1", room="a")
+            await alice.say("b1", room="b")
+            await next_event(bot, Message, where=lambda m: m.text == "b1")
+            first_stop.set()
+            await next_event(bot, Disconnected)
+            await first_stopped.wait()
+            # Said while no server is up (as through another node): the bot missed them.
+            for room, text in (("a", "a2"), ("b", "b2"), ("a", "a3")):
+                await hub.say(room, "carol", text)
+            second_stop = anyio.Event()
+            await group.start(serve, port, second_stop, anyio.Event(), hub)
+            await next_event(alice, Reconnected)
+            with anyio.fail_after(5):  # say waits for a room to be joined again
+                await alice.say("a4", room="a")
+                await alice.say("b3", room="b")
+            seen: list[Any] = []
+            while not {"a4", "b3"} <= set(texts(seen)):
+                seen += await events_until(bot, lambda e: isinstance(e, Message))
+            second_stop.set()
+    assert any(isinstance(e, Reconnected) for e in seen)
+    assert not any(isinstance(e, Gap) for e in seen)
+    in_room = {
+        room: [e.text for e in seen if isinstance(e, Message) and e.room == room] for room in rooms
+    }
+    assert in_room == {"a": ["a2", "a3", "a4"], "b": ["b2", "b3"]}
+    assert bot.rooms == ("a", "b")
 
 
 async def test_a_message_sent_while_disconnected_goes_out_after_reconnecting() -> None:
