@@ -10,7 +10,6 @@ sends the ``Origin`` a browser would send for the page nginx serves.
 
 from __future__ import annotations
 
-import json
 import re
 import shlex
 import shutil
@@ -21,13 +20,14 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
-import anyio
 import httpx
 import pytest
-from websockets.asyncio.client import connect
-from websockets.exceptions import InvalidStatus
+
+import wschat.client
+from wschat.client import HandshakeRejectedError, Message
 
 from .helpers import ROOT, RedisProcess, free_port, require, wait_for_port
+from .test_client import next_event
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
 
@@ -111,14 +111,6 @@ async def node_connections(port: int) -> float:
     return float(match[1])
 
 
-async def next_event(ws: object, kind: str) -> dict[str, object]:
-    with anyio.fail_after(10):
-        while True:
-            event: dict[str, object] = json.loads(await ws.recv())  # type: ignore[attr-defined]
-            if event.get("type") == kind:
-                return event
-
-
 async def test_the_three_node_howto_works_as_written() -> None:
     nginx = nginx_binary()
     require(nginx is not None, "nginx")
@@ -162,22 +154,27 @@ async def test_the_three_node_howto_works_as_written() -> None:
             assert page.status_code == 200 and "text/html" in page.headers["content-type"]
             assert (await http.get(f"http://127.0.0.1:{proxy}/healthz")).status_code == 200
 
-        def through(port: int) -> object:
-            # What a browser sends for the page nginx served.
-            return connect(f"ws://127.0.0.1:{port}/ws", origin=f"http://127.0.0.1:{port}")  # type: ignore[arg-type]
+        def through(port: int, username: str) -> wschat.client.ChatClient:
+            # What a browser sends for the page nginx served. Not reconnecting: a dropped
+            # connection fails the test instead of landing on another node.
+            origin = f"http://127.0.0.1:{port}"
+            return wschat.client.connect(
+                f"ws://127.0.0.1:{port}/ws", username=username, origin=origin, reconnect=None
+            )
 
-        with pytest.raises(InvalidStatus) as refused:
-            async with through(wrong_port):  # type: ignore[attr-defined]
+        with pytest.raises(HandshakeRejectedError) as refused:
+            async with through(wrong_port, "mallory"):
                 pass
-        assert refused.value.response.status_code == 403
+        assert refused.value.status == 403
 
-        async with through(proxy) as alice, through(proxy) as bob, through(proxy) as carol:  # type: ignore[attr-defined]
+        async with (
+            through(proxy, "alice") as alice,  # each is joined to the lobby once entered
+            through(proxy, "bob") as bob,
+            through(proxy, "carol") as carol,
+        ):
             # nginx went round-robin: one client on each node.
             assert [await node_connections(port) for port in node_ports] == [1, 1, 1]
-            for ws, name in ((alice, "alice"), (bob, "bob"), (carol, "carol")):
-                await ws.send(json.dumps({"type": "join", "room": "lobby", "username": name}))
-                await next_event(ws, "history")  # joined
-            await alice.send(json.dumps({"type": "message", "message": "across nodes"}))
-            for ws in (bob, carol):
-                event = await next_event(ws, "message")
-                assert (event["username"], event["message"]) == ("alice", "across nodes")
+            await alice.say("across nodes")
+            for chat in (bob, carol):
+                message = await next_event(chat, Message)
+                assert (message.username, message.text) == ("alice", "across nodes")
