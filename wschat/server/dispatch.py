@@ -3,7 +3,9 @@
 The app's rules and the pure chat rules decide (:class:`~wschat.app.AppSession`
 answers every frame with one outcome); this module applies the rate limits
 (per connection, per client address, per user), carries the outcome out on
-the Hub and answers the sender (``ack``, ``error``). A Hub call that fails for
+the Hub and answers the sender (``ack``, ``error``). Each connection's own
+limits are a :class:`SenderLimits` the dispatch makes for it when it opens
+(:meth:`ChatDispatch.limits_for`). A Hub call that fails for
 a reason other than an unavailable backend is a bug: it costs this connection
 (closed with 1011) and is logged once, never the server.
 
@@ -44,7 +46,7 @@ from ..hub import BackendUnavailable, Hub
 from .config import ServerConfig
 from .metrics import Metrics
 from .peer import Peer
-from .ratelimit import KeyedRateLimiter
+from .ratelimit import KeyedRateLimiter, TokenBucket
 
 logger = logging.getLogger("wschat.server")
 
@@ -56,6 +58,27 @@ logger = logging.getLogger("wschat.server")
 # most 128 messages of 4,096 characters (MAX_MESSAGE_LENGTH: 0.5-2 MiB of UTF-8)
 # wait per connection; the default rate limit (burst 20) binds first.
 MAX_IN_FLIGHT = 128
+
+# Strikes: rate-limited messages a client may pile up (refilled at one a second)
+# before "sustained abuse" closes it with 1008.
+STRIKE_REFILL = 1.0
+
+
+class SenderLimits:
+    """One chat connection's own rate limits, as :class:`ChatDispatch` applies them.
+
+    Args:
+        messages: Its messages per second (``--rate``, ``--burst``).
+        strikes: Rate-limited messages it may pile up before it is closed with 1008.
+        client_key: Its address as the per-address limits key it.
+    """
+
+    __slots__ = ("client_key", "messages", "strikes")
+
+    def __init__(self, messages: TokenBucket, strikes: TokenBucket, client_key: str) -> None:
+        self.messages = messages
+        self.strikes = strikes
+        self.client_key = client_key
 
 
 class Answers:
@@ -97,19 +120,38 @@ class ChatDispatch:
             config.user_rate, config.user_burst, config.address_table_size
         )
         self._keyed_limits = self._addresses.enabled or self._users.enabled
+        # With --rate 0 every connection shares this bucket: one that is off never changes.
+        self._unlimited = TokenBucket(0, config.burst, 0.0)
         self._answers: dict[Peer, Answers] = {}
         """Connections with publishes in flight (or answers waiting behind one)."""
+
+    def limits_for(self, client_key: str, now: float) -> SenderLimits:
+        """A new connection's own limits.
+
+        Args:
+            client_key: Its address as the per-address limits key it.
+            now: The event loop's clock.
+        """
+        config = self.config
+        if config.rate <= 0:
+            return SenderLimits(self._unlimited, self._unlimited, client_key)
+        return SenderLimits(
+            TokenBucket(config.rate, config.burst, now),
+            TokenBucket(STRIKE_REFILL, config.burst, now),
+            client_key,
+        )
 
     async def on_text(self, peer: Peer, text: str) -> None:
         """Handle one text message from a chat client."""
         session, app_session = peer.session, peer.app_session
         assert session is not None and app_session is not None
+        limits = peer.limits
         # The clock only for limits that are on (the benchmarks run with none).
-        now = anyio.current_time() if peer.bucket.rate > 0 or self._keyed_limits else 0.0
-        if not peer.bucket.take(now):
+        now = anyio.current_time() if limits.messages.rate > 0 or self._keyed_limits else 0.0
+        if not limits.messages.take(now):
             self._rate_limited(peer, text, now)
             return
-        if not self._addresses.take(peer.client_key, now):
+        if not self._addresses.take(limits.client_key, now):
             # Maybe a neighbour behind the same NAT: refused, but no strike.
             self.metrics.address_rate_limited.inc()
             reason = f"over {self.config.address_rate:g} messages/s from your address: dropped"
@@ -217,7 +259,7 @@ class ChatDispatch:
 
     def _rate_limited(self, peer: Peer, text: str, now: float) -> None:
         self.metrics.rate_limited.inc()
-        if not peer.strikes.take(now):
+        if not peer.limits.strikes.take(now):
             peer.close(1008, "rate limit exceeded repeatedly")
             return
         reason = f"over {self.config.rate:g} messages/s (burst {self.config.burst}): dropped"

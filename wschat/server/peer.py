@@ -7,9 +7,8 @@ import logging
 import socket
 from collections import deque
 from collections.abc import Collection, Iterator
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-import anyio
 from anyio.abc import ByteStream, SocketAttribute
 
 from ..app import AppSession
@@ -18,8 +17,11 @@ from ..hub import PreparedMessage
 from ..protocol import ServerConnection, State, encode_text_frame
 from .constants import loop_time
 from .metrics import Metrics
-from .ratelimit import TokenBucket
 from .writer import Writer
+
+if TYPE_CHECKING:
+    from .dispatch import SenderLimits
+    from .watchdog import Timers
 
 logger = logging.getLogger("wschat.server")
 
@@ -96,7 +98,10 @@ class Reader(Protocol):
 
 
 class Peer:
-    """A WebSocket client: protocol state, its writer, chat session, keepalive timers.
+    """A WebSocket client: protocol state and chat session, beside what each part of the
+    server keeps for it: its writer (:mod:`.writer`), its rate limits (the chat
+    dispatch's :class:`~.dispatch.SenderLimits`), its clocks (the watchdog's
+    :class:`~.watchdog.Timers`).
 
     Implements the Hub's ``Member`` protocol. Nothing here blocks or raises
     into its caller: :meth:`send` puts into the :class:`~.writer.Writer`, and a
@@ -112,11 +117,10 @@ class Peer:
             until :meth:`read_by` gives the connection to a reader.
         writer: Carries this client's bytes.
         session: Chat state (None on ``/echo``).
-        bucket: Per-connection message rate limit.
-        strikes: Rate-limited messages tolerated before closing with 1008.
+        limits: Its own rate limits (:meth:`~.dispatch.ChatDispatch.limits_for`).
+        timers: Its keepalive clocks and close deadline.
         metrics: The server's metrics.
         closings: Where :meth:`close` starts the close timeout.
-        client_key: The client's address as the per-address limits key it.
     """
 
     __slots__ = (
@@ -126,20 +130,16 @@ class Peer:
         "_stream",
         "address",
         "app_session",
-        "bucket",
-        "client_key",
         "close_code",
         "close_reason",
-        "closing_deadline",
         "conn",
         "conn_id",
         "deflate",
-        "last_ping",
-        "last_seen",
+        "limits",
         "open",
         "path",
         "session",
-        "strikes",
+        "timers",
         "writer",
     )
 
@@ -152,14 +152,12 @@ class Peer:
         stream: ByteStream,
         writer: Writer,
         session: ChatSession | None,
-        bucket: TokenBucket,
-        strikes: TokenBucket,
+        limits: SenderLimits,
+        timers: Timers,
         metrics: Metrics,
         closings: Closings,
-        client_key: str = "",
     ) -> None:
         self.conn_id = conn_id
-        self.client_key = client_key
         self.app_session: AppSession | None = None
         """The app's view of this chat connection (None on ``/echo``)."""
         self.address = address
@@ -169,8 +167,8 @@ class Peer:
         self._reader: Reader | None = None
         self.writer = writer
         self.session = session
-        self.bucket = bucket
-        self.strikes = strikes
+        self.limits = limits
+        self.timers = timers
         self._metrics = metrics
         self._closings = closings
         self.deflate = conn.deflater
@@ -179,9 +177,6 @@ class Peer:
         self.close_code: int | None = None
         """The close code this server sent, if it started the close."""
         self.close_reason = ""
-        self.last_seen = self.last_ping = anyio.current_time()
-        self.closing_deadline: float | None = None
-        """When the client's close timeout ends (set by :meth:`close`)."""
         writer.on_abort = self.stop_reading
 
     # -- Member protocol -------------------------------------------------------
@@ -254,7 +249,7 @@ class Peer:
         if self.conn.state is State.OPEN:
             self.conn.send_close(code, reason)
             self.flush()
-        self.closing_deadline = self._closings.add(self)
+        self.timers.closing_deadline = self._closings.add(self)
 
     def abort(self, why: str) -> None:
         """Drop TCP now (a stalled or failed write); the read loop ends too."""

@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import random
 import time
 from collections.abc import Callable
 from typing import Protocol, runtime_checkable
@@ -51,17 +50,13 @@ from .flusher import Flusher
 from .http_phase import HttpPhase, Upgrade, url_room
 from .metrics import Metrics
 from .peer import Closings, Peer
-from .ratelimit import TokenBucket
 from .reader import TransportReader, stream_state
 from .routes import Routes
 from .streams import close_quietly, half_close, peer_address
+from .watchdog import Timers
 from .writer import TaskWriter, TransportWriter, Writer, direct_transport
 
 logger = logging.getLogger("wschat.server")
-
-# Strikes: rate-limited messages a client may pile up (refilled at one a second)
-# before "sustained abuse" closes it with 1008.
-STRIKE_REFILL = 1.0
 
 
 @runtime_checkable
@@ -279,15 +274,11 @@ class ConnectionPump:
             stream=stream,
             writer=writer,
             session=ChatSession(room) if chat else None,
-            bucket=TokenBucket(config.rate, config.burst, now),
-            strikes=TokenBucket(STRIKE_REFILL if config.rate > 0 else 0, config.burst, now),
+            limits=self.dispatch.limits_for(client_key, now),
+            timers=Timers(now, config.ping_interval),
             metrics=self.metrics,
             closings=self.closings,
-            client_key=client_key,
         )
-        # Pings spread over the interval: clients that connected together (after
-        # a restart) are not all pinged in one tick.
-        peer.last_ping -= random.random() * config.ping_interval
         if peer.session is not None and admission is not None:
             peer.app_session = self.app.open_session(peer.session, admission, time.time())
         return peer, room
@@ -328,7 +319,7 @@ class ConnectionPump:
             self.readers.difference_update(readers)
 
     async def _read_loop(self, stream: ByteStream, peer: Peer) -> ConnectionClosed | None:
-        conn = peer.conn
+        conn, timers = peer.conn, peer.timers
         closed: ConnectionClosed | None = None
         for event in conn.events_received():  # frames that came with the handshake
             closed = await self._on_event(peer, event) or closed
@@ -341,7 +332,7 @@ class ConnectionPump:
                 data = await stream.receive(RECEIVE_SIZE)
             except DISCONNECTED:
                 data = b""
-            peer.last_seen = anyio.current_time()
+            timers.last_seen = anyio.current_time()
             conn.receive_data(data)
             for event in conn.events_received():
                 closed = await self._on_event(peer, event) or closed
@@ -385,7 +376,7 @@ class ConnectionPump:
         if peer.writer.aborted:
             return False
         now = anyio.current_time()
-        deadline = peer.closing_deadline or now + self.config.close_timeout
+        deadline = peer.timers.closing_deadline or now + self.config.close_timeout
         if now >= deadline:
             return False  # the close timeout ended the read loop: no polite goodbye
         if not await peer.writer.drain(deadline):

@@ -151,7 +151,7 @@ class TransportReader(asyncio.Protocol):
             self._defer(data)
             return
         peer = self._peer
-        peer.last_seen = loop_time()
+        peer.timers.last_seen = loop_time()
         peer.conn.receive_data(data)
         self._process()
 
@@ -281,7 +281,7 @@ class TransportReader(asyncio.Protocol):
                 return
             for data in backlog:
                 if data:
-                    peer.last_seen = loop_time()
+                    peer.timers.last_seen = loop_time()
                     conn.receive_data(data)
                 else:
                     conn.receive_eof()

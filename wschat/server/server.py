@@ -10,8 +10,10 @@ each run by :meth:`~.pump.ConnectionPump.handle`, which is that connection's
 failure boundary: nothing a connection does reaches these groups.
 
 Imports run one way: this module composes the parts and nothing imports it.
-listener → pump → dispatch / routes → peer → writer → flusher; the watchdog
-sees peers only.
+listener → pump → dispatch / routes / watchdog → peer → writer → flusher. A
+:class:`~.peer.Peer` holds what the dispatch (its rate limits) and the
+watchdog (its timers) keep for it, and names their types only for the type
+checker.
 
 Shutdown (:meth:`Server.stop`): the server keeps accepting while it drains, so
 load balancers polling ``/healthz`` read 503 and new upgrades are refused with

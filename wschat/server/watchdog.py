@@ -2,10 +2,10 @@
 
 One task that looks at every connection a few times a second costs far less
 than a pinger and a timer per connection (gorilla's chat runs a ticker per
-connection). It sees only :class:`~.peer.Peer` objects, a slice of them per
-tick, so that no tick stalls the event loop; and the pump starts each
-connection's ping clock at a random point of the interval, so that connections
-opened together are not all pinged together.
+connection). It sees only :class:`~.peer.Peer` objects and their
+:class:`Timers`, a slice of them per tick, so that no tick stalls the event
+loop; and each connection's ping clock starts at a random point of the
+interval, so that connections opened together are not all pinged together.
 
 - Keepalive: a ping every ``ping_interval``; a client silent (not even a pong)
   for ``pong_wait`` is closed with 1011.
@@ -26,17 +26,45 @@ A check that fails costs only its own connection.
 from __future__ import annotations
 
 import logging
+import random
 import time
 from collections.abc import Callable, Collection
+from typing import TYPE_CHECKING
 
 import anyio
 
-from .peer import Closings, Peer
+if TYPE_CHECKING:
+    from .peer import Closings, Peer
 
 logger = logging.getLogger("wschat.server")
 
 # The connections are checked in this many slices per sweep, one slice a tick.
 SLICES = 10
+
+
+class Timers:
+    """One connection's clocks: its keepalive, which the watchdog reads, and its close timeout.
+
+    The read path sets :attr:`last_seen` on every read, the watchdog pings
+    when :attr:`last_ping` is ``ping_interval`` old, and
+    :meth:`~.peer.Peer.close` sets :attr:`closing_deadline`.
+
+    Args:
+        now: When the connection opened (the event loop's clock).
+        ping_interval: Seconds between pings: the first comes at a random
+            point of the first interval, so that clients that connected
+            together (after a restart) are not all pinged in one tick.
+    """
+
+    __slots__ = ("closing_deadline", "last_ping", "last_seen")
+
+    def __init__(self, now: float, ping_interval: float = 0.0) -> None:
+        self.last_seen = now
+        """When the client last sent anything (a pong included)."""
+        self.last_ping = now - random.random() * ping_interval
+        """When it was last pinged."""
+        self.closing_deadline: float | None = None
+        """When its close timeout ends, once the server started closing."""
 
 
 class Watchdog:
@@ -119,13 +147,14 @@ class Watchdog:
                 logger.info("= conn %s: %s", peer.conn_id, due.reason)
                 peer.close(due.code, due.reason)
         if peer.open:
-            if now - peer.last_seen >= self.pong_wait:
+            timers = peer.timers
+            if now - timers.last_seen >= self.pong_wait:
                 logger.info("%% conn %s keepalive timeout", peer.conn_id)
                 peer.close(1011, "keepalive timeout: no pong")
-            elif now - peer.last_ping >= self.ping_interval:
+            elif now - timers.last_ping >= self.ping_interval:
                 peer.conn.send_ping(int(time.time() * 1000).to_bytes(8, "big"))
                 peer.flush()
-                peer.last_ping = now
+                timers.last_ping = now
         if peer.writer.stalled_for(now) >= self.write_timeout:
             # The kernel took nothing for the whole write timeout: the client is
             # gone or not reading.
