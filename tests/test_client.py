@@ -182,7 +182,7 @@ async def test_refusals_raise_say_and_join_errors() -> None:
         wschat.client.connect(url(server), username="alice") as alice,
     ):
         with pytest.raises(SayError) as too_long:
-            await alice.say("x" * 4097)
+            await alice.say("x" * (wschat.client.MAX_MESSAGE_LENGTH + 1))
         assert too_long.value.code == "bad_message"
         await alice.say("within the burst")
         with pytest.raises(SayError) as limited:
@@ -200,6 +200,7 @@ async def test_refusals_raise_say_and_join_errors() -> None:
         assert refused.value.code == "too_many_rooms"
         assert "one-too-many" not in alice.rooms
         await alice.say("still connected")
+        await alice.say("x" * wschat.client.MAX_MESSAGE_LENGTH)  # the longest text published
 
 
 # -- refused and closed connections ----------------------------------------------

@@ -18,8 +18,13 @@
 It runs on asyncio, uvloop and trio (through anyio). The sans-IO half (the
 WebSocket client connection) is :mod:`wschat.protocol.client`; the chat state
 across connections is :class:`~wschat.client.session.ClientSession`.
+
+``MAX_MESSAGE_LENGTH`` (4096) is the server's cap on a message's text, in code
+points: :meth:`ChatClient.say` refuses longer text (``bad_message``) before
+sending it, so a bot that repeats others cuts its answer to it.
 """
 
+from ..chat import MAX_MESSAGE_LENGTH
 from .backoff import Backoff
 from .client import ChatClient
 from .connecting import connect
@@ -49,6 +54,7 @@ from .events import (
 from .supervisor import TokenSource
 
 __all__ = [
+    "MAX_MESSAGE_LENGTH",
     "Ack",
     "Backoff",
     "ChatClient",
