@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/memory.py                  # 10,000 connections, both servers
     .venv/bin/python benchmarks/memory.py --connections 2000 --servers wschat
     .venv/bin/python benchmarks/memory.py --servers wschat --loop asyncio   # not uvloop
+    .venv/bin/python benchmarks/memory.py --servers wschat --hub redis://127.0.0.1:6390
 
 The server starts pinned to CPU 0 and its RSS (VmRSS) is read while it idles
 with no connection. The load generator (2 processes on CPU 1, 5,000 sockets
@@ -38,13 +39,15 @@ def measure(
     procs: int = 2,
     settle: float = 2.0,
     loop: str | None = None,
+    hub_url: str | None = None,
 ) -> dict[str, Any]:
     """Open ``connections`` idle connections to a fresh ``kind`` server; return the RSS figures.
 
-    ``loop``: wschat's ``--loop`` (None: its default, uvloop when installed).
+    ``loop``: wschat's ``--loop`` (None: its default, uvloop when installed);
+    ``hub_url``: wschat's ``--hub`` (None: the memory hub).
     """
     servers.raise_nofile()
-    options = servers.Options(extra=("--loop", loop) if loop else ())
+    options = servers.Options(hub_url=hub_url, extra=("--loop", loop) if loop else ())
     server = servers.start(kind, server_cpu, servers.HERE / "results" / "logs", options=options)
     gen: LoadGen | None = None
     try:
@@ -62,6 +65,7 @@ def measure(
         return {
             "server": kind,
             "loop": loop or "default",
+            "hub": hub_url or "memory://",
             "connections": connected,
             "connect_s": connect_s,
             "rss_before_kib": before,
@@ -80,6 +84,7 @@ def main() -> int:
     parser.add_argument("--servers", nargs="+", default=list(servers.SERVERS), help="as for run.py")
     parser.add_argument("--procs", type=int, default=2, help="load generator processes")
     parser.add_argument("--loop", choices=("asyncio", "uvloop"), help="wschat's --loop")
+    parser.add_argument("--hub", help="wschat's --hub (default: the memory hub)")
     args = parser.parse_args()
     limit = servers.raise_nofile()
     if limit < args.connections // args.procs + 100:
@@ -88,15 +93,18 @@ def main() -> int:
     sources = {kind: servers.describe(kind) for kind in args.servers}
     results = [
         measure(
-            kind, args.connections, procs=args.procs, loop=args.loop if "wschat" in kind else None
+            kind,
+            args.connections,
+            procs=args.procs,
+            **({"loop": args.loop, "hub_url": args.hub} if "wschat" in kind else {}),
         )
         for kind in args.servers
     ]
-    print(f"| server | RSS before | RSS with {args.connections:,} idle | per connection |")
-    print("|---|---:|---:|---:|")
+    print(f"| server | hub | RSS before | RSS with {args.connections:,} idle | per connection |")
+    print("|---|---|---:|---:|---:|")
     for r in results:
         print(
-            f"| {r['server']} | {r['rss_before_kib'] / 1024:.1f} MiB | "
+            f"| {r['server']} | {r.get('hub', '')} | {r['rss_before_kib'] / 1024:.1f} MiB | "
             f"{r['rss_after_kib'] / 1024:.1f} MiB | {r['kib_per_connection']:.1f} KiB |"
         )
     for r in results:
