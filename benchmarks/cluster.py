@@ -417,6 +417,7 @@ def main(argv: list[str] | None = None) -> int:
     RESULTS.mkdir(exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     records: list[dict[str, Any]] = []
+    source = servers.describe("wschat")  # what the nodes run: the tree as it is now
     try:
         import uvloop
 
@@ -425,9 +426,15 @@ def main(argv: list[str] | None = None) -> int:
         runner = asyncio.run
     for run in range(args.runs):
         records += runner(one_run(run, args))
-    result = {"machine": servers.machine(), "args": vars(args), "records": records}
+    result = {
+        "machine": servers.machine(),
+        "source": source,
+        "args": vars(args),
+        "records": records,
+    }
     (RESULTS / f"cluster-{stamp}.json").write_text(json.dumps(result, indent=1))
-    text = f"# cluster benchmark {stamp}\n\n{json.dumps(result['machine'])}\n\n{table(records)}\n"
+    header = f"{json.dumps(result['machine'])}\n\nwschat: {json.dumps(source)}"
+    text = f"# cluster benchmark {stamp}\n\n{header}\n\n{table(records)}\n"
     (RESULTS / f"cluster-{stamp}.md").write_text(text)
     print(text)
     return 0
