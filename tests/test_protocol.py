@@ -2,7 +2,8 @@
 
 Client frames come from wsproto's client ``Connection`` (correctly masked) or,
 for frames no correct client would send, from :func:`raw_frame`. Server output
-is parsed by wsproto's client-side ``FrameProtocol``.
+is parsed by wsproto's client-side ``FrameProtocol``. Also here: a page's probe
+of a refused handshake's Origin check (RFC 6455 10.2), bytes in and out.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from tests.protocol_helpers import (
     client_frames,
     close_frames,
     handshake_request,
+    http_request,
     open_connection,
     open_pair,
     parse_http_responses,
@@ -37,12 +39,17 @@ from wschat.protocol import (
     DEFAULT_MAX_MESSAGE_SIZE,
     BinaryReceived,
     ConnectionClosed,
+    HostPolicy,
+    HttpRequest,
+    OriginPolicy,
     PongReceived,
+    RequestRejected,
     ServerConnection,
     State,
     TextReceived,
     encode_text_frame,
 )
+from wschat.protocol.handshake import PROBE_ORIGIN_HEADER
 
 
 def assert_failed(conn: ServerConnection, events: Sequence[object], code: int) -> None:
@@ -873,6 +880,59 @@ def _deflate_ending_in_a_length_code(inflated_before_tail: int) -> bytes:
     assert 0 < -len(bits) % 8 < 5, "the distance code must not fit in the padding"
     bits += [0] * (-len(bits) % 8)
     return bytes(sum(bits[i + j] << j for j in range(8)) for i in range(0, len(bits), 8))
+
+
+# -- RFC 6455 10.2: a page's probe of the Origin check ----------------------------------
+
+
+class TestSection10_2OriginProbe:
+    """A browser hides a refused upgrade's answer and sends no Origin on its plain
+    same-origin ``fetch``; the page's probe names its origin in our header, and gets
+    the 403 the upgrade got when that origin is refused (and is never upgraded)."""
+
+    HOST = "chat.example:8080"
+
+    def answer(self, data: bytes, allowed: tuple[str, ...] = ()) -> tuple[list[object], bytes]:
+        # Any Host: these cases are about Origin.
+        conn = ServerConnection(
+            origin_policy=OriginPolicy(allowed=allowed), host_policy=HostPolicy(("*",))
+        )
+        events = receive(conn, data)
+        return events, b"".join(conn.data_to_send())
+
+    def probe(self, origin: str, path: str = "/ws?room=lobby") -> bytes:
+        return http_request(path, host=self.HOST, headers=[(PROBE_ORIGIN_HEADER, origin)])
+
+    def test_a_refused_origin_gets_the_upgrades_own_403(self) -> None:
+        upgrade_events, upgrade_answer = self.answer(
+            handshake_request(origin="http://evil.example", host=self.HOST)
+        )
+        probe_events, probe_answer = self.answer(self.probe("http://evil.example"))
+        refused = RequestRejected(403, "origin not allowed: http://evil.example")
+        assert probe_events == upgrade_events == [refused]
+        assert probe_answer == upgrade_answer  # byte for byte
+        responses = parse_http_responses([probe_answer]).responses
+        assert [(r.status, r.body) for r in responses] == [(403, b"%s\n" % refused.reason.encode())]
+
+    @pytest.mark.parametrize(
+        ("origin", "allowed"),
+        [("http://chat.example:8080", ()), ("https://app.example", ("https://app.example",))],
+        ids=["same-origin", "allowed"],
+    )
+    def test_an_allowed_origin_is_told_so_and_not_upgraded(
+        self, origin: str, allowed: tuple[str, ...]
+    ) -> None:
+        events, data = self.answer(self.probe(origin), allowed)
+        assert events == [RequestRejected(400, "origin allowed; this is not a WebSocket upgrade")]
+        assert [r.status for r in parse_http_responses([data]).responses] == [400]
+
+    def test_without_the_header_a_plain_request_is_the_callers_to_answer(self) -> None:
+        events, data = self.answer(http_request("/ws?room=lobby", host=self.HOST))
+        assert [type(e) for e in events] == [HttpRequest] and data == b""
+
+    def test_the_header_means_nothing_on_other_paths(self) -> None:
+        events, data = self.answer(self.probe("http://evil.example", path="/"))
+        assert [type(e) for e in events] == [HttpRequest] and data == b""
 
 
 # -- encode_text_frame ----------------------------------------------------------------

@@ -21,6 +21,12 @@ from .events import Headers
 
 DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 
+# A browser hides the answer to a refused upgrade, and its plain same-origin
+# `fetch` of the URL (which it can read) carries no Origin, so the bundled page
+# (reasons.js) names its origin here to learn whether the Origin check refused
+# it. Safe: it can only turn an answer into that 403, never admit anything.
+PROBE_ORIGIN_HEADER = "x-wschat-probe-origin"
+
 
 @dataclass(frozen=True, slots=True)
 class Rejection:
@@ -212,12 +218,22 @@ def header_value(headers: Headers, name: str) -> str | None:
 def check_websocket_request(
     method: str, http_version: str, headers: Headers, origin_policy: OriginPolicy
 ) -> Rejection | None:
-    """Validate an opening handshake; return the rejection or None when valid."""
+    """Validate an opening handshake; return the rejection or None when valid.
+
+    A page's probe (a plain GET carrying :data:`PROBE_ORIGIN_HEADER`) is never
+    valid: it gets the Origin check's 403 when an upgrade from the origin it
+    names would get it, else a 400 that says the origin passed.
+    """
     if method != "GET":
         return Rejection(405, "WebSocket handshakes use GET", (("allow", "GET"),))
     if http_version != "1.1":
         return Rejection(400, "WebSocket needs HTTP/1.1")
     if "websocket" not in header_tokens(headers, "upgrade"):
+        probed = header_value(headers, PROBE_ORIGIN_HEADER)
+        if probed is not None:
+            return _origin_refusal(probed, headers, origin_policy) or Rejection(
+                400, "origin allowed; this is not a WebSocket upgrade"
+            )
         return Rejection(400, "missing header: Upgrade: websocket")
     if "upgrade" not in header_tokens(headers, "connection"):
         return Rejection(400, "missing header: Connection: upgrade")
@@ -236,10 +252,15 @@ def check_websocket_request(
             "unsupported Sec-WebSocket-Version: this server speaks version 13",
             (("sec-websocket-version", "13"),),
         )
-    origin = header_value(headers, "origin")
-    if not origin_policy.check(origin, header_value(headers, "host")):
-        return Rejection(403, f"origin not allowed: {origin}")
-    return None
+    return _origin_refusal(header_value(headers, "origin"), headers, origin_policy)
+
+
+def _origin_refusal(
+    origin: str | None, headers: Headers, origin_policy: OriginPolicy
+) -> Rejection | None:
+    if origin_policy.check(origin, header_value(headers, "host")):
+        return None
+    return Rejection(403, f"origin not allowed: {origin}")
 
 
 def is_valid_key(key: str) -> bool:
@@ -299,7 +320,9 @@ def check_websocket_response(headers: Headers, key: str) -> str | None:
 
 def tries_to_upgrade(headers: Headers) -> bool:
     """Whether a request to a WebSocket path is a (perhaps broken) upgrade attempt,
-    rather than a plain request such as a page's ``fetch`` of the same URL."""
+    or a page's probe of its Origin (:data:`PROBE_ORIGIN_HEADER`), rather than a
+    plain request such as a page's ``fetch`` of the same URL."""
     return any(
-        name in ("upgrade", "sec-websocket-key", "sec-websocket-version") for name, _ in headers
+        name in ("upgrade", "sec-websocket-key", "sec-websocket-version", PROBE_ORIGIN_HEADER)
+        for name, _ in headers
     )
