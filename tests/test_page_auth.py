@@ -1,13 +1,15 @@
 """The bundled page against a server that requires tokens (issue 10 and issue 12 item 4).
 
 In a real headless Chromium, against one in-process server for the module (an
-App with a JWT key, leeway 0, and the HTTP API): without a token the page shows
-the server's own reason (read by its probe of the refused handshake) and asks
-for one; with a token it shows who the server says the user is (the
-``authenticated`` event), chats, shows typing and server-published messages by
-display name, opens direct rooms; a token that expires while open (4408) makes
-it ask again; a chosen name on a token connection is refused. Other people are
-``websockets`` clients with their own tokens. Each test uses rooms of its own.
+App with a JWT key, leeway 0, and the HTTP API): without a token the page says
+in plain words that the server needs a sign-in (its probe of the refused
+handshake read the 401; the server's own reason is there on request) and asks
+for one in place of the name; with a token it shows who the server says the user
+is (the ``authenticated`` event), chats, shows typing and server-published
+messages by display name, opens direct rooms; a token that expires while open
+(4408) makes it ask again; a chosen name on a token connection is refused. Other
+people are ``websockets`` clients with their own tokens. Each test uses rooms of
+its own.
 """
 
 from __future__ import annotations
@@ -137,13 +139,19 @@ def test_without_a_token_the_page_says_why_and_asks_then_chats(
     alice.fill("#username", "alice")
     alice.fill("#room", "auth-lobby")
     alice.click("#connect")
-    # The browser hides the 401; the page's probe reads the server's reason.
+    # The browser hides the 401; the page's probe reads it, says it in plain words and
+    # keeps the server's own (developer) text one click away. The name is the token's now.
     expect(alice.locator("#token-form")).to_be_visible()
-    expect(alice.locator("#token-reason")).to_contain_text(
-        "the server requires you to sign in: a token is required: send ?token=JWT"
-    )
+    expect(alice.locator("#token-reason")).to_have_text("this server needs you to sign in.")
+    expect(alice.locator("#name-field")).to_be_hidden()
+    said = alice.locator("#token-said")
+    expect(said).to_be_hidden()
+    alice.locator("#token-detail summary").click()
+    expect(said).to_contain_text("a token is required: send ?token=JWT")
     expect_status(alice, "disconnected")
     shot(alice, "asks-for-a-token")
+    alice.click("#connect")  # Join again, without a token: the page asks for one
+    expect(alice.locator("#token")).to_be_focused()
 
     alice.fill("#token", token("alice", "Alice Liddell"))
     alice.click("#token-form button")

@@ -47,7 +47,7 @@ const els = Object.fromEntries(
     'username-note', 'identity', 'identity-name', 'sign-out', 'room', 'room-note', 'connect',
     'token-form', 'token-reason', 'token', 'rooms', 'no-rooms', 'room-name', 'members', 'room-title',
     'connection', 'scroller', 'messages', 'outgoing', 'typing', 'send-form', 'message', 'send',
-    'counter', 'send-hint',
+    'counter', 'send-hint', 'token-detail', 'token-said',
   ].map((id) => [id.replace(/-(.)/g, (_, c) => c.toUpperCase()), $(id)]),
 );
 
@@ -69,6 +69,7 @@ const state = {
   order: [], // room names, in the order of the room list
   active: '', // the room on screen
   joinQueue: [], // rooms whose join is unanswered, in the order sent (errors carry no room)
+  askingToken: false, // the server wants a token and the token form is shown
 };
 
 const newRoom = (name, saved = {}) => ({
@@ -149,7 +150,7 @@ const connection = new Connection({
   },
   received: (event) => onEvent(event),
   lost: (failSends) => connectionLost(failSends),
-  signIn: (reason) => askForToken(reason),
+  signIn: (reason, detail) => askForToken(reason, detail),
   status: setStatus,
   notice: showConnection,
 });
@@ -558,8 +559,9 @@ const checkNameField = () => {
 
 const renderIdentity = () => {
   const signedIn = state.identity !== null || state.token !== '';
-  els.nameField.hidden = signedIn;
-  els.username.required = !signedIn;
+  // A server that wants a token takes the name from it: a name field would only mislead.
+  els.nameField.hidden = signedIn || state.askingToken;
+  els.username.required = !els.nameField.hidden;
   els.identity.hidden = !signedIn;
   els.identityName.textContent = state.identity ? state.identity.name : 'a token';
   els.identityName.title = state.identity && state.identity.name !== state.identity.sub ? state.identity.sub : '';
@@ -579,10 +581,15 @@ const onAuthenticated = (event) => {
   }
 };
 
-const askForToken = (reason) => {
+const askForToken = (reason, detail = '') => {
   connection.halt(reason);
   els.tokenReason.textContent = state.token ? `${reason}. Enter a new token.` : `${reason}.`;
+  // What the server said is for developers: there on request, not in the way.
+  els.tokenSaid.textContent = detail;
+  els.tokenDetail.hidden = !detail;
   els.tokenForm.hidden = false;
+  state.askingToken = true;
+  renderIdentity();
   openSidebar(els.token);
 };
 
@@ -640,6 +647,10 @@ els.room.addEventListener('input', () => {
 els.joinForm.addEventListener('submit', (e) => {
   e.preventDefault();
   let username = myName();
+  if (state.askingToken) {
+    els.token.focus(); // no room can be joined without one
+    return;
+  }
   if (!state.token) {
     if (!els.username.value.trim()) {
       showNameProblem('Type a name first.');
@@ -690,6 +701,7 @@ els.tokenForm.addEventListener('submit', (e) => {
   }
   els.token.value = '';
   els.tokenForm.hidden = true;
+  state.askingToken = false;
   useToken(token);
   connection.restart();
   closeSidebar();

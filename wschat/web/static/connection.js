@@ -22,7 +22,8 @@ export class Connection {
    * @param {() => void} hooks.opened - the socket is open: join the rooms
    * @param {(event: object) => void} hooks.received - one decoded server event
    * @param {(reason: string) => void} hooks.lost - the socket is gone (reason: sends fail)
-   * @param {(reason: string) => void} hooks.signIn - the server wants a (new) token
+   * @param {(reason: string, detail?: string) => void} hooks.signIn - the server wants a
+   *   (new) token; detail: the server's own words, if any
    * @param {(status: string) => void} hooks.status - connecting | connected | disconnected
    * @param {(text: string) => void} hooks.notice - why it is not connected ('' to hide)
    */
@@ -168,10 +169,10 @@ export class Connection {
     }
     // Closed before it opened: the handshake failed, and the browser hides why.
     this.notice('could not connect: asking the server why…');
-    const { kind, text } = describeProbe(await probeHandshake(url));
+    const { kind, text, detail } = describeProbe(await probeHandshake(url));
     if (this.socket !== null || this.halted) return; // the user moved on meanwhile
     if (kind === 'auth') {
-      this.hooks.signIn(text);
+      this.hooks.signIn(text, detail);
       return;
     }
     this.lastDrop = text;

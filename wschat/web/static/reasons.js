@@ -2,21 +2,27 @@
 //
 // A browser never shows a page the HTTP answer to a refused WebSocket
 // handshake: the socket just closes with 1006. So after a socket closes
-// without having opened, the page asks the same URL again with a plain
-// `fetch` (`probeHandshake`) and reads the status and body. A proxy that
-// refuses the path, a 401 for a missing token, a 404 or a 503 come back
-// readable that way. What the server decides only on a real upgrade (the
-// Origin check, which a same-origin `fetch` does not trigger) answers the
-// probe with "missing header: Upgrade"; then the page says what such a refusal
-// usually means instead of guessing one cause (`REFUSED_UNSEEN`).
+// without having opened, the page asks the same URL again with `fetch`
+// (`probeHandshake`) and reads the status and body. A plain `fetch` sends no
+// Origin (same-origin GET) and the page sends no Referer (the server's
+// Referrer-Policy), so the Origin check, which only a real upgrade meets, is
+// asked about first, with the page's origin in a header of ours; then the
+// plain request brings what the rest of the upgrade would meet: a proxy that
+// refuses the path, a 401 for a missing token, a 404 or a 503. Only what
+// neither shows (a proxy that drops upgrades, a restart in between) is told as
+// the usual causes (`REFUSED_UNSEEN`).
 
 const PROBE_TIMEOUT_MS = 4000;
 const MAX_BODY = 300;
 
+// The page's origin, for the server's Origin check (wschat/protocol/handshake.py).
+const PROBE_ORIGIN_HEADER = 'X-Wschat-Probe-Origin';
+
 export const REFUSED_UNSEEN =
   'server refused the connection, and the browser does not say why. ' +
-  'Usual causes: this page’s origin is not allowed (the operator can add it with --allow-origin), ' +
-  'a proxy does not forward WebSocket upgrades, or the server is full or restarting';
+  'Usual causes: a proxy does not forward WebSocket upgrades, or the server is restarting';
+
+export const SIGN_IN_NEEDED = 'this server needs you to sign in';
 
 // Close codes: RFC 6455 7.4.1, IANA registry, and wschat's own (README).
 const CLOSE_WORDS = {
@@ -51,8 +57,9 @@ export const closeReason = (code, reason) => {
 const bodyText = (body) => body.trim().replace(/\s+/g, ' ').slice(0, MAX_BODY);
 
 /**
- * What a failed handshake's probe says, as `{kind, text}`; `kind` is one of
- * unreachable, auth, refused, unseen, busy, missing.
+ * What a failed handshake's probe says, as `{kind, text, detail}`; `kind` is one
+ * of unreachable, auth, origin, refused, unseen, busy, missing. `detail`, for
+ * `auth`, is the server's own words (for developers, shown on request).
  */
 export const describeProbe = (probe) => {
   if (probe.error) {
@@ -62,7 +69,13 @@ export const describeProbe = (probe) => {
   const body = bodyText(probe.body ?? '');
   const said = body ? `: ${body}` : '';
   const { status } = probe;
-  if (status === 401) return { kind: 'auth', text: `the server requires you to sign in${said}` };
+  if (status === 401) return { kind: 'auth', text: SIGN_IN_NEEDED, detail: body };
+  if (isOriginRefusal(probe)) {
+    return {
+      kind: 'origin',
+      text: `server refused the connection: ${body} (the server’s operator can allow it with --allow-origin)`,
+    };
+  }
   if (status === 426 || (status === 400 && /upgrade/i.test(body)) || (status >= 200 && status < 300)) {
     return { kind: 'unseen', text: REFUSED_UNSEEN };
   }
@@ -75,15 +88,16 @@ export const describeProbe = (probe) => {
   return { kind: 'refused', text: `server refused the connection (HTTP ${status})${said}` };
 };
 
-/** Ask `wsUrl` again over HTTP(S) to learn why its handshake failed. */
-export const probeHandshake = async (wsUrl) => {
-  const url = wsUrl.replace(/^ws/, 'http');
+const isOriginRefusal = (probe) => probe.status === 403 && /^origin not allowed/.test(probe.body ?? '');
+
+const ask = async (url, headers) => {
   const controller = new AbortController();
   const timer = setTimeout(() => controller.abort(), PROBE_TIMEOUT_MS);
   try {
     const response = await fetch(url, {
       cache: 'no-store',
       credentials: 'same-origin',
+      headers,
       redirect: 'manual',
       signal: controller.signal,
     });
@@ -93,6 +107,17 @@ export const probeHandshake = async (wsUrl) => {
   } finally {
     clearTimeout(timer);
   }
+};
+
+/** Ask `wsUrl` again over HTTP(S) to learn why its handshake failed. */
+export const probeHandshake = async (wsUrl) => {
+  const url = wsUrl.replace(/^ws/, 'http');
+  // Same-origin with a non-CORS-safelisted header is fine: no preflight for our
+  // own origin. Safe for the server to believe: the header can only turn its
+  // answer into the Origin check's refusal, never admit anything.
+  const origin = await ask(url, { [PROBE_ORIGIN_HEADER]: location.origin });
+  if (origin.error || isOriginRefusal(origin)) return origin;
+  return ask(url, {});
 };
 
 // `error` events (README table), in words; the server's own reason follows.
