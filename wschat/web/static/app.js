@@ -46,8 +46,8 @@ const els = Object.fromEntries(
     'rooms-toggle', 'total-unread', 'status', 'sidebar', 'join-form', 'name-field', 'username',
     'username-note', 'identity', 'identity-name', 'sign-out', 'room', 'room-note', 'connect',
     'token-form', 'token-reason', 'token', 'rooms', 'no-rooms', 'room-name', 'members', 'room-title',
-    'connection', 'scroller', 'messages', 'outgoing', 'typing', 'send-form', 'message', 'send',
-    'counter', 'send-hint', 'token-detail', 'token-said',
+    'chat', 'connection', 'scroller', 'messages', 'outgoing', 'typing', 'send-form', 'message',
+    'send', 'counter', 'send-hint', 'token-detail', 'token-said',
   ].map((id) => [id.replace(/-(.)/g, (_, c) => c.toUpperCase()), $(id)]),
 );
 
@@ -393,9 +393,13 @@ const outbox = new Outbox({
   update: withAutoScroll,
 });
 
+// A room rendered afresh replaces every line of the live region: busy meanwhile,
+// so screen readers do not read the whole room out as if it were new.
 const renderConversation = () => {
   const room = activeRoom();
+  els.messages.setAttribute('aria-busy', 'true');
   conversation.reset(room ? room.items : [], room ? room.newFrom : -1);
+  els.messages.setAttribute('aria-busy', 'false');
   els.scroller.scrollTop = els.scroller.scrollHeight;
 };
 
@@ -602,10 +606,19 @@ const useToken = (token) => {
 
 // -- Sidebar (a drawer on narrow screens) ----------------------------------------------
 
+// While the drawer is open, the chat it covers is inert: the keyboard cannot land
+// on a field hidden under it (WCAG 2.4.11) and screen readers skip it. On a wide
+// screen the sidebar is a column beside the chat, whatever data-sidebar says.
+const coverChat = () => {
+  els.chat.inert = document.body.dataset.sidebar === 'open' && narrow.matches;
+};
+narrow.addEventListener('change', coverChat);
+
 const openSidebar = (focus) => {
   if (narrow.matches) {
     document.body.dataset.sidebar = 'open';
     els.roomsToggle.setAttribute('aria-expanded', 'true');
+    coverChat();
   }
   focus?.focus();
 };
@@ -614,6 +627,7 @@ const closeSidebar = () => {
   if (document.body.dataset.sidebar !== 'open') return;
   document.body.dataset.sidebar = 'closed';
   els.roomsToggle.setAttribute('aria-expanded', 'false');
+  coverChat();
 };
 
 els.roomsToggle.addEventListener('click', () => {
@@ -636,12 +650,15 @@ document.addEventListener('keydown', (e) => {
 
 els.username.addEventListener('input', checkNameField);
 
+const showRoomProblem = (text) => {
+  els.roomNote.textContent = text;
+  els.roomNote.classList.toggle('error-text', Boolean(text));
+  els.room.setAttribute('aria-invalid', text ? 'true' : 'false');
+};
+
 els.room.addEventListener('input', () => {
   const room = els.room.value.trim();
-  const bad = room !== '' && !ROOM_PATTERN.test(room);
-  els.roomNote.textContent = bad ? ROOM_RULE : '';
-  els.roomNote.classList.toggle('error-text', bad);
-  els.room.setAttribute('aria-invalid', bad ? 'true' : 'false');
+  showRoomProblem(room !== '' && !ROOM_PATTERN.test(room) ? ROOM_RULE : '');
 });
 
 els.joinForm.addEventListener('submit', (e) => {
@@ -665,13 +682,11 @@ els.joinForm.addEventListener('submit', (e) => {
   }
   const roomName = els.room.value.trim() || 'lobby';
   if (!ROOM_PATTERN.test(roomName)) {
-    els.roomNote.textContent = ROOM_RULE;
-    els.roomNote.classList.add('error-text');
+    showRoomProblem(ROOM_RULE);
     els.room.focus();
     return;
   }
-  els.roomNote.textContent = '';
-  els.roomNote.classList.remove('error-text');
+  showRoomProblem('');
   const renamed = !state.token && username !== state.username;
   if (!state.token) {
     state.username = username;
