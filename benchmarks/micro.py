@@ -242,10 +242,12 @@ class _NoStream:
 
 
 async def _real_members(n: int) -> list[Any]:
+    from wschat.server.dispatch import SenderLimits
     from wschat.server.flusher import Flusher
     from wschat.server.metrics import Metrics
     from wschat.server.peer import Closings, Peer
     from wschat.server.ratelimit import TokenBucket
+    from wschat.server.watchdog import Timers
     from wschat.server.writer import TransportWriter
 
     rng = random.Random(SEED)
@@ -264,8 +266,8 @@ async def _real_members(n: int) -> list[Any]:
                 conn=open_server_connection(rng),
                 writer=writer,
                 session=ChatSession(ROOM),
-                bucket=TokenBucket(0, 20, now),
-                strikes=TokenBucket(0, 20, now),
+                limits=SenderLimits(TokenBucket(0, 20, now), TokenBucket(0, 20, now), ""),
+                timers=Timers(now),
                 metrics=metrics,
                 closings=Closings(5.0),
                 stream=_NoStream(),  # type: ignore[arg-type]

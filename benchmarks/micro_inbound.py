@@ -66,9 +66,9 @@ async def _inbound_setup(rng: random.Random, rate: float) -> tuple[Any, Any, Any
     dispatch = ChatDispatch(app, hub, config, metrics)
     (peer,) = await _real_members(1)
     peer.session = ChatSession(ROOM)
-    peer.client_key = "127.0.0.1"
-    peer.bucket.rate = peer.strikes.rate = rate
-    peer.bucket.burst = peer.bucket._tokens = 10**9
+    peer.limits.client_key = "127.0.0.1"
+    peer.limits.messages.rate = peer.limits.strikes.rate = rate
+    peer.limits.messages.burst = peer.limits.messages._tokens = 10**9
     peer.app_session = app.open_session(peer.session, Admission(None), time.time())
     other = FakeMember(0)
     return hub, dispatch, peer, other
