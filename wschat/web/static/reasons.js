@@ -22,7 +22,7 @@ export const REFUSED_UNSEEN =
   'server refused the connection, and the browser does not say why. ' +
   'Usual causes: a proxy does not forward WebSocket upgrades, or the server is restarting';
 
-export const SIGN_IN_NEEDED = 'this server needs you to sign in';
+const SIGN_IN_NEEDED = 'this server needs you to sign in';
 
 // Close codes: RFC 6455 7.4.1, IANA registry, and wschat's own (README).
 const CLOSE_WORDS = {
