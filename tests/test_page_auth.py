@@ -149,7 +149,7 @@ def test_without_a_token_the_page_says_why_and_asks_then_chats(
     said = alice.locator("#token-said")
     expect(said).to_be_hidden()
     alice.locator("#token-detail summary").click()
-    expect(said).to_contain_text("a token is required: send ?token=JWT")
+    expect(said).to_contain_text("a token is required: send it as Authorization: Bearer JWT")
     expect_status(alice, "disconnected")
     shot(alice, "asks-for-a-token")
     alice.click("#connect")  # Join again, without a token: the page asks for one

@@ -222,8 +222,9 @@ class App:
                 if request.query_values(FIRST_MESSAGE_PARAMETER) == [FIRST_MESSAGE]:
                     return Admission(None, pending=True)
                 raise Rejection.unauthorized(
-                    "a token is required: send ?token=JWT (or the cookie), or connect with "
-                    '?auth=message and send {"type": "auth", "token": ...} first'
+                    "a token is required: send it as Authorization: Bearer JWT, ?token=JWT "
+                    'or the cookie, or connect with ?auth=message and send {"type": "auth", '
+                    '"token": ...} first'
                 )
         denial = await self.check(identity, "join", url_room)
         if denial is not None:
