@@ -14,6 +14,7 @@ its own.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -105,10 +106,27 @@ def chat() -> Iterator[Chat]:
         return OPAQUE.get(token) or app.default_verify_token(token)
 
     app.verify_token = verify
+    with serving(app) as port:
+        yield Chat(port)
+
+
+@contextlib.contextmanager
+def guests_welcome() -> Iterator[int]:
+    """A server where a token is optional: a valid one names the user, none makes a guest."""
+    config = ServerConfig(
+        host="127.0.0.1", port=0, rate=0, address_rate=0, connect_rate=0, user_rate=0
+    )
+    with serving(App(config, AppConfig(jwt_secret=SECRET, jwt_leeway=0, auth="optional"))) as port:
+        yield port
+
+
+@contextlib.contextmanager
+def serving(app: App) -> Iterator[int]:
+    """Run ``app`` in a thread of its own; its port."""
     with start_blocking_portal() as portal:
         future, port = portal.start_task(app.serve)
         try:
-            yield Chat(port)
+            yield port
         finally:
             portal.call(app.stop)
             future.result(timeout=15)
@@ -335,3 +353,24 @@ def test_messages_published_by_the_server_are_marked(
     expect(jane.locator("#messages .message.server")).to_have_count(1)  # hers is not
     expect(jane.locator("#messages .message.own .text")).to_have_text(["thanks"])
     shot(jane, "server-message")
+
+
+def test_signing_out_after_a_refused_token_lets_a_guest_join(
+    new_page: OpenPage, shot: Shot
+) -> None:
+    expired = token("dana", "Dana", lifetime=-60)
+    with guests_welcome() as port:
+        dana = new_page("dana")
+        dana.goto(f"{page_url(port)}?token={expired}")
+        dana.fill("#room", "guests")
+        dana.click("#connect")
+        expect(dana.locator("#token-form")).to_be_visible()  # the token was refused: 401
+        expect(dana.locator("#name-field")).to_be_hidden()
+        dana.click("#sign-out")
+        # No token and no pending sign-in: a guest again, with a name of their own.
+        expect(dana.locator("#token-form")).to_be_hidden()
+        expect(dana.locator("#name-field")).to_be_visible()
+        dana.fill("#username", "dana-guest")
+        dana.click("#connect")
+        expect_status(dana, "connected")
+        shot(dana, "guest-after-sign-out")

@@ -43,6 +43,7 @@ from tests.helpers import server_process
 from tests.test_page import join_through, sent_frames
 from wschat.protocol.handshake import PROBE_ORIGIN_HEADER
 from wschat.server import Server, ServerConfig
+from wschat.server.metrics import Metrics
 
 if TYPE_CHECKING:
     from playwright.sync_api import Page, WebSocket
@@ -157,6 +158,16 @@ def probe_answer(port: int, origin: str) -> httpx.Response:
 
 
 @pytest.mark.every_loop
+def metric_samples(metrics: Metrics, name: str, label: str) -> dict[str, float]:
+    """A counter's values by one label, from the server's registry."""
+    return {
+        sample.labels[label]: sample.value
+        for family in metrics.registry.collect()
+        for sample in family.samples
+        if sample.name == name
+    }
+
+
 def test_refused_handshakes_are_logged_at_info_with_their_reason(
     server_loop: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -189,10 +200,12 @@ def test_refused_handshakes_are_logged_at_info_with_their_reason(
     ]
     refused = [line for line in lines if re.match(r"x 127\.0\.0\.1:\d+ refused: ", line)]
     assert [line.split(" refused: ", 1)[1] for line in refused] == [
-        "403 origin not allowed: http://evil.example",  # the upgrade
-        "403 origin not allowed: http://evil.example",  # the page's probe of it
+        "403 origin not allowed: http://evil.example",  # the upgrade (its probe: debug only)
         "503 too many connections",
     ], lines
+    rejected = metric_samples(server.metrics, "wschat_handshakes_rejected_total", "reason")
+    probes = metric_samples(server.metrics, "wschat_handshake_probes_total", "status")
+    assert (rejected, probes) == ({"403": 1.0, "capacity": 1.0}, {"403": 1.0})
 
 
 # -- the conversation -------------------------------------------------------------------------
@@ -317,11 +330,15 @@ def test_a_bad_room_name_is_refused_on_the_page_and_nothing_changes(
 
 # -- the live region ----------------------------------------------------------------------------
 
-# Every change to the message list and its aria-busy, in order.
+# Every change to the message list and its aria-busy, in order; and, for each batch of
+# changes, aria-busy as the page's task left it (the observer runs once that task is done,
+# where assistive technology looks).
 WATCH_LOG = """() => {
   const log = document.getElementById('messages');
   window.__log = [];
+  window.__busyAfterTask = [];
   new MutationObserver((records) => {
+    window.__busyAfterTask.push(log.getAttribute('aria-busy'));
     for (const r of records) {
       window.__log.push(r.type === 'attributes' ? `busy, was ${r.oldValue}` : 'lines');
     }
@@ -343,10 +360,12 @@ def test_switching_rooms_rebuilds_the_live_region_while_it_is_busy(new_page: Ope
         alice.evaluate(WATCH_LOG)
         alice.locator('#rooms .room-button[data-room="lobby"]').click()
         expect(alice.locator("#room-title")).to_have_text("# lobby")
+        expect(alice.locator("#messages")).to_have_attribute("aria-busy", "false")
         changes: list[str] = alice.evaluate("window.__log")
         # Marked busy, rebuilt, then not busy: no line changes outside the busy spell.
         assert changes[0] == "busy, was false" and changes[-1] == "busy, was true", changes
         assert set(changes[1:-1]) == {"lines"}, changes
-        expect(alice.locator("#messages")).to_have_attribute("aria-busy", "false")
+        # Still busy when the re-rendering task ended: cleared only on a later frame.
+        assert alice.evaluate("window.__busyAfterTask")[0] == "true"
         expect_texts(alice, ["something to show"])
         bob.close()

@@ -909,7 +909,8 @@ class TestSection10_2OriginProbe:
         )
         probe_events, probe_answer = self.answer(self.probe("http://evil.example"))
         refused = RequestRejected(403, "origin not allowed: http://evil.example")
-        assert probe_events == upgrade_events == [refused]
+        assert upgrade_events == [refused]
+        assert probe_events == [RequestRejected(refused.status, refused.reason, probe=True)]
         assert probe_answer == upgrade_answer  # byte for byte
         responses = parse_http_responses([probe_answer]).responses
         assert [(r.status, r.body) for r in responses] == [(403, b"%s\n" % refused.reason.encode())]
@@ -923,7 +924,9 @@ class TestSection10_2OriginProbe:
         self, origin: str, allowed: tuple[str, ...]
     ) -> None:
         events, data = self.answer(self.probe(origin), allowed)
-        assert events == [RequestRejected(400, "origin allowed; this is not a WebSocket upgrade")]
+        assert events == [
+            RequestRejected(400, "origin allowed; this is not a WebSocket upgrade", probe=True)
+        ]
         assert [r.status for r in parse_http_responses([data]).responses] == [400]
 
     def test_without_the_header_a_plain_request_is_the_callers_to_answer(self) -> None:

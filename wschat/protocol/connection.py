@@ -278,7 +278,7 @@ class ServerConnection(WebSocketConnection):
             )
             if rejection is not None:
                 self._pending_request = None
-                self._reject(rejection.status, rejection.reason, rejection.headers)
+                self._reject(rejection.status, rejection.reason, rejection.headers, rejection.probe)
             return
         length = header_value(headers, "content-length")
         if length is not None and length.strip().isdigit() and int(length) > self.max_request_body:
@@ -308,10 +308,10 @@ class ServerConnection(WebSocketConnection):
         self._awaiting_response = True
         self._events.append(HttpRequest(method, path, query, headers, body))
 
-    def _reject(self, status: int, reason: str, headers: Headers = ()) -> None:
+    def _reject(self, status: int, reason: str, headers: Headers = (), probe: bool = False) -> None:
         """Answer the current request ourselves and close (RequestRejected)."""
         self._awaiting_response = True
-        self._events.append(RequestRejected(status, reason))
+        self._events.append(RequestRejected(status, reason, probe))
         self.send_response(status, f"{reason}\n".encode(), headers=headers, close=True)
 
     def _on_upgrade_request(self) -> None:

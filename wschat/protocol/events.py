@@ -67,10 +67,13 @@ class RequestRejected:
     Attributes:
         status: The HTTP status sent.
         reason: The short text body sent.
+        probe: It answered a page's probe of a failed handshake
+            (``X-Wschat-Probe-Origin``), not a handshake.
     """
 
     status: int
     reason: str
+    probe: bool = False
 
 
 @dataclass(frozen=True, slots=True)

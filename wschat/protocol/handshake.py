@@ -12,7 +12,7 @@ import base64
 import binascii
 import ipaddress
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from urllib.parse import urlsplit
 
 from wsproto.utilities import generate_accept_token
@@ -36,11 +36,14 @@ class Rejection:
         status: HTTP status code (400, 403, 405, 426).
         reason: A short text body saying what was wrong.
         headers: Extra response headers (e.g. ``Sec-WebSocket-Version: 13``).
+        probe: The answer to a page's probe (``X-Wschat-Probe-Origin``), not to
+            a handshake: logs and metrics keep it apart from refused handshakes.
     """
 
     status: int
     reason: str
     headers: Headers = ()
+    probe: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,9 +234,10 @@ def check_websocket_request(
     if "websocket" not in header_tokens(headers, "upgrade"):
         probed = header_value(headers, PROBE_ORIGIN_HEADER)
         if probed is not None:
-            return _origin_refusal(probed, headers, origin_policy) or Rejection(
-                400, "origin allowed; this is not a WebSocket upgrade"
-            )
+            refusal = _origin_refusal(probed, headers, origin_policy)
+            if refusal is not None:
+                return replace(refusal, probe=True)
+            return Rejection(400, "origin allowed; this is not a WebSocket upgrade", probe=True)
         return Rejection(400, "missing header: Upgrade: websocket")
     if "upgrade" not in header_tokens(headers, "connection"):
         return Rejection(400, "missing header: Connection: upgrade")

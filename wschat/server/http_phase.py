@@ -147,6 +147,10 @@ class HttpPhase:
                         upgrade = await self._upgrade(conn, event, address, peer_ip)
                         if upgrade is not None:
                             return upgrade  # the 101 goes out through the peer's writer
+                    elif isinstance(event, RequestRejected) and event.probe:
+                        # (the handshake it probes was counted and logged already)
+                        self.metrics.handshake_probes.labels(str(event.status)).inc()
+                        logger.debug("x %s probe: %d %s", address, event.status, event.reason)
                     elif isinstance(event, RequestRejected):
                         self.metrics.handshakes_rejected.labels(str(event.status)).inc()
                         logger.info("x %s refused: %d %s", address, event.status, event.reason)

@@ -108,6 +108,12 @@ class Metrics:
             ["reason"],
             registry=self.registry,
         )
+        self.handshake_probes = Counter(
+            "wschat_handshake_probes",
+            "Pages' probes of a failed handshake (X-Wschat-Probe-Origin), by the status answered",
+            ["status"],
+            registry=self.registry,
+        )
         self.messages_in = Counter(
             "wschat_messages_in", "WebSocket messages received", registry=self.registry
         )

@@ -394,12 +394,13 @@ const outbox = new Outbox({
 });
 
 // A room rendered afresh replaces every line of the live region: busy meanwhile,
-// so screen readers do not read the whole room out as if it were new.
+// so screen readers do not read the whole room out as if it were new. (Cleared on the
+// next frame: the accessibility tree is updated after this task, and must see it busy.)
 const renderConversation = () => {
   const room = activeRoom();
   els.messages.setAttribute('aria-busy', 'true');
   conversation.reset(room ? room.items : [], room ? room.newFrom : -1);
-  els.messages.setAttribute('aria-busy', 'false');
+  requestAnimationFrame(() => els.messages.setAttribute('aria-busy', 'false'));
   els.scroller.scrollTop = els.scroller.scrollHeight;
 };
 
@@ -723,6 +724,10 @@ els.tokenForm.addEventListener('submit', (e) => {
 });
 
 els.signOut.addEventListener('click', () => {
+  // Signing out also ends a pending "sign in" (after a 401 or 4408): a server that takes
+  // guests lets the name field back.
+  state.askingToken = false;
+  els.tokenForm.hidden = true;
   useToken('');
   connection.disconnect();
   els.username.focus();
