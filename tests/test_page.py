@@ -77,15 +77,26 @@ def inside_viewport(page: Page, locator: Locator) -> bool:
     )
 
 
-def sent_frames(page: Page) -> list[dict[str, Any]]:
-    """Record every JSON frame the page sends on any of its WebSockets, from now on."""
+def recorded_frames(page: Page, event: str) -> list[dict[str, Any]]:
+    """Record every JSON frame of ``event`` ("framesent" or "framereceived") on any of the
+    page's WebSockets, from now on."""
     frames: list[dict[str, Any]] = []
 
     def on_socket(socket: WebSocket) -> None:
-        socket.on("framesent", lambda payload: frames.append(json.loads(payload)))
+        socket.on(event, lambda payload: frames.append(json.loads(payload)))
 
     page.on("websocket", on_socket)
     return frames
+
+
+def sent_frames(page: Page) -> list[dict[str, Any]]:
+    """Record every JSON frame the page sends, from now on."""
+    return recorded_frames(page, "framesent")
+
+
+def received_frames(page: Page) -> list[dict[str, Any]]:
+    """Record every JSON frame the page receives, from now on."""
+    return recorded_frames(page, "framereceived")
 
 
 def unread_badge(page: Page, room: str) -> Locator:

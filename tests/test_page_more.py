@@ -11,7 +11,6 @@ tests/browser_helpers.py's; screenshots go to ``test-artifacts/browser/test_page
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from typing import TYPE_CHECKING, Any
@@ -40,13 +39,13 @@ from tests.browser_helpers import (
     page_url,
 )
 from tests.helpers import server_process
-from tests.test_page import join_through, sent_frames
+from tests.test_page import join_through, received_frames, sent_frames
 from wschat.protocol.handshake import PROBE_ORIGIN_HEADER
 from wschat.server import Server, ServerConfig
 from wschat.server.metrics import Metrics
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Page, WebSocket
+    from playwright.sync_api import Page
 
 browser = browser_helpers.browser
 artifacts = browser_helpers.artifacts
@@ -252,17 +251,6 @@ def test_date_separators_say_yesterday_and_the_date_of_older_days(
 
 
 # -- names and rooms --------------------------------------------------------------------------
-
-
-def received_frames(page: Page) -> list[dict[str, Any]]:
-    """Record every JSON frame the page receives on any of its WebSockets, from now on."""
-    frames: list[dict[str, Any]] = []
-
-    def on_socket(socket: WebSocket) -> None:
-        socket.on("framereceived", lambda payload: frames.append(json.loads(payload)))
-
-    page.on("websocket", on_socket)
-    return frames
 
 
 @pytest.mark.browser
